@@ -1,0 +1,240 @@
+"""Domain values of the store: what the storage port takes and returns.
+
+Frozen dataclasses, free of protobuf and of psycopg; conversion to the wire lives in
+``store_service.convert`` and to the database in ``store_service.adapters.postgres``.
+JSON payloads are kept as JSON text exactly as received (after validation), so that what is read
+back is byte-for-byte what was written.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+class EventType(enum.Enum):
+    """Event kinds; the value is what ``event_log.event_type`` stores (lower case)."""
+
+    FLOW_INITIALIZED = "flow_initialized"
+    STEP_STARTED = "step_started"
+    STEP_FINISHED = "step_finished"
+    STEP_FAILED = "step_failed"
+    STEP_SIGNAL = "step_signal"
+    PROPERTY_PREFERENCE_ASSIGNED = "property_preference_assigned"
+    FLOW_COMPLETED = "flow_completed"
+    FLOW_FAILED = "flow_failed"
+    FLOW_CANCELLED = "flow_cancelled"
+    STEP_SKIPPED = "step_skipped"
+    STEP_ATTEMPT_FAILED = "step_attempt_failed"
+    TIMER_STARTED = "timer_started"
+    TIMER_FIRED = "timer_fired"
+    SIGNAL_RECEIVED = "signal_received"
+    COMPENSATION_STARTED = "compensation_started"
+    COMPENSATION_FINISHED = "compensation_finished"
+    COMPENSATION_FAILED = "compensation_failed"
+    TASK_SCHEDULED = "task_scheduled"
+
+    @property
+    def variant(self) -> str:
+        """The one-letter compact variant (seed chem-core: I, S, F, X, G, C, ...)."""
+        return _VARIANTS[self]
+
+
+_VARIANTS: dict[EventType, str] = {
+    EventType.FLOW_INITIALIZED: "I",
+    EventType.STEP_STARTED: "S",
+    EventType.STEP_FINISHED: "F",
+    EventType.STEP_FAILED: "X",
+    EventType.STEP_SIGNAL: "G",
+    EventType.PROPERTY_PREFERENCE_ASSIGNED: "P",
+    EventType.FLOW_COMPLETED: "C",
+    EventType.FLOW_FAILED: "E",
+    EventType.FLOW_CANCELLED: "K",
+    EventType.STEP_SKIPPED: "Z",
+    EventType.STEP_ATTEMPT_FAILED: "R",
+    EventType.TIMER_STARTED: "T",
+    EventType.TIMER_FIRED: "W",
+    EventType.SIGNAL_RECEIVED: "N",
+    EventType.COMPENSATION_STARTED: "Y",
+    EventType.COMPENSATION_FINISHED: "V",
+    EventType.COMPENSATION_FAILED: "U",
+    EventType.TASK_SCHEDULED: "Q",
+}
+
+
+class FlowStatus(enum.Enum):
+    """Flow lifecycle; the value is what ``flows.status`` stores."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    WAITING = "waiting"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (FlowStatus.COMPLETED, FlowStatus.FAILED, FlowStatus.CANCELLED)
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    type: EventType
+    payload_json: str
+
+
+@dataclass(frozen=True)
+class NewArtifact:
+    """An artifact to store with an append; ``event_index`` points into the same append's events."""
+
+    hash: str
+    kind: str
+    payload_json: str
+    metadata_json: str | None = None
+    event_index: int = 0
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    seq: int
+    flow_id: str
+    version: int
+    type: EventType
+    payload_json: str
+    ts: datetime
+    command_id: str
+
+
+@dataclass(frozen=True)
+class Artifact:
+    hash: str
+    kind: str
+    payload_json: str
+    metadata_json: str | None
+    produced_in_seq: int
+
+
+@dataclass(frozen=True)
+class Flow:
+    flow_id: str
+    namespace: str
+    name: str
+    status: FlowStatus
+    metadata_json: str
+    parent_flow_id: str | None
+    fork_version: int
+    version: int
+    generation: int
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
+    deleted: bool = False
+    lease_token: int = 0
+
+
+@dataclass(frozen=True)
+class NewFlow:
+    namespace: str
+    name: str
+    flow_id: str | None = None
+    metadata_json: str = "{}"
+    created_by: str = ""
+    status: FlowStatus = FlowStatus.QUEUED
+
+
+@dataclass(frozen=True)
+class NewBranch:
+    namespace: str
+    parent_flow_id: str
+    fork_version: int
+    name: str
+    flow_id: str | None = None
+    metadata_json: str = "{}"
+    created_by: str = ""
+    status: FlowStatus = FlowStatus.QUEUED
+
+
+@dataclass(frozen=True)
+class Append:
+    """One append command: events (and their artifacts) for one flow, all or nothing."""
+
+    namespace: str
+    flow_id: str
+    expected_version: int
+    command_id: str
+    events: tuple[NewEvent, ...]
+    artifacts: tuple[NewArtifact, ...] = ()
+    new_status: FlowStatus | None = None
+    fencing_token: int = 0
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    first_version: int
+    last_version: int
+    seqs: tuple[int, ...]
+    duplicate: bool = False
+
+
+@dataclass(frozen=True)
+class Prune:
+    namespace: str
+    flow_id: str
+    keep_through_version: int
+    expected_version: int
+    command_id: str
+    pruned_by: str = ""
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class FlowFilter:
+    namespace: str
+    statuses: tuple[FlowStatus, ...] = ()
+    name: str | None = None
+    parent_flow_id: str | None = None
+    include_deleted: bool = False
+
+
+@dataclass(frozen=True)
+class Page:
+    """A page request: ``token`` is opaque (from a previous :class:`FlowPage`)."""
+
+    size: int = 100
+    token: str = ""
+
+
+@dataclass(frozen=True)
+class FlowPage:
+    flows: tuple[Flow, ...]
+    next_token: str = ""
+
+
+@dataclass(frozen=True)
+class StepCounts:
+    events: int
+    steps_finished: int
+    steps_failed: int
+
+
+@dataclass(frozen=True)
+class FeedEvent:
+    """An event of the global feed and the opaque cursor that resumes right after it."""
+
+    event: StoredEvent
+    cursor: str
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    flow_id: str
+    version: int
+    state_json: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class ArtifactLookup:
+    found: tuple[Artifact, ...]
+    missing: tuple[str, ...] = field(default_factory=tuple)

@@ -1,0 +1,105 @@
+"""The storage port: what the store service (and the in-process engine) needs from a backend.
+
+Two implementations, one contract: ``adapters.memory.MemoryEventStore`` and
+``adapters.postgres.PostgresEventStore``; ``tests/store/`` runs one parity suite over both.
+Every method raises only :mod:`flowledger.errors` classes. Methods that write are atomic: when
+they raise, nothing was written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Protocol
+
+from store_service.domain import (
+    Append,
+    AppendResult,
+    ArtifactLookup,
+    EventType,
+    FeedEvent,
+    Flow,
+    FlowFilter,
+    FlowPage,
+    NewBranch,
+    NewFlow,
+    Page,
+    Prune,
+    Snapshot,
+    StepCounts,
+    StoredEvent,
+)
+
+
+class EventStore(Protocol):
+    async def create_flow(self, new: NewFlow) -> tuple[Flow, bool]:
+        """Create a flow; returns (flow, existed). Same id + same attributes → existed=True;
+        same id + other attributes → AlreadyExists."""
+        ...
+
+    async def get_flow(self, namespace: str, flow_id: str, include_deleted: bool = False) -> Flow:
+        """NotFound when absent from ``namespace`` (or deleted, unless include_deleted)."""
+        ...
+
+    async def list_flows(self, flt: FlowFilter, page: Page) -> FlowPage:
+        """Newest first (created_at, then flow_id, descending); stable keyset pagination."""
+        ...
+
+    async def append(self, cmd: Append) -> AppendResult:
+        """Append atomically. VersionConflict on a stale expected_version; a repeated command_id
+        returns the first result with duplicate=True and writes nothing; artifacts deduplicated
+        by hash, inserted in the same transaction; FailedPrecondition on a stale fencing token
+        or a deleted flow."""
+        ...
+
+    def read_events(
+        self,
+        namespace: str,
+        flow_id: str,
+        after_version: int = 0,
+        to_version: int = 0,
+        chunk_size: int = 1000,
+    ) -> AsyncIterator[Sequence[StoredEvent]]:
+        """The flow's log as one ordered sequence (inherited branch prefix included), in chunks.
+        NotFound is raised on first iteration when the flow does not exist."""
+        ...
+
+    async def count_steps(self, namespace: str, flow_id: str) -> StepCounts: ...
+
+    def subscribe(
+        self,
+        namespace: str,
+        after_cursor: str = "",
+        types: Sequence[EventType] = (),
+        chunk_size: int = 500,
+    ) -> AsyncIterator[Sequence[FeedEvent]]:
+        """Every event of the namespace, catch-up then live, never skipping an event whose
+        transaction commits late, never twice. Runs until the consumer stops iterating."""
+        ...
+
+    async def get_artifacts(self, namespace: str, hashes: Sequence[str]) -> ArtifactLookup: ...
+
+    async def create_branch(self, new: NewBranch) -> tuple[Flow, bool]:
+        """O(1) copy-on-write branch at ``fork_version`` (≤ the parent's version)."""
+        ...
+
+    async def delete_branch(
+        self, namespace: str, flow_id: str, deleted_by: str = "", reason: str = ""
+    ) -> Flow:
+        """Mark deleted (recorded, never erased). Idempotent."""
+        ...
+
+    async def prune(self, cmd: Prune) -> tuple[Flow, bool]:
+        """Cut the log after keep_through_version as a new generation; (flow, duplicate)."""
+        ...
+
+    async def save_snapshot(
+        self, namespace: str, flow_id: str, version: int, state_json: str
+    ) -> None: ...
+
+    async def load_snapshot(
+        self, namespace: str, flow_id: str, max_version: int = 0
+    ) -> Snapshot | None:
+        """Latest snapshot valid for the flow's current log (not cut away by a prune)."""
+        ...
+
+    async def close(self) -> None: ...
