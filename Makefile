@@ -34,7 +34,7 @@ format: setup
 	$(BIN)/ruff format .
 
 demo: setup
-	$(BIN)/python -m flowledger.demo
+	$(BIN)/python -m flowledger.devserver.demo
 
 bench: setup
 	$(BIN)/python bench/store_bench.py

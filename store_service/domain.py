@@ -238,3 +238,87 @@ class Snapshot:
 class ArtifactLookup:
     found: tuple[Artifact, ...]
     missing: tuple[str, ...] = field(default_factory=tuple)
+
+
+class DefinitionState(enum.Enum):
+    """Lifecycle of a definition version: draft -> published -> archived (rollback re-publishes)."""
+
+    DRAFT = "draft"
+    PUBLISHED = "published"
+    ARCHIVED = "archived"
+
+
+@dataclass(frozen=True)
+class DefinitionTransition:
+    state: DefinitionState
+    change_note: str
+    actor: str
+    at: datetime
+
+
+@dataclass(frozen=True)
+class StoredDefinition:
+    """One version of a definition as stored; the document is canonical JSON text."""
+
+    namespace: str
+    name: str
+    version: int
+    state: DefinitionState
+    definition_json: str
+    definition_hash: str
+    change_note: str
+    created_by: str
+    created_at: datetime
+    published_at: datetime | None
+    history: tuple[DefinitionTransition, ...] = ()
+
+
+@dataclass(frozen=True)
+class NewDefinitionVersion:
+    namespace: str
+    name: str
+    definition_json: str
+    definition_hash: str
+    change_note: str = ""
+    created_by: str = ""
+    request_id: str | None = None
+
+
+@dataclass(frozen=True)
+class DefinitionTransitionCommand:
+    """Move ``version`` to ``to_state`` if its state is one of ``from_states``."""
+
+    namespace: str
+    name: str
+    version: int
+    to_state: DefinitionState
+    from_states: tuple[DefinitionState, ...]
+    change_note: str = ""
+    actor: str = ""
+
+
+@dataclass(frozen=True)
+class DefinitionPage:
+    versions: tuple[StoredDefinition, ...]
+    next_token: str = ""
+
+
+@dataclass(frozen=True)
+class ClaimRequest:
+    """Claim up to ``limit`` runnable flows for ``owner`` (optionally only ``flow_ids``)."""
+
+    owner: str
+    limit: int
+    lease_ms: int
+    namespaces: tuple[str, ...] = ()
+    flow_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class FlowLease:
+    """A claimed flow. Appends must carry ``fencing_token`` and arrive before ``expires_at``."""
+
+    flow: Flow
+    fencing_token: int
+    expires_at: datetime
+    owner: str

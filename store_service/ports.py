@@ -15,17 +15,23 @@ from store_service.domain import (
     Append,
     AppendResult,
     ArtifactLookup,
+    ClaimRequest,
+    DefinitionPage,
+    DefinitionTransitionCommand,
     EventType,
     FeedEvent,
     Flow,
     FlowFilter,
+    FlowLease,
     FlowPage,
     NewBranch,
+    NewDefinitionVersion,
     NewFlow,
     Page,
     Prune,
     Snapshot,
     StepCounts,
+    StoredDefinition,
     StoredEvent,
 )
 
@@ -47,8 +53,9 @@ class EventStore(Protocol):
     async def append(self, cmd: Append) -> AppendResult:
         """Append atomically. VersionConflict on a stale expected_version; a repeated command_id
         returns the first result with duplicate=True and writes nothing; artifacts deduplicated
-        by hash, inserted in the same transaction; FailedPrecondition on a stale fencing token
-        or a deleted flow."""
+        by hash, inserted in the same transaction; FailedPrecondition on a deleted flow, or
+        when fencing_token != 0 and it is not the flow's current lease token or that lease has
+        expired (reason LEASE_LOST)."""
         ...
 
     def read_events(
@@ -100,6 +107,54 @@ class EventStore(Protocol):
         self, namespace: str, flow_id: str, max_version: int = 0
     ) -> Snapshot | None:
         """Latest snapshot valid for the flow's current log (not cut away by a prune)."""
+        ...
+
+    # --- versioned definitions ---
+
+    async def put_definition_version(
+        self, new: NewDefinitionVersion
+    ) -> tuple[StoredDefinition, bool]:
+        """Store the next version of ``new.name`` as DRAFT; (version, existed). A repeated
+        ``request_id`` returns the version it created with existed=True."""
+        ...
+
+    async def get_definition_version(
+        self, namespace: str, name: str, version: int = 0
+    ) -> StoredDefinition:
+        """Version 0 = the latest published (greatest published_at). NotFound otherwise."""
+        ...
+
+    async def list_definition_versions(
+        self, namespace: str, name: str | None, page: Page
+    ) -> DefinitionPage:
+        """name None: the latest version of every definition (by name); else every version of
+        ``name``, newest first."""
+        ...
+
+    async def transition_definition_version(
+        self, cmd: DefinitionTransitionCommand
+    ) -> StoredDefinition:
+        """FailedPrecondition unless the current state is in ``from_states`` (a version already in
+        ``to_state`` and not being published again is returned unchanged). Each transition is
+        appended to the version's history; PUBLISHED sets published_at = now."""
+        ...
+
+    # --- work leases ---
+
+    async def claim_flows(self, req: ClaimRequest) -> tuple[FlowLease, ...]:
+        """Lease runnable flows (queued/running, not deleted, lease free or expired), skipping
+        rows other claimers hold (SKIP LOCKED). Every claim takes a new fencing token from one
+        global increasing sequence, so a takeover always has a larger token."""
+        ...
+
+    async def renew_lease(
+        self, namespace: str, flow_id: str, owner: str, fencing_token: int, lease_ms: int
+    ) -> FlowLease:
+        """FailedPrecondition(reason LEASE_LOST) when the token is stale or the lease expired."""
+        ...
+
+    async def release_lease(self, namespace: str, flow_id: str, fencing_token: int) -> bool:
+        """Clear the lease if ``fencing_token`` still holds it; False (no change) otherwise."""
         ...
 
     async def close(self) -> None: ...

@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.postgres",
     "tests.fixtures.tcp_proxy",
     "tests.fixtures.store_server",
+    "tests.fixtures.store_client",
 ]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+
 from flowledger.devserver import LocalPostgres, find_bindir
 from flowledger.devserver import postgres as launcher
 

@@ -40,12 +40,18 @@ CREATE TABLE IF NOT EXISTS flow_generations (
     flow_id            UUID NOT NULL REFERENCES flows (flow_id) ON DELETE RESTRICT,
     generation         BIGINT NOT NULL CHECK (generation >= 0),
     base_version       BIGINT NOT NULL CHECK (base_version >= 0),
-    inherit_flow_id    UUID NULL REFERENCES flows (flow_id) ON DELETE RESTRICT,
+    inherit_flow_id    UUID NULL,
     inherit_generation BIGINT NULL,
     created_at         TIMESTAMPTZ NOT NULL DEFAULT now(),
     created_by         TEXT NOT NULL DEFAULT '',
     reason             TEXT NOT NULL DEFAULT '',
-    PRIMARY KEY (flow_id, generation)
+    PRIMARY KEY (flow_id, generation),
+    -- Either both inherit columns are set (they name an existing generation) or neither.
+    CONSTRAINT flow_generations_inherit_check
+        CHECK ((inherit_flow_id IS NULL) = (inherit_generation IS NULL)),
+    CONSTRAINT flow_generations_inherit_fkey
+        FOREIGN KEY (inherit_flow_id, inherit_generation)
+        REFERENCES flow_generations (flow_id, generation) ON DELETE RESTRICT
 );
 
 CREATE TABLE IF NOT EXISTS event_log (
@@ -71,6 +77,7 @@ CREATE TABLE IF NOT EXISTS event_log (
     CONSTRAINT event_log_flow_generation_version_key UNIQUE (flow_id, generation, version)
 );
 
+-- The seeds' per-flow index, and the global feed's (tx_id, seq) order.
 CREATE INDEX IF NOT EXISTS event_log_flow_seq_idx ON event_log (flow_id, seq);
 CREATE INDEX IF NOT EXISTS event_log_feed_idx ON event_log (tx_id, seq);
 

@@ -87,7 +87,7 @@ class FailedPrecondition(FlowledgerError):
 
 
 class Aborted(FlowledgerError):
-    """A conflict the caller must resolve by re-reading (or a transient conflict past the budget)."""
+    """A conflict the caller resolves by re-reading (or a transient conflict past the budget)."""
 
     code = ErrorCode.ABORTED
     default_reason = "ABORTED"

@@ -8,7 +8,7 @@ field violation per offending field — never a message string to be parsed.
 
 from __future__ import annotations
 
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import grpc
 import grpc.aio
@@ -59,7 +59,9 @@ def to_status(error: FlowledgerError) -> status_pb2.Status:
     if error.violations:
         bad = error_details_pb2.BadRequest(
             field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=v.field, description=v.description
+                )
                 for v in error.violations
             ]
         )
@@ -69,7 +71,9 @@ def to_status(error: FlowledgerError) -> status_pb2.Status:
     return status
 
 
-async def abort(context: grpc.aio.ServicerContext[object, object], error: FlowledgerError) -> NoReturn:
+async def abort(
+    context: grpc.aio.ServicerContext[object, object], error: FlowledgerError
+) -> NoReturn:
     """End the current RPC with ``error`` as a rich status."""
     await context.abort_with_status(rpc_status.to_status(to_status(error)))
     raise AssertionError("abort_with_status returned")  # pragma: no cover
@@ -77,13 +81,19 @@ async def abort(context: grpc.aio.ServicerContext[object, object], error: Flowle
 
 def from_rpc_error(exc: grpc.RpcError) -> FlowledgerError:
     """The flowledger error a failed call stands for (the inverse of :func:`to_status`)."""
-    call_code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
-    details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
-    status = rpc_status.from_call(exc) if isinstance(exc, grpc.Call) else None
+    # grpc.aio raises AioRpcError, which has the Call accessors without being a grpc.Call.
+    call: Any = exc if isinstance(exc, (grpc.Call, grpc.aio.AioRpcError)) else None
+    call_code = call.code() if call is not None else grpc.StatusCode.UNKNOWN
+    details = call.details() if call is not None else str(exc)
+    status = rpc_status.from_call(call) if call is not None else None
     error_code = _ERROR_CODE.get(call_code)
     if error_code is None:
         # UNKNOWN, CANCELLED, ...: no flowledger meaning; transport-level trouble is transient.
-        error_code = ErrorCode.UNAVAILABLE if call_code == grpc.StatusCode.CANCELLED else ErrorCode.INTERNAL
+        error_code = (
+            ErrorCode.UNAVAILABLE
+            if call_code == grpc.StatusCode.CANCELLED
+            else ErrorCode.INTERNAL
+        )
     reason: str | None = None
     metadata: dict[str, str] = {}
     violations: list[FieldViolation] = []
@@ -104,7 +114,9 @@ def from_rpc_error(exc: grpc.RpcError) -> FlowledgerError:
             int(metadata.get("expected_version", "0")),
             int(metadata["current_version"]),
         )
-    return ERROR_CLASSES[error_code](message, reason=reason, metadata=metadata, violations=violations)
+    return ERROR_CLASSES[error_code](
+        message, reason=reason, metadata=metadata, violations=violations
+    )
 
 
 def is_transient(code: grpc.StatusCode) -> bool:

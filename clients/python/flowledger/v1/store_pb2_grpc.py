@@ -99,6 +99,41 @@ class StoreServiceStub:
                 request_serializer=flowledger_dot_v1_dot_store__pb2.LoadSnapshotRequest.SerializeToString,
                 response_deserializer=flowledger_dot_v1_dot_store__pb2.LoadSnapshotResponse.FromString,
                 _registered_method=True)
+        self.PutDefinitionVersion = channel.unary_unary(
+                '/flowledger.v1.StoreService/PutDefinitionVersion',
+                request_serializer=flowledger_dot_v1_dot_store__pb2.PutDefinitionVersionRequest.SerializeToString,
+                response_deserializer=flowledger_dot_v1_dot_store__pb2.PutDefinitionVersionResponse.FromString,
+                _registered_method=True)
+        self.GetStoredDefinitionVersion = channel.unary_unary(
+                '/flowledger.v1.StoreService/GetStoredDefinitionVersion',
+                request_serializer=flowledger_dot_v1_dot_store__pb2.GetStoredDefinitionVersionRequest.SerializeToString,
+                response_deserializer=flowledger_dot_v1_dot_store__pb2.GetStoredDefinitionVersionResponse.FromString,
+                _registered_method=True)
+        self.ListStoredDefinitionVersions = channel.unary_unary(
+                '/flowledger.v1.StoreService/ListStoredDefinitionVersions',
+                request_serializer=flowledger_dot_v1_dot_store__pb2.ListStoredDefinitionVersionsRequest.SerializeToString,
+                response_deserializer=flowledger_dot_v1_dot_store__pb2.ListStoredDefinitionVersionsResponse.FromString,
+                _registered_method=True)
+        self.TransitionDefinitionVersion = channel.unary_unary(
+                '/flowledger.v1.StoreService/TransitionDefinitionVersion',
+                request_serializer=flowledger_dot_v1_dot_store__pb2.TransitionDefinitionVersionRequest.SerializeToString,
+                response_deserializer=flowledger_dot_v1_dot_store__pb2.TransitionDefinitionVersionResponse.FromString,
+                _registered_method=True)
+        self.ClaimFlows = channel.unary_unary(
+                '/flowledger.v1.StoreService/ClaimFlows',
+                request_serializer=flowledger_dot_v1_dot_store__pb2.ClaimFlowsRequest.SerializeToString,
+                response_deserializer=flowledger_dot_v1_dot_store__pb2.ClaimFlowsResponse.FromString,
+                _registered_method=True)
+        self.RenewLease = channel.unary_unary(
+                '/flowledger.v1.StoreService/RenewLease',
+                request_serializer=flowledger_dot_v1_dot_store__pb2.RenewLeaseRequest.SerializeToString,
+                response_deserializer=flowledger_dot_v1_dot_store__pb2.RenewLeaseResponse.FromString,
+                _registered_method=True)
+        self.ReleaseLease = channel.unary_unary(
+                '/flowledger.v1.StoreService/ReleaseLease',
+                request_serializer=flowledger_dot_v1_dot_store__pb2.ReleaseLeaseRequest.SerializeToString,
+                response_deserializer=flowledger_dot_v1_dot_store__pb2.ReleaseLeaseResponse.FromString,
+                _registered_method=True)
 
 
 class StoreServiceServicer:
@@ -211,6 +246,69 @@ class StoreServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PutDefinitionVersion(self, request, context):
+        """--- Versioned definitions (the engine validates documents; the store keeps them) ---
+
+        Stores a new version of a definition as DRAFT (creating the definition with its first
+        version); the version number is the next of that definition. Idempotent by `request_id`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetStoredDefinitionVersion(self, request, context):
+        """One version; version 0 = the latest published one. NOT_FOUND when there is none. Read-only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListStoredDefinitionVersions(self, request, context):
+        """The latest version of every definition of a namespace, or every version of one definition
+        (newest first), paginated. Read-only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TransitionDefinitionVersion(self, request, context):
+        """Moves a version to `to_state` when its current state is one of `from_states`, recording the
+        change note; PUBLISHED also makes it the latest published version (published_at = now).
+        FAILED_PRECONDITION when the current state is not allowed. Idempotent when already there
+        and `to_state` is not PUBLISHED-again (see `republish`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClaimFlows(self, request, context):
+        """--- Work leases of engine replicas ---
+
+        Claims up to `limit` runnable flows (queued or running, not deleted, lease free or expired)
+        for `owner` for `lease_ms`, skipping flows other replicas are claiming right now. Each claim
+        gets a new fencing token, larger than any earlier token of that flow; appends carrying an
+        older token, or arriving after the lease expired, are refused with FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RenewLease(self, request, context):
+        """Extends a lease held with `fencing_token`. FAILED_PRECONDITION (reason LEASE_LOST) when the
+        lease expired or was taken over.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseLease(self, request, context):
+        """Gives a lease up (for example when the flow starts waiting). Idempotent; a stale token is a
+        no-op.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StoreServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -278,6 +376,41 @@ def add_StoreServiceServicer_to_server(servicer, server):
                     servicer.LoadSnapshot,
                     request_deserializer=flowledger_dot_v1_dot_store__pb2.LoadSnapshotRequest.FromString,
                     response_serializer=flowledger_dot_v1_dot_store__pb2.LoadSnapshotResponse.SerializeToString,
+            ),
+            'PutDefinitionVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutDefinitionVersion,
+                    request_deserializer=flowledger_dot_v1_dot_store__pb2.PutDefinitionVersionRequest.FromString,
+                    response_serializer=flowledger_dot_v1_dot_store__pb2.PutDefinitionVersionResponse.SerializeToString,
+            ),
+            'GetStoredDefinitionVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStoredDefinitionVersion,
+                    request_deserializer=flowledger_dot_v1_dot_store__pb2.GetStoredDefinitionVersionRequest.FromString,
+                    response_serializer=flowledger_dot_v1_dot_store__pb2.GetStoredDefinitionVersionResponse.SerializeToString,
+            ),
+            'ListStoredDefinitionVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListStoredDefinitionVersions,
+                    request_deserializer=flowledger_dot_v1_dot_store__pb2.ListStoredDefinitionVersionsRequest.FromString,
+                    response_serializer=flowledger_dot_v1_dot_store__pb2.ListStoredDefinitionVersionsResponse.SerializeToString,
+            ),
+            'TransitionDefinitionVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.TransitionDefinitionVersion,
+                    request_deserializer=flowledger_dot_v1_dot_store__pb2.TransitionDefinitionVersionRequest.FromString,
+                    response_serializer=flowledger_dot_v1_dot_store__pb2.TransitionDefinitionVersionResponse.SerializeToString,
+            ),
+            'ClaimFlows': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClaimFlows,
+                    request_deserializer=flowledger_dot_v1_dot_store__pb2.ClaimFlowsRequest.FromString,
+                    response_serializer=flowledger_dot_v1_dot_store__pb2.ClaimFlowsResponse.SerializeToString,
+            ),
+            'RenewLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewLease,
+                    request_deserializer=flowledger_dot_v1_dot_store__pb2.RenewLeaseRequest.FromString,
+                    response_serializer=flowledger_dot_v1_dot_store__pb2.RenewLeaseResponse.SerializeToString,
+            ),
+            'ReleaseLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseLease,
+                    request_deserializer=flowledger_dot_v1_dot_store__pb2.ReleaseLeaseRequest.FromString,
+                    response_serializer=flowledger_dot_v1_dot_store__pb2.ReleaseLeaseResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -631,6 +764,195 @@ class StoreService:
             '/flowledger.v1.StoreService/LoadSnapshot',
             flowledger_dot_v1_dot_store__pb2.LoadSnapshotRequest.SerializeToString,
             flowledger_dot_v1_dot_store__pb2.LoadSnapshotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutDefinitionVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowledger.v1.StoreService/PutDefinitionVersion',
+            flowledger_dot_v1_dot_store__pb2.PutDefinitionVersionRequest.SerializeToString,
+            flowledger_dot_v1_dot_store__pb2.PutDefinitionVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStoredDefinitionVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowledger.v1.StoreService/GetStoredDefinitionVersion',
+            flowledger_dot_v1_dot_store__pb2.GetStoredDefinitionVersionRequest.SerializeToString,
+            flowledger_dot_v1_dot_store__pb2.GetStoredDefinitionVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListStoredDefinitionVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowledger.v1.StoreService/ListStoredDefinitionVersions',
+            flowledger_dot_v1_dot_store__pb2.ListStoredDefinitionVersionsRequest.SerializeToString,
+            flowledger_dot_v1_dot_store__pb2.ListStoredDefinitionVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TransitionDefinitionVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowledger.v1.StoreService/TransitionDefinitionVersion',
+            flowledger_dot_v1_dot_store__pb2.TransitionDefinitionVersionRequest.SerializeToString,
+            flowledger_dot_v1_dot_store__pb2.TransitionDefinitionVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClaimFlows(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowledger.v1.StoreService/ClaimFlows',
+            flowledger_dot_v1_dot_store__pb2.ClaimFlowsRequest.SerializeToString,
+            flowledger_dot_v1_dot_store__pb2.ClaimFlowsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowledger.v1.StoreService/RenewLease',
+            flowledger_dot_v1_dot_store__pb2.RenewLeaseRequest.SerializeToString,
+            flowledger_dot_v1_dot_store__pb2.RenewLeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowledger.v1.StoreService/ReleaseLease',
+            flowledger_dot_v1_dot_store__pb2.ReleaseLeaseRequest.SerializeToString,
+            flowledger_dot_v1_dot_store__pb2.ReleaseLeaseResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -96,6 +96,40 @@ class StoreServiceStub:
     """Loads the latest snapshot valid for the flow's current log at or below `max_version`
     (0 = any). `found` is false when there is none. Read-only.
     """
+    PutDefinitionVersion: _grpc.UnaryUnaryMultiCallable[_store_pb2.PutDefinitionVersionRequest, _store_pb2.PutDefinitionVersionResponse]
+    """--- Versioned definitions (the engine validates documents; the store keeps them) ---
+
+    Stores a new version of a definition as DRAFT (creating the definition with its first
+    version); the version number is the next of that definition. Idempotent by `request_id`.
+    """
+    GetStoredDefinitionVersion: _grpc.UnaryUnaryMultiCallable[_store_pb2.GetStoredDefinitionVersionRequest, _store_pb2.GetStoredDefinitionVersionResponse]
+    """One version; version 0 = the latest published one. NOT_FOUND when there is none. Read-only."""
+    ListStoredDefinitionVersions: _grpc.UnaryUnaryMultiCallable[_store_pb2.ListStoredDefinitionVersionsRequest, _store_pb2.ListStoredDefinitionVersionsResponse]
+    """The latest version of every definition of a namespace, or every version of one definition
+    (newest first), paginated. Read-only.
+    """
+    TransitionDefinitionVersion: _grpc.UnaryUnaryMultiCallable[_store_pb2.TransitionDefinitionVersionRequest, _store_pb2.TransitionDefinitionVersionResponse]
+    """Moves a version to `to_state` when its current state is one of `from_states`, recording the
+    change note; PUBLISHED also makes it the latest published version (published_at = now).
+    FAILED_PRECONDITION when the current state is not allowed. Idempotent when already there
+    and `to_state` is not PUBLISHED-again (see `republish`).
+    """
+    ClaimFlows: _grpc.UnaryUnaryMultiCallable[_store_pb2.ClaimFlowsRequest, _store_pb2.ClaimFlowsResponse]
+    """--- Work leases of engine replicas ---
+
+    Claims up to `limit` runnable flows (queued or running, not deleted, lease free or expired)
+    for `owner` for `lease_ms`, skipping flows other replicas are claiming right now. Each claim
+    gets a new fencing token, larger than any earlier token of that flow; appends carrying an
+    older token, or arriving after the lease expired, are refused with FAILED_PRECONDITION.
+    """
+    RenewLease: _grpc.UnaryUnaryMultiCallable[_store_pb2.RenewLeaseRequest, _store_pb2.RenewLeaseResponse]
+    """Extends a lease held with `fencing_token`. FAILED_PRECONDITION (reason LEASE_LOST) when the
+    lease expired or was taken over.
+    """
+    ReleaseLease: _grpc.UnaryUnaryMultiCallable[_store_pb2.ReleaseLeaseRequest, _store_pb2.ReleaseLeaseResponse]
+    """Gives a lease up (for example when the flow starts waiting). Idempotent; a stale token is a
+    no-op.
+    """
 
 @_typing.type_check_only
 class StoreServiceAsyncStub(StoreServiceStub):
@@ -151,6 +185,40 @@ class StoreServiceAsyncStub(StoreServiceStub):
     LoadSnapshot: _aio.UnaryUnaryMultiCallable[_store_pb2.LoadSnapshotRequest, _store_pb2.LoadSnapshotResponse]  # type: ignore[assignment]
     """Loads the latest snapshot valid for the flow's current log at or below `max_version`
     (0 = any). `found` is false when there is none. Read-only.
+    """
+    PutDefinitionVersion: _aio.UnaryUnaryMultiCallable[_store_pb2.PutDefinitionVersionRequest, _store_pb2.PutDefinitionVersionResponse]  # type: ignore[assignment]
+    """--- Versioned definitions (the engine validates documents; the store keeps them) ---
+
+    Stores a new version of a definition as DRAFT (creating the definition with its first
+    version); the version number is the next of that definition. Idempotent by `request_id`.
+    """
+    GetStoredDefinitionVersion: _aio.UnaryUnaryMultiCallable[_store_pb2.GetStoredDefinitionVersionRequest, _store_pb2.GetStoredDefinitionVersionResponse]  # type: ignore[assignment]
+    """One version; version 0 = the latest published one. NOT_FOUND when there is none. Read-only."""
+    ListStoredDefinitionVersions: _aio.UnaryUnaryMultiCallable[_store_pb2.ListStoredDefinitionVersionsRequest, _store_pb2.ListStoredDefinitionVersionsResponse]  # type: ignore[assignment]
+    """The latest version of every definition of a namespace, or every version of one definition
+    (newest first), paginated. Read-only.
+    """
+    TransitionDefinitionVersion: _aio.UnaryUnaryMultiCallable[_store_pb2.TransitionDefinitionVersionRequest, _store_pb2.TransitionDefinitionVersionResponse]  # type: ignore[assignment]
+    """Moves a version to `to_state` when its current state is one of `from_states`, recording the
+    change note; PUBLISHED also makes it the latest published version (published_at = now).
+    FAILED_PRECONDITION when the current state is not allowed. Idempotent when already there
+    and `to_state` is not PUBLISHED-again (see `republish`).
+    """
+    ClaimFlows: _aio.UnaryUnaryMultiCallable[_store_pb2.ClaimFlowsRequest, _store_pb2.ClaimFlowsResponse]  # type: ignore[assignment]
+    """--- Work leases of engine replicas ---
+
+    Claims up to `limit` runnable flows (queued or running, not deleted, lease free or expired)
+    for `owner` for `lease_ms`, skipping flows other replicas are claiming right now. Each claim
+    gets a new fencing token, larger than any earlier token of that flow; appends carrying an
+    older token, or arriving after the lease expired, are refused with FAILED_PRECONDITION.
+    """
+    RenewLease: _aio.UnaryUnaryMultiCallable[_store_pb2.RenewLeaseRequest, _store_pb2.RenewLeaseResponse]  # type: ignore[assignment]
+    """Extends a lease held with `fencing_token`. FAILED_PRECONDITION (reason LEASE_LOST) when the
+    lease expired or was taken over.
+    """
+    ReleaseLease: _aio.UnaryUnaryMultiCallable[_store_pb2.ReleaseLeaseRequest, _store_pb2.ReleaseLeaseResponse]  # type: ignore[assignment]
+    """Gives a lease up (for example when the flow starts waiting). Idempotent; a stale token is a
+    no-op.
     """
 
 class StoreServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -282,6 +350,82 @@ class StoreServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_store_pb2.LoadSnapshotResponse, _abc.Awaitable[_store_pb2.LoadSnapshotResponse]]:
         """Loads the latest snapshot valid for the flow's current log at or below `max_version`
         (0 = any). `found` is false when there is none. Read-only.
+        """
+
+    @_abc_1.abstractmethod
+    def PutDefinitionVersion(
+        self,
+        request: _store_pb2.PutDefinitionVersionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_store_pb2.PutDefinitionVersionResponse, _abc.Awaitable[_store_pb2.PutDefinitionVersionResponse]]:
+        """--- Versioned definitions (the engine validates documents; the store keeps them) ---
+
+        Stores a new version of a definition as DRAFT (creating the definition with its first
+        version); the version number is the next of that definition. Idempotent by `request_id`.
+        """
+
+    @_abc_1.abstractmethod
+    def GetStoredDefinitionVersion(
+        self,
+        request: _store_pb2.GetStoredDefinitionVersionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_store_pb2.GetStoredDefinitionVersionResponse, _abc.Awaitable[_store_pb2.GetStoredDefinitionVersionResponse]]:
+        """One version; version 0 = the latest published one. NOT_FOUND when there is none. Read-only."""
+
+    @_abc_1.abstractmethod
+    def ListStoredDefinitionVersions(
+        self,
+        request: _store_pb2.ListStoredDefinitionVersionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_store_pb2.ListStoredDefinitionVersionsResponse, _abc.Awaitable[_store_pb2.ListStoredDefinitionVersionsResponse]]:
+        """The latest version of every definition of a namespace, or every version of one definition
+        (newest first), paginated. Read-only.
+        """
+
+    @_abc_1.abstractmethod
+    def TransitionDefinitionVersion(
+        self,
+        request: _store_pb2.TransitionDefinitionVersionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_store_pb2.TransitionDefinitionVersionResponse, _abc.Awaitable[_store_pb2.TransitionDefinitionVersionResponse]]:
+        """Moves a version to `to_state` when its current state is one of `from_states`, recording the
+        change note; PUBLISHED also makes it the latest published version (published_at = now).
+        FAILED_PRECONDITION when the current state is not allowed. Idempotent when already there
+        and `to_state` is not PUBLISHED-again (see `republish`).
+        """
+
+    @_abc_1.abstractmethod
+    def ClaimFlows(
+        self,
+        request: _store_pb2.ClaimFlowsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_store_pb2.ClaimFlowsResponse, _abc.Awaitable[_store_pb2.ClaimFlowsResponse]]:
+        """--- Work leases of engine replicas ---
+
+        Claims up to `limit` runnable flows (queued or running, not deleted, lease free or expired)
+        for `owner` for `lease_ms`, skipping flows other replicas are claiming right now. Each claim
+        gets a new fencing token, larger than any earlier token of that flow; appends carrying an
+        older token, or arriving after the lease expired, are refused with FAILED_PRECONDITION.
+        """
+
+    @_abc_1.abstractmethod
+    def RenewLease(
+        self,
+        request: _store_pb2.RenewLeaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_store_pb2.RenewLeaseResponse, _abc.Awaitable[_store_pb2.RenewLeaseResponse]]:
+        """Extends a lease held with `fencing_token`. FAILED_PRECONDITION (reason LEASE_LOST) when the
+        lease expired or was taken over.
+        """
+
+    @_abc_1.abstractmethod
+    def ReleaseLease(
+        self,
+        request: _store_pb2.ReleaseLeaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_store_pb2.ReleaseLeaseResponse, _abc.Awaitable[_store_pb2.ReleaseLeaseResponse]]:
+        """Gives a lease up (for example when the flow starts waiting). Idempotent; a stale token is a
+        no-op.
         """
 
 def add_StoreServiceServicer_to_server(servicer: StoreServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,330 @@
+"""Store benchmark: raw psycopg against the store service, in one run, on one Postgres.
+
+    make bench            # or: .venv/bin/python bench/store_bench.py [--events N] [--read-events N]
+
+Uses ``DATABASE_URL`` when set, else starts a throwaway local Postgres. The store runs as its own
+process (``python -m store_service``) and is called over real gRPC on loopback, so the figures
+include protobuf, HTTP/2 and the Python server. Speed targets live here, never in tests:
+
+* 16 concurrent clients appending single events to different flows sustain at least 2x the raw
+  one-connection, one-transaction-per-event rate;
+* reading 100k events of one flow through the store takes no longer than raw psycopg
+  fetch-and-decode of the same rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import grpc
+import psycopg
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from flowledger.v1 import common_pb2, store_pb2, store_pb2_grpc
+
+NAMESPACE = "bench"
+PAYLOAD = json.dumps({"step_id": "transform", "outputs": ["a" * 64], "n": 1})
+
+
+@dataclass(frozen=True)
+class Result:
+    name: str
+    events: int
+    seconds: float
+    latencies: tuple[float, ...] = ()
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds
+
+    def pct(self, q: float) -> float | None:
+        if not self.latencies:
+            return None
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def postgres_url() -> Iterator[str]:
+    """The admin URL of the Postgres to measure on."""
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        yield url
+        return
+    from flowledger.devserver.postgres import LocalPostgres
+
+    with LocalPostgres() as pg:
+        yield pg.admin_url
+
+
+def fresh_database(admin_url: str, name: str) -> str:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return psycopg.conninfo.make_conninfo(admin_url, dbname=name)
+
+
+def create_flows(url: str, count: int) -> list[str]:
+    ids = [str(uuid.uuid4()) for _ in range(count)]
+    with psycopg.connect(url) as conn:
+        for fid in ids:
+            conn.execute(
+                "INSERT INTO flows (flow_id, namespace, name, status)"
+                " VALUES (%s, %s, 'raw', 'running')",
+                (fid, NAMESPACE),
+            )
+            conn.execute(
+                "INSERT INTO flow_generations (flow_id, generation, base_version)"
+                " VALUES (%s, 0, 0)",
+                (fid,),
+            )
+    return ids
+
+
+RAW_INSERT = (
+    "INSERT INTO event_log (flow_id, event_type, payload, version, command_id)"
+    " VALUES (%s, 'step_finished', %s::jsonb, %s, %s)"
+)
+
+
+def raw_single(url: str, events: int) -> Result:
+    """One connection, one transaction (one commit) per event: the baseline."""
+    (fid,) = create_flows(url, 1)
+    lat: list[float] = []
+    with psycopg.connect(url) as conn:
+        start = time.perf_counter()
+        for v in range(1, events + 1):
+            t0 = time.perf_counter()
+            conn.execute(RAW_INSERT, (fid, PAYLOAD, v, f"c{v}"))
+            conn.commit()
+            lat.append(time.perf_counter() - t0)
+        elapsed = time.perf_counter() - start
+    return Result("raw psycopg, 1 conn, 1 txn/event", events, elapsed, tuple(lat))
+
+
+def raw_batched(url: str, events: int, batch: int = 100) -> Result:
+    (fid,) = create_flows(url, 1)
+    with psycopg.connect(url) as conn:
+        start = time.perf_counter()
+        with conn.cursor() as cur:
+            for first in range(1, events + 1, batch):
+                rows = [
+                    (fid, PAYLOAD, v, f"c{v}") for v in range(first, min(first + batch, events + 1))
+                ]
+                cur.executemany(RAW_INSERT, rows)
+                conn.commit()
+        elapsed = time.perf_counter() - start
+    return Result(f"raw psycopg, 1 conn, {batch}-event txns", events, elapsed)
+
+
+def raw_read(url: str, flow_id: str, expected: int) -> Result:
+    """Fetch-and-decode: rows as Python objects, payload parsed by psycopg's jsonb loader."""
+    with psycopg.connect(url) as conn:
+        start = time.perf_counter()
+        rows = conn.execute(
+            "SELECT seq, flow_id, version, event_type, payload, ts, command_id FROM event_log"
+            " WHERE flow_id = %s ORDER BY version",
+            (flow_id,),
+        ).fetchall()
+        elapsed = time.perf_counter() - start
+    assert len(rows) == expected, (len(rows), expected)
+    return Result(f"raw psycopg fetch+decode {expected:,}", expected, elapsed)
+
+
+def start_store(url: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    env = dict(
+        os.environ,
+        DATABASE_URL=url,
+        STORE_LISTEN=f"127.0.0.1:{port}",
+        STORE_METRICS_LISTEN=f"127.0.0.1:{free_port()}",
+    )
+    proc = subprocess.Popen([sys.executable, "-m", "store_service"], env=env)
+    addr = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    with grpc.insecure_channel(addr) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return proc, addr
+            except grpc.RpcError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("store service did not become healthy")
+            time.sleep(0.1)
+
+
+async def create_store_flows(stub: store_pb2_grpc.StoreServiceAsyncStub, count: int) -> list[str]:
+    ids = []
+    for i in range(count):
+        reply = await stub.CreateFlow(
+            store_pb2.CreateFlowRequest(namespace=NAMESPACE, name=f"bench-{i}")
+        )
+        ids.append(reply.flow.flow_id)
+    return ids
+
+
+async def store_append(addr: str, clients: int, events_per_client: int) -> Result:
+    """Each client appends single events to its own flow, one after the other."""
+    async with grpc.aio.insecure_channel(addr) as channel:
+        stub = store_pb2_grpc.StoreServiceStub(channel)
+        flows = await create_store_flows(stub, clients)
+        lat: list[float] = []
+
+        async def client(flow_id: str) -> None:
+            for v in range(events_per_client):
+                t0 = time.perf_counter()
+                await stub.AppendEvents(
+                    store_pb2.AppendEventsRequest(
+                        namespace=NAMESPACE,
+                        flow_id=flow_id,
+                        expected_version=v,
+                        command_id=f"c{v}",
+                        events=[
+                            common_pb2.NewEvent(
+                                type=common_pb2.EVENT_TYPE_STEP_FINISHED, payload_json=PAYLOAD
+                            )
+                        ],
+                    )
+                )
+                lat.append(time.perf_counter() - t0)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(client(f) for f in flows))
+        elapsed = time.perf_counter() - start
+    return Result(
+        f"store gRPC append, {clients} client(s)", clients * events_per_client, elapsed, tuple(lat)
+    )
+
+
+async def fill_flow(addr: str, events: int, batch: int = 1000) -> str:
+    async with grpc.aio.insecure_channel(addr) as channel:
+        stub = store_pb2_grpc.StoreServiceStub(channel)
+        (flow_id,) = await create_store_flows(stub, 1)
+        for first in range(0, events, batch):
+            n = min(batch, events - first)
+            await stub.AppendEvents(
+                store_pb2.AppendEventsRequest(
+                    namespace=NAMESPACE,
+                    flow_id=flow_id,
+                    expected_version=first,
+                    command_id=f"fill{first}",
+                    events=[
+                        common_pb2.NewEvent(
+                            type=common_pb2.EVENT_TYPE_STEP_FINISHED, payload_json=PAYLOAD
+                        )
+                    ]
+                    * n,
+                )
+            )
+    return flow_id
+
+
+async def store_read(addr: str, flow_id: str, expected: int) -> Result:
+    async with grpc.aio.insecure_channel(
+        addr, options=[("grpc.max_receive_message_length", 8 * 1024 * 1024)]
+    ) as channel:
+        stub = store_pb2_grpc.StoreServiceStub(channel)
+        start = time.perf_counter()
+        count = 0
+        async for chunk in stub.ReadEvents(
+            store_pb2.ReadEventsRequest(namespace=NAMESPACE, flow_id=flow_id, chunk_size=5000)
+        ):
+            count += len(chunk.events)
+        elapsed = time.perf_counter() - start
+    assert count == expected, (count, expected)
+    return Result(f"store gRPC ReadEvents {expected:,}", expected, elapsed)
+
+
+def fmt_row(r: Result, baseline: Result | None) -> str:
+    p50, p99 = r.pct(0.50), r.pct(0.99)
+    lat = f"{p50:7.2f} {p99:8.2f}" if p50 is not None and p99 is not None else f"{'-':>7} {'-':>8}"
+    ratio = f"{r.rate / baseline.rate:6.2f}x" if baseline else "   base"
+    return f"{r.name:<42} {r.events:>8,} {r.seconds:8.2f} {r.rate:11,.0f} {lat} {ratio}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=3000, help="events per append scenario")
+    parser.add_argument("--read-events", type=int, default=100_000, help="large read size")
+    args = parser.parse_args()
+
+    with postgres_url() as admin_url:
+        url = fresh_database(admin_url, "flowledger_bench")
+        from store_service.adapters.postgres.migrate import apply_migrations
+
+        asyncio.run(apply_migrations(url))
+        raw1 = raw_single(url, args.events)
+        rawb = raw_batched(url, args.events * 10)
+        proc, addr = start_store(url)
+        try:
+            one = asyncio.run(store_append(addr, 1, args.events))
+            many = asyncio.run(store_append(addr, 16, max(1, args.events // 4)))
+            reads: list[tuple[Result, Result]] = []
+            for size in (10_000, args.read_events):
+                flow_id = asyncio.run(fill_flow(addr, size))
+                raw_r = raw_read(url, flow_id, size)
+                store_r = asyncio.run(store_read(addr, flow_id, size))
+                reads.append((raw_r, store_r))
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+    with psycopg.connect(admin_url) as conn:
+        row = conn.execute("SHOW server_version").fetchone()
+        fsync = conn.execute("SHOW fsync").fetchone()
+    print()
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores,"
+        f" Python {platform.python_version()}, Postgres {row[0] if row else '?'}"
+        f" (fsync={fsync[0] if fsync else '?'})"
+    )
+    print(
+        f"{'scenario':<42} {'events':>8} {'seconds':>8} {'events/s':>11}"
+        f" {'p50 ms':>7} {'p99 ms':>8}  ratio"
+    )
+    print(fmt_row(raw1, None))
+    print(fmt_row(rawb, raw1))
+    print(fmt_row(one, raw1))
+    print(fmt_row(many, raw1))
+    for raw_r, store_r in reads:
+        print(fmt_row(raw_r, None))
+        print(fmt_row(store_r, raw_r))
+    print()
+    verdict_append = many.rate / raw1.rate
+    verdict_read = reads[-1][1].seconds / reads[-1][0].seconds
+    print(
+        f"target 1: 16-client append / raw single = {verdict_append:.2f}x (target >= 2.00x)"
+        f" -> {'met' if verdict_append >= 2 else 'NOT met'}"
+    )
+    print(
+        f"target 2: store read {args.read_events:,} time / raw fetch+decode time"
+        f" = {verdict_read:.2f}"
+        f" (target <= 1.00) -> {'met' if verdict_read <= 1 else 'NOT met'}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,192 @@
+"""What every flowledger gRPC service runs on: one grpc.aio server with the metrics interceptor,
+health checking (overall and per service), reflection, the Prometheus HTTP endpoint, message
+size limits, and a graceful stop.
+
+Lifecycle: :meth:`GrpcServer.start` binds and serves with health NOT_SERVING; the service calls
+:meth:`GrpcServer.set_serving` once its backend is ready; :meth:`GrpcServer.stop` turns health
+NOT_SERVING, stops accepting calls, lets in-flight calls finish within the grace period and stops
+the metrics endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from wsgiref.simple_server import WSGIServer
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from flowledger.server.interceptors import ServerMetricsInterceptor
+
+log = logging.getLogger("flowledger.server")
+
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
+
+class BindError(OSError):
+    """An address could not be bound; the message names it."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    listen: str
+    """``host:port`` for gRPC; port 0 picks a free port."""
+    metrics_listen: str | None
+    """``host:port`` for ``/metrics``; None runs no endpoint."""
+    max_message_bytes: int
+    service_names: tuple[str, ...]
+    """Fully qualified names of the services, for health and reflection."""
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class MetricsEndpoint:
+    """prometheus_client's HTTP server (a daemon thread), stoppable."""
+
+    def __init__(self, httpd: WSGIServer, thread: threading.Thread) -> None:
+        self._httpd = httpd
+        self._thread = thread
+        self.port: int = httpd.server_port
+
+    @classmethod
+    def start(cls, address: str) -> MetricsEndpoint:
+        host, port = split_host_port(address)
+        try:
+            httpd, thread = start_http_server(port, addr=host)
+        except OSError as exc:
+            raise BindError(f"cannot serve metrics on {address}: {exc.strerror or exc}") from exc
+        return cls(httpd, thread)
+
+    async def stop(self) -> None:
+        # shutdown() blocks until the serving loop notices (up to its 0.5 s poll interval).
+        await asyncio.to_thread(self._httpd.shutdown)
+        self._httpd.server_close()
+        await asyncio.to_thread(self._thread.join, 5.0)
+
+
+class GrpcServer:
+    """A started server; see the module docstring for the lifecycle."""
+
+    def __init__(
+        self,
+        server: grpc.aio.Server,
+        health: HealthServicer,
+        config: ServerConfig,
+        port: int,
+        metrics: MetricsEndpoint | None,
+    ) -> None:
+        self.server = server
+        self.health = health
+        self.config = config
+        self.port = port
+        self.metrics = metrics
+        self._stopped = False
+
+    @property
+    def metrics_port(self) -> int | None:
+        return None if self.metrics is None else self.metrics.port
+
+    @classmethod
+    async def start(
+        cls,
+        config: ServerConfig,
+        register: Callable[[grpc.aio.Server], None],
+        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    ) -> GrpcServer:
+        """Build, bind and start the server; health answers NOT_SERVING until set_serving."""
+        server = grpc.aio.server(
+            interceptors=[ServerMetricsInterceptor(), *interceptors],
+            options=[
+                ("grpc.max_receive_message_length", config.max_message_bytes),
+                ("grpc.max_send_message_length", config.max_message_bytes),
+                # grpc sets SO_REUSEPORT by default: a second process on the same port would
+                # silently share it. Fail the bind instead.
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        register(server)
+        health = HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
+        reflection.enable_server_reflection(
+            (*config.service_names, HEALTH_SERVICE, reflection.SERVICE_NAME), server
+        )
+        for name in ("", *config.service_names):
+            await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        try:
+            port = server.add_insecure_port(config.listen)
+        except RuntimeError as exc:
+            raise BindError(f"cannot listen on {config.listen}: {exc}") from exc
+        metrics = MetricsEndpoint.start(config.metrics_listen) if config.metrics_listen else None
+        try:
+            await server.start()
+        except BaseException:
+            if metrics is not None:
+                await metrics.stop()
+            raise
+        return cls(server, health, config, port, metrics)
+
+    async def set_serving(self) -> None:
+        for name in ("", *self.config.service_names):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def enter_drain(self) -> None:
+        """Health NOT_SERVING for good: load balancers stop sending new calls."""
+        await self.health.enter_graceful_shutdown()
+
+    async def stop(self, grace: float | None) -> None:
+        """Stop accepting calls, give in-flight calls ``grace`` seconds, stop the endpoint."""
+        await self.enter_drain()
+        if not self._stopped:
+            self._stopped = True
+            await self.server.stop(grace)
+            if self.metrics is not None:
+                await self.metrics.stop()
+
+    async def wait_for_termination(self) -> None:
+        await self.server.wait_for_termination()
+
+
+@contextlib.asynccontextmanager
+async def shutdown_signals(
+    signals: Sequence[signal.Signals] = (signal.SIGTERM, signal.SIGINT),
+) -> AsyncIterator[ShutdownSignals]:
+    """Route SIGTERM/SIGINT to events while the block runs (instead of KeyboardInterrupt)."""
+    loop = asyncio.get_running_loop()
+    state = ShutdownSignals()
+    for sig in signals:
+        loop.add_signal_handler(sig, state.received, sig)
+    try:
+        yield state
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+
+
+class ShutdownSignals:
+    """``first`` is set by the first signal, ``again`` by any later one (stop harder)."""
+
+    def __init__(self) -> None:
+        self.first = asyncio.Event()
+        self.again = asyncio.Event()
+        self.signal: signal.Signals | None = None
+
+    def received(self, sig: signal.Signals) -> None:
+        if self.first.is_set():
+            log.warning("received %s again: cancelling the calls still running", sig.name)
+            self.again.set()
+            return
+        self.signal = sig
+        self.first.set()

@@ -1,0 +1,248 @@
+"""Flow definitions: an ordered list of steps, each naming a registered step type and its params.
+
+Built in Python (see :mod:`engine_service.builder`) or from a declarative JSON/YAML document::
+
+    name: chem
+    steps:
+      - {id: seed, type: chem.seed, config: {text: Hola}}
+      - {id: split, type: chem.split}
+      - {id: print_and_count, type: chem.print_and_count}
+
+In documents a step's params are called ``config`` (and validated against its type's JSON
+Schema); in Python they are ``params``. Both are the same canonical JSON object, which is what
+the step fingerprint hashes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from engine_service.fingerprint import definition_hash
+from engine_service.registry import StepRegistry, StepType
+from engine_service.steps import StepKind
+from engine_service.validation import compile_schema, raise_if_any, violations
+from flowledger.canonical import JsonValue, canonical_bytes, parse_json
+from flowledger.errors import FieldViolation, InvalidArgument
+
+STEP_ID_PATTERN = r"^[a-z0-9_-]{1,64}$"
+_STEP_ID = re.compile(STEP_ID_PATTERN)
+MAX_NAME_LENGTH = 256  # flows.name
+
+# The shape of a declarative document; per-step configs are checked against their type's schema.
+DOCUMENT_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "required": ["name", "steps"],
+    "additionalProperties": False,
+    "properties": {
+        "name": {"type": "string", "minLength": 1, "maxLength": MAX_NAME_LENGTH},
+        "version": {"type": "integer", "minimum": 0},
+        "steps": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["id", "type"],
+                "additionalProperties": False,
+                "properties": {
+                    "id": {"type": "string", "pattern": STEP_ID_PATTERN},
+                    "type": {"type": "string", "minLength": 1, "maxLength": 128},
+                    "kind": {"enum": [kind.value for kind in StepKind]},
+                    "config": {"type": "object"},
+                },
+            },
+        },
+    },
+}
+_DOCUMENT_VALIDATOR = compile_schema(DOCUMENT_SCHEMA, field="definition")
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """One step of a definition. ``params`` is normalized to its canonical JSON value."""
+
+    id: str
+    type: str
+    kind: StepKind
+    params: Mapping[str, JsonValue] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FlowDefinition:
+    """An ordered, validated list of steps.
+
+    ``bindings`` holds step types that travel with the definition (functions handed to the
+    builder directly); they are not part of its identity and are looked up before the engine's
+    registry.
+    """
+
+    name: str
+    steps: tuple[StepSpec, ...]
+    version: int = 0
+    bindings: Mapping[str, StepType] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "steps", tuple(self.steps))
+        found: list[FieldViolation] = []
+        if not self.name or len(self.name) > MAX_NAME_LENGTH:
+            found.append(FieldViolation("name", f"must have 1..{MAX_NAME_LENGTH} characters"))
+        if self.version < 0:
+            found.append(FieldViolation("version", "must be >= 0"))
+        if not self.steps:
+            found.append(FieldViolation("steps", "a flow needs at least one step (a Source)"))
+        seen: set[str] = set()
+        normalized: list[StepSpec] = []
+        for index, spec in enumerate(self.steps):
+            found.extend(_step_rule_violations(index, spec, seen))
+            seen.add(spec.id)
+            params, problem = _canonical_params(spec.params)
+            if problem:
+                found.append(FieldViolation(f"steps[{index}].config", problem))
+            normalized.append(StepSpec(id=spec.id, type=spec.type, kind=spec.kind, params=params))
+        raise_if_any(found, "flow definition")
+        object.__setattr__(self, "steps", tuple(normalized))
+
+    @property
+    def step_ids(self) -> tuple[str, ...]:
+        return tuple(spec.id for spec in self.steps)
+
+    @property
+    def definition_hash(self) -> str:
+        return definition_hash(self.step_ids)
+
+    def index_of(self, step_id: str) -> int:
+        for index, spec in enumerate(self.steps):
+            if spec.id == step_id:
+                return index
+        raise InvalidArgument.field("step_id", f"no step {step_id!r} in flow {self.name!r}")
+
+    def to_dict(self) -> dict[str, JsonValue]:
+        """The canonical document form (``from_dict`` of it gives an equal definition)."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "steps": [
+                {"id": s.id, "type": s.type, "kind": s.kind.value, "config": dict(s.params)}
+                for s in self.steps
+            ],
+        }
+
+    def resolve(self, registry: StepRegistry) -> tuple[StepType, ...]:
+        """The step type of every step, checking that each exists, has the declared kind and
+        accepts its config. InvalidArgument names every offending field."""
+        found: list[FieldViolation] = []
+        resolved: list[StepType] = []
+        for index, spec in enumerate(self.steps):
+            step_type = self.bindings.get(spec.type) or registry.find(spec.type)
+            if step_type is None:
+                found.append(_unknown_type(index, spec.type, registry))
+                continue
+            if step_type.kind is not spec.kind:
+                found.append(
+                    FieldViolation(
+                        f"steps[{index}].kind",
+                        f"step type {spec.type!r} is a {step_type.kind.value}, "
+                        f"not a {spec.kind.value}",
+                    )
+                )
+            found.extend(step_type.config_violations(dict(spec.params), f"steps[{index}].config"))
+            resolved.append(step_type)
+        raise_if_any(found, f"flow definition {self.name!r}")
+        return tuple(resolved)
+
+    @classmethod
+    def from_dict(cls, document: JsonValue, registry: StepRegistry) -> FlowDefinition:
+        """Validate a declarative document (shape, rules, each config against its type's
+        schema) and build the definition. Raises InvalidArgument naming each field path."""
+        raise_if_any(violations(_DOCUMENT_VALIDATOR, document, ""), "flow definition")
+        assert isinstance(document, dict)  # the schema guarantees it
+        found: list[FieldViolation] = []
+        specs: list[StepSpec] = []
+        for index, step in enumerate(document["steps"]):
+            step_type = registry.find(step["type"])
+            if step_type is None:
+                found.append(_unknown_type(index, step["type"], registry))
+                continue
+            kind = StepKind(step["kind"]) if "kind" in step else step_type.kind
+            specs.append(StepSpec(step["id"], step["type"], kind, step.get("config", {})))
+        raise_if_any(found, "flow definition")
+        definition = cls(document["name"], tuple(specs), document.get("version", 0))
+        definition.resolve(registry)
+        return definition
+
+    @classmethod
+    def from_json(cls, text: str | bytes, registry: StepRegistry) -> FlowDefinition:
+        try:
+            document = parse_json(text if isinstance(text, str) else text.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidArgument.field("definition", f"not valid JSON: {exc}") from exc
+        return cls.from_dict(document, registry)
+
+    @classmethod
+    def from_yaml(cls, text: str, registry: StepRegistry) -> FlowDefinition:
+        try:
+            document = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise InvalidArgument.field("definition", f"not valid YAML: {exc}") from exc
+        return cls.from_dict(document, registry)
+
+
+def _step_rule_violations(index: int, spec: StepSpec, seen: set[str]) -> list[FieldViolation]:
+    at = f"steps[{index}]"
+    found: list[FieldViolation] = []
+    if not _STEP_ID.match(spec.id):
+        found.append(FieldViolation(f"{at}.id", "must be 1..64 characters of [a-z0-9_-]"))
+    elif spec.id in seen:
+        found.append(FieldViolation(f"{at}.id", f"duplicate step id {spec.id!r}"))
+    if index == 0 and spec.kind is not StepKind.SOURCE:
+        found.append(FieldViolation(f"{at}.kind", "the first step must be a source"))
+    if index > 0 and spec.kind is StepKind.SOURCE:
+        found.append(FieldViolation(f"{at}.kind", "only the first step may be a source"))
+    return found
+
+
+def _canonical_params(params: object) -> tuple[dict[str, JsonValue], str]:
+    """Params as the JSON value their canonical form parses to (a deep copy, so later changes
+    by the caller cannot alter a definition), or a problem description."""
+    if not isinstance(params, Mapping):
+        return {}, "must be a JSON object"
+    try:
+        value = parse_json(canonical_bytes(dict(params)).decode("utf-8"))
+    except Exception as exc:  # rfc8785 raises several types for values JSON cannot carry
+        return {}, f"not representable as canonical JSON: {exc}"
+    assert isinstance(value, dict)
+    return value, ""
+
+
+def _unknown_type(index: int, name: str, registry: StepRegistry) -> FieldViolation:
+    known = ", ".join(registry.names()) or "none"
+    return FieldViolation(f"steps[{index}].type", f"unknown step type {name!r} (known: {known})")
+
+
+def definition_from_text(
+    text: str, registry: StepRegistry, content_type: str = ""
+) -> FlowDefinition:
+    """JSON when it parses as JSON (or ``content_type`` says so), else YAML."""
+    if "json" in content_type:
+        return FlowDefinition.from_json(text, registry)
+    if "yaml" in content_type:
+        return FlowDefinition.from_yaml(text, registry)
+    try:
+        json.loads(text)
+    except ValueError:
+        return FlowDefinition.from_yaml(text, registry)
+    return FlowDefinition.from_json(text, registry)
+
+
+def steps_from_dicts(rows: Sequence[Mapping[str, Any]]) -> tuple[StepSpec, ...]:
+    """StepSpecs from the ``steps`` rows of :meth:`FlowDefinition.to_dict` (kind included)."""
+    return tuple(
+        StepSpec(row["id"], row["type"], StepKind(row["kind"]), row.get("config", {}))
+        for row in rows
+    )

@@ -1,0 +1,316 @@
+"""A handle on one flow: advances it step by step and reads it (seed chem-core F3 §4 API).
+
+The handle caches the replayed state and trusts it only as far as the store confirms: every
+append says which version it expects, and anything unexpected (a conflict, a duplicate, an
+error) marks the cache stale so that the next call re-reads the log before deciding.
+Use one handle from one task at a time; its methods serialize on a lock anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from engine_service import decide as plan
+from engine_service.artifacts import ArtifactCache
+from engine_service.definition import FlowDefinition
+from engine_service.events import (
+    EngineEvent,
+    FlowInitialized,
+    decode,
+    encode,
+    variant,
+)
+from engine_service.ids import init_command_id
+from engine_service.planner import Write, WritePlanner
+from engine_service.replay import FlowState, StepState, StepStatus, replay, replay_stored
+from flowledger.canonical import JsonValue
+from flowledger.errors import (
+    Aborted,
+    FailedPrecondition,
+    FlowledgerError,
+    InvalidArgument,
+    VersionConflict,
+)
+from store_service.domain import Append, Flow, FlowStatus, NewArtifact, StoredEvent
+
+if TYPE_CHECKING:
+    from engine_service.runner import Engine
+
+log = logging.getLogger(__name__)
+
+# Refused appends in a row, with a log that did not move on, before a run gives up.
+_MAX_FUTILE_APPENDS = 5
+
+
+@dataclass(frozen=True)
+class LoggedEvent:
+    """An event of the flow's log, typed, with what the store recorded about it."""
+
+    version: int
+    event: EngineEvent
+    stored: StoredEvent
+
+    @property
+    def variant(self) -> str:
+        return variant(self.event)
+
+
+class FlowRun:
+    """One flow, seen through its log. Made by :meth:`Engine.start` / :meth:`Engine.attach`."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        flow: Flow,
+        definition: FlowDefinition | None,
+        *,
+        fencing_token: int = 0,
+        fresh: bool = False,
+    ) -> None:
+        self._engine = engine
+        self._store = engine.store
+        self.flow_id = flow.flow_id
+        self.namespace = flow.namespace
+        self._generation = flow.generation
+        self._fencing_token = fencing_token
+        # A flow just created is known to be empty; anything else is read before use.
+        self._state: FlowState | None = FlowState() if fresh else None
+        self._stale = not fresh
+        self._snapshot_version = 0
+        self._lock = asyncio.Lock()
+        self._artifacts = ArtifactCache(self._store, self.namespace)
+        self._planner = WritePlanner(
+            self.flow_id, self.namespace, definition, engine.registry, self._artifacts
+        )
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def state(self) -> FlowState:
+        """The flow's state, replayed from the store now."""
+        async with self._lock:
+            self._stale = True
+            return await self._sync()
+
+    async def events(self) -> list[LoggedEvent]:
+        out: list[LoggedEvent] = []
+        async for chunk in self._store.read_events(
+            self.namespace, self.flow_id, chunk_size=self._engine.settings.read_chunk_size
+        ):
+            out.extend(LoggedEvent(e.version, decode(e.type, e.payload_json), e) for e in chunk)
+        return out
+
+    async def event_variants(self) -> str:
+        """The compact form of the log, e.g. ``ISFSFSFC``."""
+        return "".join(e.variant for e in await self.events())
+
+    async def flow_fingerprint(self) -> str | None:
+        """The fingerprint FlowCompleted recorded, or None while the flow has not completed."""
+        return (await self.state()).flow_fingerprint
+
+    async def last_step_output(self, step_id: str) -> list[JsonValue] | None:
+        """The output payloads of ``step_id``'s StepFinished, or None if it has not finished."""
+        state = await self.state()
+        step = state.step(step_id)
+        if step is None:
+            raise InvalidArgument.field("step_id", f"flow {self.flow_id} has no step {step_id!r}")
+        if step.status is not StepStatus.FINISHED_OK:
+            return None
+        return [a.payload for a in await self._artifacts.values(step.output_hashes)]
+
+    def remember(self, artifact_hash: str, payload: JsonValue) -> None:
+        """Seed the artifact cache with a payload this process already holds."""
+        self._artifacts.put(artifact_hash, payload)
+
+    # -- advancing -------------------------------------------------------------------------
+
+    async def initialize(
+        self, init: FlowInitialized, artifacts: tuple[NewArtifact, ...]
+    ) -> FlowInitialized:
+        """Append FlowInitialized unless the log has one; returns the one recorded."""
+        async with self._lock:
+            progress = _Progress(self.flow_id)
+            while True:
+                state = await self._sync()
+                progress.check(state.version)
+                if state.init is not None:
+                    return state.init
+                write = Write(
+                    (init,),
+                    init_command_id(self.flow_id, self._generation),
+                    artifacts,
+                    FlowStatus.RUNNING,
+                )
+                if not await self._append(write):
+                    progress.failed(state.version)
+
+    async def next(self) -> StepState | None:
+        """Run the next step to its end (finished or failed, by this or another engine) and
+        return its state; None when the flow has already ended."""
+        async with self._lock:
+            target: int | None = None
+            progress = _Progress(self.flow_id)
+            # The step outcome planned last, kept across a refused append: when the re-read
+            # log still asks for the same step attempt (another writer appended something
+            # else meanwhile), the step is not executed a second time.
+            planned: tuple[plan.Action, int, Write] | None = None
+            while True:
+                state = await self._sync()
+                progress.check(state.version)
+                if target is not None and state.steps[target].status in (
+                    StepStatus.FINISHED_OK,
+                    StepStatus.FAILED,
+                ):
+                    return state.steps[target]
+                action = plan.decide(state)
+                if action is None:
+                    return None
+                if isinstance(action, plan.Initialize):
+                    raise FailedPrecondition(
+                        f"flow {self.flow_id} was created but never initialized: start it again "
+                        "with the same idempotency key",
+                        reason="FLOW_NOT_INITIALIZED",
+                        metadata={"flow_id": self.flow_id},
+                    )
+                if isinstance(action, plan.StartStep | plan.RunStep):
+                    target = action.index
+                if planned is not None and planned[:2] == (action, self._generation):
+                    write = planned[2]
+                else:
+                    write = await self._planner.plan(state, action, self._generation)
+                    planned = (action, self._generation, write)
+                if not await self._append(write):
+                    progress.failed(state.version)
+
+    async def run_to_end(self) -> FlowState:
+        """Advance until the flow completes or fails; returns the final state."""
+        while await self.next() is not None:
+            pass
+        async with self._lock:
+            return await self._sync()
+
+    @property
+    def current_state(self) -> FlowState | None:
+        """The state as this handle last saw it (None before it first read the flow)."""
+        return self._state
+
+    # -- internals -------------------------------------------------------------------------
+
+    async def _sync(self) -> FlowState:
+        """The cached state, brought up to date from the store if it may be behind."""
+        if self._state is not None and not self._stale:
+            return self._state
+        start = self._state
+        if start is None:
+            start = await self._load_start()
+        tail: list[StoredEvent] = []
+        async for chunk in self._store.read_events(
+            self.namespace,
+            self.flow_id,
+            after_version=start.version,
+            chunk_size=self._engine.settings.read_chunk_size,
+        ):
+            tail.extend(chunk)
+        self._state = replay_stored(tail, start)
+        self._stale = False
+        return self._state
+
+    async def _load_start(self) -> FlowState:
+        """The latest usable snapshot, else the empty state (then the whole log is read)."""
+        flow = await self._store.get_flow(self.namespace, self.flow_id)
+        self._generation = flow.generation
+        snapshot = await self._store.load_snapshot(self.namespace, self.flow_id)
+        if snapshot is None:
+            return FlowState()
+        try:
+            state = FlowState.from_json(snapshot.state_json)
+        except FlowledgerError as exc:
+            log.warning("flow %s: ignoring snapshot at %d: %s", self.flow_id, snapshot.version, exc)
+            return FlowState()
+        if state.version != snapshot.version:
+            log.warning(
+                "flow %s: snapshot at %d holds state of %d; ignored",
+                self.flow_id,
+                snapshot.version,
+                state.version,
+            )
+            return FlowState()
+        self._snapshot_version = snapshot.version
+        return state
+
+    async def _append(self, write: Write) -> bool:
+        """True when ``write`` was applied now; False when the log must be re-read first."""
+        state = self._state
+        assert state is not None
+        assert not self._stale
+        cmd = Append(
+            namespace=self.namespace,
+            flow_id=self.flow_id,
+            expected_version=state.version,
+            command_id=write.command_id,
+            events=tuple(encode(e) for e in write.events),
+            artifacts=write.artifacts,
+            new_status=write.new_status,
+            fencing_token=self._fencing_token,
+        )
+        try:
+            result = await self._store.append(cmd)
+        except VersionConflict as conflict:
+            log.debug("flow %s: %s", self.flow_id, conflict.message)
+            if conflict.current_version < state.version:
+                self._state = None  # the log was cut (pruned): reload from scratch
+            self._stale = True
+            return False
+        except BaseException:
+            # The append may or may not have been applied: find out before deciding again.
+            self._stale = True
+            raise
+        if result.duplicate or result.first_version != state.version + 1:
+            self._stale = True
+            return False
+        versions = range(result.first_version, result.last_version + 1)
+        self._state = replay(zip(versions, write.events, strict=True), state)
+        await self._maybe_snapshot(self._state)
+        return True
+
+    async def _maybe_snapshot(self, state: FlowState) -> None:
+        every = self._engine.settings.snapshot_every
+        if every <= 0 or state.version // every <= self._snapshot_version // every:
+            return
+        try:
+            await self._store.save_snapshot(
+                self.namespace, self.flow_id, state.version, state.to_json()
+            )
+        except FlowledgerError as exc:
+            # A snapshot only saves replay time; the log stays the truth. Try again next time.
+            log.warning("flow %s: snapshot at %d not saved: %s", self.flow_id, state.version, exc)
+            return
+        self._snapshot_version = state.version
+
+
+class _Progress:
+    """Detects a loop that makes no progress: an append refused (conflict, duplicate) must be
+    explained by a log that moved on; a store that says otherwise would loop us forever."""
+
+    def __init__(self, flow_id: str) -> None:
+        self._flow_id = flow_id
+        self._failed_at: int | None = None
+        self._futile = 0
+
+    def failed(self, version: int) -> None:
+        self._failed_at = version
+
+    def check(self, version: int) -> None:
+        if self._failed_at is None:
+            return
+        self._futile = self._futile + 1 if version <= self._failed_at else 0
+        self._failed_at = None
+        if self._futile >= _MAX_FUTILE_APPENDS:
+            raise Aborted(
+                f"flow {self._flow_id}: {self._futile} appends in a row were refused although "
+                "the log did not move on; giving up",
+                reason="NO_PROGRESS",
+                metadata={"flow_id": self._flow_id},
+            )

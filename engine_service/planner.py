@@ -1,0 +1,228 @@
+"""What to append for each decision: events, artifacts, status and the command id.
+
+Running a step happens here (through :mod:`engine_service.executor`): its context is built from
+the replayed state and the flow's artifacts, and its outcome becomes StepSignal/StepFinished
+(+ output artifacts, + FlowCompleted after the last step) or StepFailed + FlowFailed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from engine_service import decide as plan
+from engine_service.artifacts import ArtifactCache
+from engine_service.definition import FlowDefinition
+from engine_service.events import (
+    EngineEvent,
+    FlowCompleted,
+    FlowFailed,
+    FlowInitialized,
+    StepFailed,
+    StepFinished,
+    StepSignal,
+    StepStarted,
+)
+from engine_service.executor import Outcome, execute
+from engine_service.fingerprint import ENGINE_VERSION, flow_fingerprint, step_fingerprint
+from engine_service.ids import command_id
+from engine_service.registry import StepRegistry, StepType
+from engine_service.replay import FlowState
+from engine_service.steps import StepContext
+from flowledger.canonical import JsonValue
+from flowledger.errors import FailedPrecondition, InternalError, InvalidArgument
+from store_service.domain import FlowStatus, NewArtifact
+
+
+@dataclass(frozen=True)
+class Write:
+    """One append: all or nothing."""
+
+    events: tuple[EngineEvent, ...]
+    command_id: str
+    artifacts: tuple[NewArtifact, ...] = ()
+    new_status: FlowStatus | None = None
+
+
+class WritePlanner:
+    """Plans the writes of one flow. ``definition`` (optional) supplies step functions bound to
+    it; otherwise the steps recorded in FlowInitialized are resolved in ``registry``."""
+
+    def __init__(
+        self,
+        flow_id: str,
+        namespace: str,
+        definition: FlowDefinition | None,
+        registry: StepRegistry,
+        artifacts: ArtifactCache,
+    ) -> None:
+        self.flow_id = flow_id
+        self.namespace = namespace
+        self._definition = definition
+        self._registry = registry
+        self._artifacts = artifacts
+        self._types: tuple[StepType, ...] | None = None
+
+    async def plan(self, state: FlowState, action: plan.Action, generation: int) -> Write:
+        init = _init_of(state)
+        # Checked before any write, StepStarted included: a run that cannot execute the flow
+        # faithfully (other scheme, other definition, missing types) must not touch its log.
+        self._step_types(init)
+        match action:
+            case plan.StartStep(index, attempt):
+                step_id = init.steps[index].id
+                return Write(
+                    (StepStarted(step_id, index, attempt),),
+                    self._command(generation, index, attempt, "started"),
+                )
+            case plan.RunStep(index, attempt):
+                return await self._run_step(state, init, index, attempt, generation)
+            case plan.CompleteFlow():
+                return Write(
+                    (FlowCompleted(flow_fingerprint(state.step_fingerprints)),),
+                    self._command(generation, len(state.steps), 0, "completed"),
+                    new_status=FlowStatus.COMPLETED,
+                )
+            case plan.FailFlow(index):
+                step = state.steps[index]
+                return Write(
+                    (FlowFailed(step.step_id, index, step.reason or "", step.error_type or ""),),
+                    self._command(generation, index, step.attempt, "flow-failed"),
+                    new_status=FlowStatus.FAILED,
+                )
+        raise InternalError(f"no write planned for {action!r}")
+
+    async def _run_step(
+        self, state: FlowState, init: FlowInitialized, index: int, attempt: int, generation: int
+    ) -> Write:
+        step_type = self._step_types(init)[index]
+        spec = init.steps[index]
+        if index == 0:
+            input_hashes: tuple[str, ...] = (init.input_hash,)
+            fingerprint_inputs = input_hashes + (
+                (init.variables_hash,) if init.variables_hash else ()
+            )
+        else:
+            input_hashes = state.steps[index - 1].output_hashes
+            fingerprint_inputs = input_hashes
+        ctx = await self._context(state, init, index, attempt, input_hashes)
+        outcome: Outcome = await execute(step_type, ctx)
+        if outcome.failure is not None:
+            failure = outcome.failure
+            return Write(
+                (
+                    StepFailed(spec.id, index, attempt, failure.reason, failure.error_type),
+                    FlowFailed(spec.id, index, failure.reason, failure.error_type),
+                ),
+                self._command(generation, index, attempt, "failed"),
+                new_status=FlowStatus.FAILED,
+            )
+        fingerprint = step_fingerprint(
+            step_id=spec.id,
+            input_hashes=fingerprint_inputs,
+            params=spec.params,
+            definition_hash=init.definition_hash,
+            engine_version=ENGINE_VERSION,
+        )
+        events: list[EngineEvent] = [
+            StepSignal(spec.id, index, s.name, s.payload) for s in outcome.signals
+        ]
+        finished_at = len(events)
+        output_hashes = tuple(o.hash for o in outcome.outputs)
+        events.append(
+            StepFinished(spec.id, index, attempt, fingerprint_inputs, output_hashes, fingerprint)
+        )
+        new_status = None
+        if index == len(init.steps) - 1:
+            # The last step: completing in the same transaction saves a round trip and leaves
+            # no window in which every step finished but the flow is not completed.
+            events.append(FlowCompleted(flow_fingerprint([*state.step_fingerprints, fingerprint])))
+            new_status = FlowStatus.COMPLETED
+        artifacts: dict[str, NewArtifact] = {}
+        for output in outcome.outputs:
+            self._artifacts.put(output.hash, output.payload)
+            # Equal outputs are one artifact (content-addressed): send each hash once.
+            artifacts.setdefault(
+                output.hash,
+                NewArtifact(output.hash, "step_output", output.payload_json, None, finished_at),
+            )
+        return Write(
+            tuple(events),
+            self._command(generation, index, attempt, "finished"),
+            tuple(artifacts.values()),
+            new_status,
+        )
+
+    async def _context(
+        self,
+        state: FlowState,
+        init: FlowInitialized,
+        index: int,
+        attempt: int,
+        input_hashes: Sequence[str],
+    ) -> StepContext:
+        earlier = state.steps[:index]
+        wanted = [init.input_hash, *input_hashes]
+        if init.variables_hash:
+            wanted.append(init.variables_hash)
+        for step in earlier:
+            wanted.extend(step.output_hashes)
+        await self._artifacts.values(wanted)  # one fetch for whatever is not cached yet
+        flow_input = (await self._artifacts.values([init.input_hash]))[0].payload
+        variables: JsonValue = {}
+        if init.variables_hash:
+            variables = (await self._artifacts.values([init.variables_hash]))[0].payload
+        return StepContext(
+            flow_id=self.flow_id,
+            namespace=self.namespace,
+            step_id=init.steps[index].id,
+            index=index,
+            attempt=attempt,
+            inputs=await self._artifacts.values(input_hashes),
+            params=init.steps[index].params,
+            flow_input=flow_input,
+            variables=variables if isinstance(variables, dict) else {},
+            results={s.step_id: await self._artifacts.values(s.output_hashes) for s in earlier},
+        )
+
+    def _step_types(self, init: FlowInitialized) -> tuple[StepType, ...]:
+        """Resolved when a step first runs, so that reading a flow never needs its types."""
+        if self._types is not None:
+            return self._types
+        if init.engine_version != ENGINE_VERSION:
+            raise FailedPrecondition(
+                f"flow {self.flow_id} was started under fingerprint scheme "
+                f"{init.engine_version!r}; this engine computes {ENGINE_VERSION!r}",
+                reason="ENGINE_VERSION_MISMATCH",
+                metadata={"flow_id": self.flow_id, "engine_version": init.engine_version},
+            )
+        definition = self._definition
+        if definition is not None and (
+            definition.definition_hash != init.definition_hash or definition.steps != init.steps
+        ):
+            raise FailedPrecondition(
+                f"the definition given is not the one flow {self.flow_id} started with",
+                reason="DEFINITION_MISMATCH",
+                metadata={"flow_id": self.flow_id},
+            )
+        if definition is None:
+            definition = FlowDefinition(init.definition_name, init.steps, init.definition_version)
+        try:
+            self._types = definition.resolve(self._registry)
+        except InvalidArgument as exc:
+            raise FailedPrecondition(
+                f"flow {self.flow_id} cannot run in this engine: {exc.message}",
+                reason="STEP_TYPES_UNAVAILABLE",
+                metadata={"flow_id": self.flow_id},
+                violations=exc.violations,
+            ) from exc
+        return self._types
+
+    def _command(self, generation: int, index: int, attempt: int, kind: str) -> str:
+        return command_id(self.flow_id, generation, index, attempt, kind)
+
+
+def _init_of(state: FlowState) -> FlowInitialized:
+    if state.init is None:
+        raise InternalError("the flow has no FlowInitialized")
+    return state.init

@@ -1,0 +1,204 @@
+"""The in-process engine: runs flows over any :class:`store_service.ports.EventStore`.
+
+::
+
+    engine = Engine(MemoryEventStore(), registry=sample_registry())
+    run = await engine.start(chem_flow(), {"order": 1}, idempotency_key="order-1")
+    await run.run_to_end()
+    await run.event_variants()   # "ISFSFSFC"
+    await run.flow_fingerprint()
+
+Each step is two appends: StepStarted, then its signals, StepFinished and output artifacts in one
+transaction (with FlowCompleted and status ``completed`` after the last step), or StepFailed and
+FlowFailed. Every append carries the version last seen and a command id derived from (flow,
+generation, step, attempt, kind): a conflict or a duplicate makes the run re-read the log and
+decide again (:mod:`engine_service.decide`); it never re-appends blindly. Transient store errors
+are retried by the store client (``engine_service.store_retry``), not here.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from engine_service.definition import FlowDefinition
+from engine_service.events import FlowInitialized
+from engine_service.executor import PreparedArtifact, prepare
+from engine_service.fingerprint import ENGINE_VERSION
+from engine_service.flow_run import FlowRun, LoggedEvent
+from engine_service.ids import flow_id_for_key
+from engine_service.registry import StepRegistry, default_registry
+from flowledger.canonical import JsonValue
+from flowledger.errors import AlreadyExists, InvalidArgument
+from store_service.domain import FlowStatus, NewArtifact, NewFlow
+from store_service.ports import EventStore
+
+log = logging.getLogger(__name__)
+
+DEFAULT_NAMESPACE = "default"
+
+__all__ = ["DEFAULT_NAMESPACE", "Engine", "EngineSettings", "FlowRun", "LoggedEvent"]
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    # Save a snapshot of the replayed state whenever the log passes a multiple of this many
+    # events (0 disables). Loading a flow then reads the snapshot and the tail after it.
+    snapshot_every: int = 100
+    read_chunk_size: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.snapshot_every < 0:
+            raise InvalidArgument.field("snapshot_every", "must be >= 0")
+        if not 1 <= self.read_chunk_size <= 10_000:
+            raise InvalidArgument.field("read_chunk_size", "must be 1..10000")
+
+
+class Engine:
+    """Starts and attaches to flows. Holds no per-flow state: any number of engines, in any
+    processes, may work on the same store (and even the same flow) at once."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        *,
+        registry: StepRegistry | None = None,
+        settings: EngineSettings | None = None,
+    ) -> None:
+        self.store = store
+        self.registry = registry if registry is not None else default_registry()
+        self.settings = settings or EngineSettings()
+
+    async def start(
+        self,
+        definition: FlowDefinition,
+        input: JsonValue = None,
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        idempotency_key: str | None = None,
+        variables: Mapping[str, JsonValue] | None = None,
+        created_by: str = "",
+        fencing_token: int = 0,
+    ) -> FlowRun:
+        """Create and initialize a flow (nothing runs yet: call ``next``/``run_to_end``).
+
+        With an ``idempotency_key`` the flow id is a UUIDv5 of (namespace, key): starting again
+        returns the same flow and starts nothing; the same key with another definition, input
+        or variables is AlreadyExists. Everything is validated before anything is written.
+        """
+        definition.resolve(self.registry)  # unknown types, kinds, configs: InvalidArgument
+        input_artifact = _prepare_field(input, "input")
+        variables_artifact = None
+        if variables:
+            if not isinstance(variables, Mapping):
+                raise InvalidArgument.field("variables", "must be a JSON object")
+            variables_artifact = _prepare_field(dict(variables), "variables")
+        if idempotency_key is not None and not 1 <= len(idempotency_key) <= 256:
+            raise InvalidArgument.field("idempotency_key", "must be 1..256 characters")
+
+        flow_id = (
+            flow_id_for_key(namespace, idempotency_key)
+            if idempotency_key is not None
+            else str(uuid.uuid4())
+        )
+        flow, existed = await self.store.create_flow(
+            NewFlow(
+                namespace=namespace,
+                name=definition.name,
+                flow_id=flow_id,
+                created_by=created_by,
+                status=FlowStatus.QUEUED,
+            )
+        )
+        init = FlowInitialized(
+            definition_name=definition.name,
+            definition_version=definition.version,
+            definition_hash=definition.definition_hash,
+            steps=definition.steps,
+            input_hash=input_artifact.hash,
+            variables_hash=variables_artifact.hash if variables_artifact else None,
+            engine_version=ENGINE_VERSION,
+        )
+        run = FlowRun(self, flow, definition, fencing_token=fencing_token, fresh=not existed)
+        artifacts = [NewArtifact(input_artifact.hash, "flow_input", input_artifact.payload_json)]
+        run.remember(input_artifact.hash, input_artifact.payload)
+        if variables_artifact is not None:
+            artifacts.append(
+                NewArtifact(
+                    variables_artifact.hash, "flow_variables", variables_artifact.payload_json
+                )
+            )
+            run.remember(variables_artifact.hash, variables_artifact.payload)
+        recorded = await run.initialize(init, tuple(artifacts))
+        if not _same_request(recorded, init):
+            raise _key_reused(idempotency_key, flow.flow_id)
+        if existed:
+            log.info("flow %s already existed for its idempotency key", flow.flow_id)
+        return run
+
+    async def run(
+        self,
+        definition: FlowDefinition,
+        input: JsonValue = None,
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        idempotency_key: str | None = None,
+        variables: Mapping[str, JsonValue] | None = None,
+    ) -> FlowRun:
+        """``start`` then ``run_to_end``; returns the finished run."""
+        run = await self.start(
+            definition,
+            input,
+            namespace=namespace,
+            idempotency_key=idempotency_key,
+            variables=variables,
+        )
+        await run.run_to_end()
+        return run
+
+    async def attach(
+        self,
+        flow_id: str,
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        definition: FlowDefinition | None = None,
+        fencing_token: int = 0,
+    ) -> FlowRun:
+        """A handle on an existing flow (to read it, or to continue it after a crash).
+
+        Without ``definition`` the steps are rebuilt from FlowInitialized and resolved in the
+        engine's registry; a definition given must be the one the flow started with.
+        NotFound when the flow does not exist.
+        """
+        flow = await self.store.get_flow(namespace, flow_id)
+        run = FlowRun(self, flow, definition, fencing_token=fencing_token, fresh=False)
+        await run.state()
+        return run
+
+
+def _prepare_field(value: JsonValue, field: str) -> PreparedArtifact:
+    try:
+        return prepare(value)
+    except ValueError as exc:
+        raise InvalidArgument.field(field, str(exc)) from exc
+
+
+def _same_request(recorded: FlowInitialized, wanted: FlowInitialized) -> bool:
+    return (
+        recorded.definition_hash == wanted.definition_hash
+        and recorded.steps == wanted.steps
+        and recorded.input_hash == wanted.input_hash
+        and recorded.variables_hash == wanted.variables_hash
+        and recorded.definition_version == wanted.definition_version
+    )
+
+
+def _key_reused(key: str | None, flow_id: str) -> AlreadyExists:
+    return AlreadyExists(
+        f"idempotency key {key!r} already started flow {flow_id} with another definition, "
+        "input or variables",
+        reason="IDEMPOTENCY_KEY_REUSED",
+        metadata={"flow_id": flow_id},
+    )

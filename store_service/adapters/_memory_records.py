@@ -1,0 +1,94 @@
+"""The in-memory store's per-flow state, laid out like the schema (generations, commands,
+snapshots), and the reads and checks over it that need no lock of their own."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from flowledger.errors import AlreadyExists, FailedPrecondition
+from store_service.domain import AppendResult, Flow, Snapshot, StoredEvent
+
+
+@dataclass
+class Generation:
+    """Events with version > base_version; versions <= base_version come from ``inherit``
+    (the parent's generation for a branch, the previous generation after a prune)."""
+
+    base_version: int
+    inherit: tuple[str, int] | None
+    events: list[StoredEvent] = field(default_factory=list)
+
+
+@dataclass
+class Record:
+    flow: Flow
+    generations: list[Generation]
+    # command_id -> (kind, first result), kind "append" or "prune" as in flow_commands.
+    commands: dict[str, tuple[str, AppendResult]] = field(default_factory=dict)
+    # (generation, version) -> snapshot, as the snapshots table's key.
+    snapshots: dict[tuple[int, int], Snapshot] = field(default_factory=dict)
+
+    def repeat(self, command_id: str, kind: str) -> AppendResult | None:
+        """The first result of a repeated command (even if the flow moved on or was deleted)."""
+        if command_id not in self.commands:
+            return None
+        first_kind, result = self.commands[command_id]
+        if first_kind != kind:
+            raise AlreadyExists(
+                f"command id {command_id!r} was already used by a {first_kind} of flow "
+                f"{self.flow.flow_id}",
+                reason="COMMAND_ID_REUSED",
+                metadata={"flow_id": self.flow.flow_id, "command_id": command_id},
+            )
+        return result
+
+    def check_writable(self, fencing_token: int = 0) -> None:
+        if self.flow.deleted:
+            raise FailedPrecondition(
+                f"flow {self.flow.flow_id} was deleted; it accepts no more writes",
+                reason="FLOW_DELETED",
+                metadata={"flow_id": self.flow.flow_id},
+            )
+        if fencing_token != 0 and fencing_token != self.flow.lease_token:
+            raise FailedPrecondition(
+                f"fencing token {fencing_token} is stale for flow {self.flow.flow_id}: another "
+                "worker holds its lease",
+                reason="STALE_FENCING_TOKEN",
+                metadata={"flow_id": self.flow.flow_id, "fencing_token": str(fencing_token)},
+            )
+
+    def latest_snapshot(self, max_version: int) -> Snapshot | None:
+        """The highest snapshot <= max_version (0: any) that no later prune cut away."""
+        best: tuple[int, int] | None = None
+        for gen, version in self.snapshots:
+            if max_version > 0 and version > max_version:
+                continue
+            # Valid while every later generation keeps the log at least up to this version.
+            if any(g.base_version < version for g in self.generations[gen + 1 :]):
+                continue
+            if version > self.flow.version:
+                continue
+            if best is None or (version, gen) > (best[1], best[0]):
+                best = (gen, version)
+        return None if best is None else self.snapshots[best]
+
+
+def read_log(
+    records: Mapping[str, Record], flow_id: str, generation: int, after: int, upto: int
+) -> list[StoredEvent]:
+    """Versions (after, upto] of one generation's log, walking up its inheritance chain."""
+    segments: list[tuple[Generation, int]] = []
+    while upto > after:
+        gen = records[flow_id].generations[generation]
+        segments.append((gen, upto))
+        if gen.inherit is None or gen.base_version <= after:
+            break
+        upto = min(upto, gen.base_version)
+        flow_id, generation = gen.inherit
+    out: list[StoredEvent] = []
+    for gen, hi in reversed(segments):
+        # A generation's events are contiguous from base_version + 1: slice by version.
+        lo = max(after, gen.base_version)
+        out.extend(gen.events[lo - gen.base_version : hi - gen.base_version])
+    return out

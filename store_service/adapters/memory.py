@@ -1,0 +1,354 @@
+"""In-memory event store: the behavioural twin of ``adapters.postgres`` (tests, local engine).
+
+The layout mirrors the schema so that both backends answer alike: a flow is a chain of
+generations (a branch's generation 0 inherits its parent's log up to the fork version, a prune
+opens a generation that inherits the previous one up to the kept version), commands are
+remembered per flow, snapshots are keyed by (generation, version). One asyncio lock serialises
+writes; its condition wakes live subscribers. Payload texts are kept as received, whereas
+Postgres (jsonb) returns them normalised: compare parsed JSON across backends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import re
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+
+from flowledger.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+    VersionConflict,
+)
+from store_service.adapters import _memory_support as support
+from store_service.adapters._memory_records import Generation, Record, read_log
+from store_service.domain import (
+    Append,
+    AppendResult,
+    Artifact,
+    ArtifactLookup,
+    EventType,
+    FeedEvent,
+    Flow,
+    FlowFilter,
+    FlowPage,
+    NewBranch,
+    NewFlow,
+    Page,
+    Prune,
+    Snapshot,
+    StepCounts,
+    StoredEvent,
+)
+
+_CURSOR = re.compile(r"mem:(0|[1-9][0-9]{0,18})\Z")
+
+
+class MemoryEventStore:
+    """:class:`store_service.ports.EventStore` held in process memory."""
+
+    def __init__(self) -> None:
+        self._lock = asyncio.Lock()
+        self._changed = asyncio.Condition(self._lock)
+        self._records: dict[str, Record] = {}
+        self._artifacts: dict[str, Artifact] = {}
+        # Per namespace, every event in seq order (= commit order here: writes hold the lock).
+        self._feeds: dict[str, list[StoredEvent]] = {}
+        self._seq = 0
+        self._closed = False
+
+    # -- flows -------------------------------------------------------------------------------
+
+    async def create_flow(self, new: NewFlow) -> tuple[Flow, bool]:
+        self._check_open()
+        flow = support.new_flow(new, support.flow_id_or_new(new.flow_id), None, 0)
+        async with self._lock:
+            return self._create(flow, None)
+
+    async def create_branch(self, new: NewBranch) -> tuple[Flow, bool]:
+        self._check_open()
+        parent_id = support.flow_uuid(new.parent_flow_id, "parent_flow_id")
+        if new.fork_version < 0:
+            raise InvalidArgument.field("fork_version", "must be >= 0")
+        flow = support.new_flow(
+            new, support.flow_id_or_new(new.flow_id), parent_id, new.fork_version
+        )
+        async with self._lock:
+            parent = self._find(new.namespace, parent_id, field="parent_flow_id").flow
+            if new.fork_version > parent.version:
+                raise InvalidArgument.field(
+                    "fork_version", f"is past the parent's version {parent.version}"
+                )
+            return self._create(flow, (parent.flow_id, parent.generation))
+
+    def _create(self, flow: Flow, inherit: tuple[str, int] | None) -> tuple[Flow, bool]:
+        existing = self._records.get(flow.flow_id)
+        if existing is None:
+            self._records[flow.flow_id] = Record(flow, [Generation(flow.fork_version, inherit)])
+            return flow, False
+        if not support.same_creation(existing.flow, flow):
+            raise AlreadyExists(
+                f"flow {flow.flow_id} already exists with other attributes",
+                reason="FLOW_EXISTS",
+                metadata={"flow_id": flow.flow_id},
+            )
+        return existing.flow, True
+
+    async def get_flow(self, namespace: str, flow_id: str, include_deleted: bool = False) -> Flow:
+        self._check_open()
+        async with self._lock:
+            return self._find(namespace, flow_id, include_deleted).flow
+
+    async def list_flows(self, flt: FlowFilter, page: Page) -> FlowPage:
+        self._check_open()
+        if not 1 <= page.size <= 1000:
+            raise InvalidArgument.field("page_size", "must be 1..1000")
+        after = support.decode_page_token(page.token)
+        size = page.size
+        async with self._lock:
+            rows = [
+                r.flow
+                for r in self._records.values()
+                if support.matches(r.flow, flt)
+                and (after is None or support.flow_key(r.flow) < after)
+            ]
+        rows.sort(key=support.flow_key, reverse=True)
+        if len(rows) <= size:
+            return FlowPage(tuple(rows))
+        return FlowPage(tuple(rows[:size]), support.encode_page_token(rows[size - 1]))
+
+    async def delete_branch(
+        self, namespace: str, flow_id: str, deleted_by: str = "", reason: str = ""
+    ) -> Flow:
+        self._check_open()
+        async with self._lock:
+            rec = self._find(namespace, flow_id, include_deleted=True)
+            if not rec.flow.deleted:
+                rec.flow = replace(rec.flow, deleted=True, updated_at=datetime.now(UTC))
+            return rec.flow
+
+    # -- the log -----------------------------------------------------------------------------
+
+    async def append(self, cmd: Append) -> AppendResult:
+        self._check_open()
+        support.check_append(cmd)
+        async with self._lock:
+            rec = self._find(cmd.namespace, cmd.flow_id, include_deleted=True)
+            first = rec.repeat(cmd.command_id, "append")
+            if first is not None:
+                return replace(first, duplicate=True)
+            rec.check_writable(cmd.fencing_token)
+            if cmd.expected_version != rec.flow.version:
+                raise VersionConflict(rec.flow.flow_id, cmd.expected_version, rec.flow.version)
+            now = datetime.now(UTC)
+            flow = rec.flow
+            events = [
+                StoredEvent(
+                    self._seq + i + 1,
+                    flow.flow_id,
+                    flow.version + i + 1,
+                    e.type,
+                    e.payload_json,
+                    now,
+                    cmd.command_id,
+                )
+                for i, e in enumerate(cmd.events)
+            ]
+            # Nothing can fail below: commit everything at once.
+            self._seq += len(events)
+            rec.generations[flow.generation].events.extend(events)
+            self._feeds.setdefault(flow.namespace, []).extend(events)
+            for art in cmd.artifacts:
+                if art.hash not in self._artifacts:
+                    self._artifacts[art.hash] = Artifact(
+                        art.hash,
+                        art.kind,
+                        art.payload_json,
+                        art.metadata_json,
+                        events[art.event_index].seq,
+                    )
+            rec.flow = replace(
+                flow,
+                version=events[-1].version,
+                updated_at=now,
+                status=cmd.new_status or flow.status,
+            )
+            result = AppendResult(
+                events[0].version, events[-1].version, tuple(e.seq for e in events)
+            )
+            rec.commands[cmd.command_id] = ("append", result)
+            self._changed.notify_all()
+            return result
+
+    async def read_events(
+        self,
+        namespace: str,
+        flow_id: str,
+        after_version: int = 0,
+        to_version: int = 0,
+        chunk_size: int = 1000,
+    ) -> AsyncIterator[Sequence[StoredEvent]]:
+        self._check_open()
+        support.flow_uuid(flow_id)
+        support.check_chunk_size(chunk_size)
+        if after_version < 0:
+            raise InvalidArgument.field("after_version", "must be >= 0")
+        if to_version < 0:
+            raise InvalidArgument.field("to_version", "must be >= 0")
+        async with self._lock:
+            rec = self._find(namespace, flow_id)
+            upto = rec.flow.version if to_version <= 0 else min(to_version, rec.flow.version)
+            events = self._readable(rec, after_version, upto)
+        for start in range(0, len(events), chunk_size):
+            yield events[start : start + chunk_size]
+
+    async def count_steps(self, namespace: str, flow_id: str) -> StepCounts:
+        self._check_open()
+        async with self._lock:
+            rec = self._find(namespace, flow_id)
+            events = self._readable(rec, 0, rec.flow.version)
+        return StepCounts(
+            len(events),
+            sum(e.type is EventType.STEP_FINISHED for e in events),
+            sum(e.type is EventType.STEP_FAILED for e in events),
+        )
+
+    async def subscribe(
+        self,
+        namespace: str,
+        after_cursor: str = "",
+        types: Sequence[EventType] = (),
+        chunk_size: int = 500,
+    ) -> AsyncIterator[Sequence[FeedEvent]]:
+        self._check_open()
+        after_seq = _decode_cursor(after_cursor)
+        support.check_chunk_size(chunk_size)
+        wanted = frozenset(types)
+        async with self._lock:
+            feed = self._feeds.setdefault(namespace, [])
+            pos = bisect.bisect_right(feed, after_seq, key=lambda e: e.seq)
+        while True:
+            async with self._changed:
+                while len(feed) <= pos and not self._closed:
+                    await self._changed.wait()
+                # A closing store ends its subscriptions as the Postgres one does: Unavailable,
+                # so a client resubscribes elsewhere from its last cursor.
+                self._check_open()
+                batch: list[FeedEvent] = []
+                while pos < len(feed) and len(batch) < chunk_size:
+                    event = feed[pos]
+                    pos += 1
+                    if not wanted or event.type in wanted:
+                        batch.append(FeedEvent(event, f"mem:{event.seq}"))
+            # Yield outside the lock: a slow consumer must not block writers.
+            if batch:
+                yield batch
+
+    # -- artifacts, branches, prunes, snapshots ----------------------------------------------
+
+    async def get_artifacts(self, namespace: str, hashes: Sequence[str]) -> ArtifactLookup:
+        self._check_open()
+        if len(hashes) > 1000:
+            raise InvalidArgument.field("hashes", "at most 1000 hashes per call")
+        async with self._lock:
+            found = [self._artifacts[h] for h in dict.fromkeys(hashes) if h in self._artifacts]
+            missing = [h for h in dict.fromkeys(hashes) if h not in self._artifacts]
+        return ArtifactLookup(tuple(found), tuple(missing))
+
+    async def prune(self, cmd: Prune) -> tuple[Flow, bool]:
+        self._check_open()
+        support.check_command_id(cmd.command_id)
+        if cmd.keep_through_version < 0:
+            raise InvalidArgument.field("keep_through_version", "must be >= 0")
+        async with self._lock:
+            rec = self._find(cmd.namespace, cmd.flow_id, include_deleted=True)
+            if rec.repeat(cmd.command_id, "prune") is not None:
+                return rec.flow, True
+            rec.check_writable()
+            flow = rec.flow
+            if cmd.expected_version != flow.version:
+                raise VersionConflict(flow.flow_id, cmd.expected_version, flow.version)
+            if cmd.keep_through_version > flow.version:
+                raise InvalidArgument.field(
+                    "keep_through_version", f"is past the flow's version {flow.version}"
+                )
+            keep = cmd.keep_through_version
+            rec.generations.append(Generation(keep, (flow.flow_id, flow.generation)))
+            rec.flow = replace(
+                flow, version=keep, generation=flow.generation + 1, updated_at=datetime.now(UTC)
+            )
+            rec.commands[cmd.command_id] = ("prune", AppendResult(keep, keep, ()))
+            return rec.flow, False
+
+    async def save_snapshot(
+        self, namespace: str, flow_id: str, version: int, state_json: str
+    ) -> None:
+        self._check_open()
+        support.check_json(state_json, "state_json")
+        if version < 0:
+            raise InvalidArgument.field("version", "must be >= 0")
+        async with self._lock:
+            rec = self._find(namespace, flow_id, include_deleted=True)
+            rec.check_writable()
+            if version > rec.flow.version:
+                raise InvalidArgument.field(
+                    "version", f"is past the flow's version {rec.flow.version}"
+                )
+            key = (rec.flow.generation, version)
+            if key not in rec.snapshots:
+                rec.snapshots[key] = Snapshot(
+                    rec.flow.flow_id, version, state_json, datetime.now(UTC)
+                )
+
+    async def load_snapshot(
+        self, namespace: str, flow_id: str, max_version: int = 0
+    ) -> Snapshot | None:
+        self._check_open()
+        if max_version < 0:
+            raise InvalidArgument.field("max_version", "must be >= 0")
+        async with self._lock:
+            rec = self._find(namespace, flow_id)
+            return rec.latest_snapshot(max_version)
+
+    async def close(self) -> None:
+        async with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+
+    # -- lookups -----------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise Unavailable("the store is closed", reason="SHUTTING_DOWN")
+
+    def _readable(self, rec: Record, after: int, upto: int) -> list[StoredEvent]:
+        return read_log(self._records, rec.flow.flow_id, rec.flow.generation, after, upto)
+
+    def _find(
+        self, namespace: str, flow_id: str, include_deleted: bool = False, field: str = "flow_id"
+    ) -> Record:
+        rec = self._records.get(support.flow_uuid(flow_id, field))
+        if (
+            rec is None
+            or rec.flow.namespace != namespace
+            or (rec.flow.deleted and not include_deleted)
+        ):
+            raise NotFound(
+                f"flow {flow_id} does not exist in namespace {namespace!r}",
+                reason="FLOW_NOT_FOUND",
+                metadata={"namespace": namespace, "flow_id": flow_id},
+            )
+        return rec
+
+
+def _decode_cursor(cursor: str) -> int:
+    if not cursor:
+        return 0
+    m = _CURSOR.match(cursor)
+    if m is None:
+        raise InvalidArgument.field("after_cursor", "is not a cursor of this store")
+    return int(m.group(1))

@@ -1,0 +1,199 @@
+"""``PostgresEventStore``: the Postgres implementation of :class:`store_service.ports.EventStore`.
+
+A thin facade: each concept lives in its own module (group-commit appends in :mod:`.appender`,
+the global feed in :mod:`.feed`, branch/prune resolution in :mod:`.lineage`, flow records in
+:mod:`.flows`, snapshots in :mod:`.snapshots`); database errors become flowledger errors only in
+:mod:`.sqlerrors`, under the retry policy of :mod:`.retry`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from flowledger.errors import InvalidArgument, Unavailable
+from store_service.adapters.postgres import feed, flows, lineage, snapshots
+from store_service.adapters.postgres.appender import GroupCommitAppender
+from store_service.adapters.postgres.db import Conn, Database
+from store_service.adapters.postgres.migrate import apply_migrations
+from store_service.adapters.postgres.retry import RetryPolicy
+from store_service.adapters.postgres.schema_dump import check_schema
+from store_service.domain import (
+    Append,
+    AppendResult,
+    Artifact,
+    ArtifactLookup,
+    EventType,
+    FeedEvent,
+    Flow,
+    FlowFilter,
+    FlowPage,
+    NewBranch,
+    NewFlow,
+    Page,
+    Prune,
+    Snapshot,
+    StepCounts,
+    StoredEvent,
+)
+
+log = logging.getLogger(__name__)
+
+_ARTIFACTS = """
+SELECT artifact_hash, kind, payload::text, metadata::text, produced_in_seq
+FROM workflow_step_artifacts WHERE artifact_hash = ANY(%s::text[])
+"""
+
+
+class PostgresEventStore:
+    """Open with :meth:`open`; :meth:`close` finishes queued appends and closes every connection."""
+
+    def __init__(
+        self, db: Database, notifier: feed.Notifier, appender: GroupCommitAppender
+    ) -> None:
+        self._db = db
+        self._notifier = notifier
+        self._appender = appender
+        self._closed = False
+
+    @classmethod
+    async def open(
+        cls,
+        conninfo: str,
+        *,
+        min_connections: int = 2,
+        max_connections: int = 16,
+        retry_budget_s: float = 15.0,
+        apply_migrations: bool = True,
+        append_writers: int = 4,
+        max_batch: int = 128,
+    ) -> PostgresEventStore:
+        if not 0 <= min_connections <= max_connections or max_connections < 2:
+            raise ValueError("need 0 <= min_connections <= max_connections and max >= 2")
+        policy = RetryPolicy(budget_s=retry_budget_s)
+        if apply_migrations:
+            await _apply(conninfo, retry_budget_s)
+        db = await Database.open(
+            conninfo, min_size=min_connections, max_size=max_connections, policy=policy
+        )
+        try:
+            await db.run(_warn_on_drift)
+        except Exception:
+            await db.close()
+            raise
+        # Writers each hold one connection per batch: leave room for reads and the feed.
+        writers = max(1, min(append_writers, max_connections // 2))
+        appender = GroupCommitAppender(db, writers=writers, max_batch=max_batch)
+        return cls(db, feed.Notifier(conninfo, policy), appender)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._appender.close()
+        await self._notifier.close()
+        await self._db.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise Unavailable("the store is closed", reason="SHUTTING_DOWN")
+
+    async def create_flow(self, new: NewFlow) -> tuple[Flow, bool]:
+        self._check_open()
+        return await flows.create_flow(self._db, new)
+
+    async def get_flow(self, namespace: str, flow_id: str, include_deleted: bool = False) -> Flow:
+        self._check_open()
+        return await flows.get_flow(self._db, namespace, flow_id, include_deleted)
+
+    async def list_flows(self, flt: FlowFilter, page: Page) -> FlowPage:
+        self._check_open()
+        return await flows.list_flows(self._db, flt, page)
+
+    async def append(self, cmd: Append) -> AppendResult:
+        self._check_open()
+        return await self._appender.append(cmd)
+
+    def read_events(
+        self,
+        namespace: str,
+        flow_id: str,
+        after_version: int = 0,
+        to_version: int = 0,
+        chunk_size: int = 1000,
+    ) -> AsyncIterator[Sequence[StoredEvent]]:
+        self._check_open()
+        return lineage.read_events(
+            self._db, namespace, flow_id, after_version, to_version, chunk_size
+        )
+
+    async def count_steps(self, namespace: str, flow_id: str) -> StepCounts:
+        self._check_open()
+        return await lineage.count_steps(self._db, namespace, flow_id)
+
+    def subscribe(
+        self,
+        namespace: str,
+        after_cursor: str = "",
+        types: Sequence[EventType] = (),
+        chunk_size: int = 500,
+    ) -> AsyncIterator[Sequence[FeedEvent]]:
+        self._check_open()
+        return feed.subscribe(self._db, self._notifier, namespace, after_cursor, types, chunk_size)
+
+    async def get_artifacts(self, namespace: str, hashes: Sequence[str]) -> ArtifactLookup:
+        # Artifacts are content-addressed and shared across flows; ``namespace`` is accepted so
+        # per-tenant visibility can be added without a contract change.
+        self._check_open()
+        if len(hashes) > 1000:
+            raise InvalidArgument.field("hashes", "at most 1000 hashes per call")
+        wanted = list(dict.fromkeys(hashes))
+
+        async def fetch(conn: Conn) -> list[tuple[Any, ...]]:
+            cur = await conn.execute(_ARTIFACTS, (wanted,))
+            return await cur.fetchall()
+
+        by_hash = {r[0]: Artifact(*r) for r in await self._db.run(fetch)} if wanted else {}
+        return ArtifactLookup(
+            found=tuple(by_hash[h] for h in wanted if h in by_hash),
+            missing=tuple(h for h in wanted if h not in by_hash),
+        )
+
+    async def create_branch(self, new: NewBranch) -> tuple[Flow, bool]:
+        self._check_open()
+        return await flows.create_branch(self._db, new)
+
+    async def delete_branch(
+        self, namespace: str, flow_id: str, deleted_by: str = "", reason: str = ""
+    ) -> Flow:
+        self._check_open()
+        return await flows.delete_branch(self._db, namespace, flow_id, deleted_by, reason)
+
+    async def prune(self, cmd: Prune) -> tuple[Flow, bool]:
+        self._check_open()
+        return await flows.prune(self._db, cmd)
+
+    async def save_snapshot(
+        self, namespace: str, flow_id: str, version: int, state_json: str
+    ) -> None:
+        self._check_open()
+        await snapshots.save_snapshot(self._db, namespace, flow_id, version, state_json)
+
+    async def load_snapshot(
+        self, namespace: str, flow_id: str, max_version: int = 0
+    ) -> Snapshot | None:
+        self._check_open()
+        return await snapshots.load_snapshot(self._db, namespace, flow_id, max_version)
+
+
+async def _apply(conninfo: str, budget_s: float) -> None:
+    applied = await apply_migrations(conninfo, retry_budget_s=budget_s)
+    if applied:
+        log.info("applied migrations %s", applied)
+
+
+async def _warn_on_drift(conn: Conn) -> None:
+    drift = await check_schema(conn)
+    if drift is not None:
+        log.warning("%s", drift)

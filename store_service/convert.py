@@ -1,0 +1,434 @@
+"""The one place where protobuf messages and store domain values meet.
+
+Requests are converted only after :mod:`store_service.validation` accepted them, so the functions
+here assume well-formed input. Enums map by name (``EVENT_TYPE_STEP_FINISHED`` ↔
+``EventType.STEP_FINISHED``), so a value added to one side and not the other fails the mapping
+test instead of being silently misnumbered. Contract defaults (``0 means 1000``) live here too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from google.protobuf import timestamp_pb2
+
+from flowledger.errors import InternalError
+from flowledger.v1 import common_pb2, store_pb2
+from store_service import domain
+
+# Contract defaults for zero-valued request fields (see store.proto).
+DEFAULT_PAGE_SIZE = 100
+DEFAULT_READ_CHUNK = 1000
+DEFAULT_SUBSCRIBE_CHUNK = 500
+
+_EVENT_TYPE_TO_PB: dict[domain.EventType, common_pb2.EventType.ValueType] = {
+    t: common_pb2.EventType.Value(f"EVENT_TYPE_{t.name}") for t in domain.EventType
+}
+_EVENT_TYPE_FROM_PB: dict[int, domain.EventType] = {v: k for k, v in _EVENT_TYPE_TO_PB.items()}
+_FLOW_STATUS_TO_PB: dict[domain.FlowStatus, common_pb2.FlowStatus.ValueType] = {
+    s: common_pb2.FlowStatus.Value(f"FLOW_STATUS_{s.name}") for s in domain.FlowStatus
+}
+_FLOW_STATUS_FROM_PB: dict[int, domain.FlowStatus] = {v: k for k, v in _FLOW_STATUS_TO_PB.items()}
+
+
+# -- enums and scalars ---------------------------------------------------------------------------
+
+
+def event_type_from_number(number: int) -> domain.EventType | None:
+    """The domain event type of a wire value; None for UNSPECIFIED or an unknown number."""
+    return _EVENT_TYPE_FROM_PB.get(number)
+
+
+def flow_status_from_number(number: int) -> domain.FlowStatus | None:
+    """The domain flow status of a wire value; None for UNSPECIFIED or an unknown number."""
+    return _FLOW_STATUS_FROM_PB.get(number)
+
+
+def event_type_name(number: int) -> str:
+    """The wire name of an event type number (for messages); the number if unknown."""
+    try:
+        return common_pb2.EventType.Name(common_pb2.EventType.ValueType(number))
+    except ValueError:
+        return str(number)
+
+
+def _event_type(number: int) -> domain.EventType:
+    return _EVENT_TYPE_FROM_PB[number]
+
+
+def _status_or(number: int, default: domain.FlowStatus) -> domain.FlowStatus:
+    return _FLOW_STATUS_FROM_PB.get(number, default)
+
+
+def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+# -- requests → domain ---------------------------------------------------------------------------
+
+
+def new_flow(req: store_pb2.CreateFlowRequest) -> domain.NewFlow:
+    return domain.NewFlow(
+        namespace=req.namespace,
+        name=req.name,
+        flow_id=req.flow_id or None,
+        metadata_json=req.metadata_json or "{}",
+        created_by=req.created_by,
+        status=_status_or(req.status, domain.FlowStatus.QUEUED),
+    )
+
+
+def flow_query(req: store_pb2.ListFlowsRequest) -> tuple[domain.FlowFilter, domain.Page]:
+    flt = domain.FlowFilter(
+        namespace=req.namespace,
+        statuses=tuple(_FLOW_STATUS_FROM_PB[s] for s in req.statuses),
+        name=req.name or None,
+        parent_flow_id=req.parent_flow_id or None,
+        include_deleted=req.include_deleted,
+    )
+    return flt, domain.Page(size=req.page_size or DEFAULT_PAGE_SIZE, token=req.page_token)
+
+
+def append(req: store_pb2.AppendEventsRequest) -> domain.Append:
+    return domain.Append(
+        namespace=req.namespace,
+        flow_id=req.flow_id,
+        expected_version=req.expected_version,
+        command_id=req.command_id,
+        events=tuple(
+            domain.NewEvent(type=_event_type(e.type), payload_json=e.payload_json)
+            for e in req.events
+        ),
+        artifacts=tuple(
+            domain.NewArtifact(
+                hash=a.hash,
+                kind=a.kind,
+                payload_json=a.payload_json,
+                metadata_json=a.metadata_json or None,
+                event_index=a.event_index,
+            )
+            for a in req.artifacts
+        ),
+        new_status=flow_status_from_number(req.new_status),
+        fencing_token=req.fencing_token,
+    )
+
+
+def read_chunk_size(req: store_pb2.ReadEventsRequest) -> int:
+    return req.chunk_size or DEFAULT_READ_CHUNK
+
+
+def subscribe_types(req: store_pb2.SubscribeRequest) -> tuple[domain.EventType, ...]:
+    return tuple(_event_type(t) for t in req.types)
+
+
+def subscribe_chunk_size(req: store_pb2.SubscribeRequest) -> int:
+    return req.chunk_size or DEFAULT_SUBSCRIBE_CHUNK
+
+
+def new_branch(req: store_pb2.CreateBranchRequest) -> domain.NewBranch:
+    return domain.NewBranch(
+        namespace=req.namespace,
+        parent_flow_id=req.parent_flow_id,
+        fork_version=req.fork_version,
+        name=req.name,
+        flow_id=req.flow_id or None,
+        metadata_json=req.metadata_json or "{}",
+        created_by=req.created_by,
+        status=_status_or(req.status, domain.FlowStatus.QUEUED),
+    )
+
+
+def prune(req: store_pb2.PruneFlowRequest) -> domain.Prune:
+    return domain.Prune(
+        namespace=req.namespace,
+        flow_id=req.flow_id,
+        keep_through_version=req.keep_through_version,
+        expected_version=req.expected_version,
+        command_id=req.command_id,
+        pruned_by=req.pruned_by,
+        reason=req.reason,
+    )
+
+
+# -- domain → responses --------------------------------------------------------------------------
+
+
+def flow_to_pb(flow: domain.Flow) -> common_pb2.Flow:
+    return common_pb2.Flow(
+        flow_id=flow.flow_id,
+        namespace=flow.namespace,
+        name=flow.name,
+        status=_FLOW_STATUS_TO_PB[flow.status],
+        metadata_json=flow.metadata_json,
+        parent_flow_id=flow.parent_flow_id or "",
+        fork_version=flow.fork_version,
+        version=flow.version,
+        created_by=flow.created_by,
+        created_at=_timestamp(flow.created_at),
+        updated_at=_timestamp(flow.updated_at),
+        deleted=flow.deleted,
+        generation=flow.generation,
+    )
+
+
+def event_to_pb(event: domain.StoredEvent) -> common_pb2.Event:
+    return common_pb2.Event(
+        seq=event.seq,
+        flow_id=event.flow_id,
+        version=event.version,
+        type=_EVENT_TYPE_TO_PB[event.type],
+        payload_json=event.payload_json,
+        ts=_timestamp(event.ts),
+        command_id=event.command_id,
+    )
+
+
+def feed_event_to_pb(item: domain.FeedEvent) -> store_pb2.FeedEvent:
+    return store_pb2.FeedEvent(event=event_to_pb(item.event), cursor=item.cursor)
+
+
+def artifact_to_pb(artifact: domain.Artifact) -> common_pb2.Artifact:
+    return common_pb2.Artifact(
+        hash=artifact.hash,
+        kind=artifact.kind,
+        payload_json=artifact.payload_json,
+        metadata_json=artifact.metadata_json or "",
+        produced_in_seq=artifact.produced_in_seq,
+    )
+
+
+def snapshot_to_pb(snapshot: domain.Snapshot) -> common_pb2.Snapshot:
+    return common_pb2.Snapshot(
+        flow_id=snapshot.flow_id,
+        version=snapshot.version,
+        state_json=snapshot.state_json,
+        created_at=_timestamp(snapshot.created_at),
+    )
+
+
+def create_flow_response(flow: domain.Flow, existed: bool) -> store_pb2.CreateFlowResponse:
+    return store_pb2.CreateFlowResponse(flow=flow_to_pb(flow), existed=existed)
+
+
+def get_flow_response(flow: domain.Flow) -> store_pb2.GetFlowResponse:
+    return store_pb2.GetFlowResponse(flow=flow_to_pb(flow))
+
+
+def list_flows_response(page: domain.FlowPage) -> store_pb2.ListFlowsResponse:
+    return store_pb2.ListFlowsResponse(
+        flows=[flow_to_pb(f) for f in page.flows], next_page_token=page.next_token
+    )
+
+
+def append_response(result: domain.AppendResult) -> store_pb2.AppendEventsResponse:
+    return store_pb2.AppendEventsResponse(
+        first_version=result.first_version,
+        last_version=result.last_version,
+        seqs=list(result.seqs),
+        duplicate=result.duplicate,
+    )
+
+
+def count_steps_response(counts: domain.StepCounts) -> store_pb2.CountStepsResponse:
+    return store_pb2.CountStepsResponse(
+        events=counts.events,
+        steps_finished=counts.steps_finished,
+        steps_failed=counts.steps_failed,
+    )
+
+
+def read_events_response(events: Sequence[common_pb2.Event]) -> store_pb2.ReadEventsResponse:
+    return store_pb2.ReadEventsResponse(events=events)
+
+
+def subscribe_response(items: Sequence[store_pb2.FeedEvent]) -> store_pb2.SubscribeResponse:
+    return store_pb2.SubscribeResponse(events=items)
+
+
+def get_artifacts_response(lookup: domain.ArtifactLookup) -> store_pb2.GetArtifactsResponse:
+    return store_pb2.GetArtifactsResponse(
+        artifacts=[artifact_to_pb(a) for a in lookup.found], missing=list(lookup.missing)
+    )
+
+
+def create_branch_response(flow: domain.Flow, existed: bool) -> store_pb2.CreateBranchResponse:
+    return store_pb2.CreateBranchResponse(flow=flow_to_pb(flow), existed=existed)
+
+
+def delete_branch_response(flow: domain.Flow) -> store_pb2.DeleteBranchResponse:
+    return store_pb2.DeleteBranchResponse(flow=flow_to_pb(flow))
+
+
+def prune_response(flow: domain.Flow, duplicate: bool) -> store_pb2.PruneFlowResponse:
+    return store_pb2.PruneFlowResponse(flow=flow_to_pb(flow), duplicate=duplicate)
+
+
+def load_snapshot_response(snapshot: domain.Snapshot | None) -> store_pb2.LoadSnapshotResponse:
+    if snapshot is None:
+        return store_pb2.LoadSnapshotResponse(found=False)
+    return store_pb2.LoadSnapshotResponse(found=True, snapshot=snapshot_to_pb(snapshot))
+
+
+# -- domain → requests, responses → domain (the engine's client, engine_service.store_client) ---
+
+
+def _number_to_event_type(number: int) -> domain.EventType:
+    event_type = _EVENT_TYPE_FROM_PB.get(number)
+    if event_type is None:  # a newer store: the contracts disagree, nothing to retry
+        raise InternalError(f"the store sent an unknown event type {event_type_name(number)}")
+    return event_type
+
+
+def _number_to_status(number: int) -> domain.FlowStatus:
+    status = _FLOW_STATUS_FROM_PB.get(number)
+    if status is None:
+        raise InternalError(f"the store sent an unknown flow status {number}")
+    return status
+
+
+def _datetime(ts: timestamp_pb2.Timestamp) -> datetime:
+    return ts.ToDatetime(tzinfo=UTC)
+
+
+def create_flow_request(new: domain.NewFlow) -> store_pb2.CreateFlowRequest:
+    return store_pb2.CreateFlowRequest(
+        namespace=new.namespace,
+        flow_id=new.flow_id or "",
+        name=new.name,
+        metadata_json=new.metadata_json,
+        created_by=new.created_by,
+        status=_FLOW_STATUS_TO_PB[new.status],
+    )
+
+
+def list_flows_request(flt: domain.FlowFilter, page: domain.Page) -> store_pb2.ListFlowsRequest:
+    return store_pb2.ListFlowsRequest(
+        namespace=flt.namespace,
+        statuses=[_FLOW_STATUS_TO_PB[s] for s in flt.statuses],
+        name=flt.name or "",
+        parent_flow_id=flt.parent_flow_id or "",
+        include_deleted=flt.include_deleted,
+        page_size=page.size,
+        page_token=page.token,
+    )
+
+
+def append_request(cmd: domain.Append) -> store_pb2.AppendEventsRequest:
+    return store_pb2.AppendEventsRequest(
+        namespace=cmd.namespace,
+        flow_id=cmd.flow_id,
+        expected_version=cmd.expected_version,
+        command_id=cmd.command_id,
+        events=[
+            common_pb2.NewEvent(type=_EVENT_TYPE_TO_PB[e.type], payload_json=e.payload_json)
+            for e in cmd.events
+        ],
+        artifacts=[
+            common_pb2.NewArtifact(
+                hash=a.hash,
+                kind=a.kind,
+                payload_json=a.payload_json,
+                metadata_json=a.metadata_json or "",
+                event_index=a.event_index,
+            )
+            for a in cmd.artifacts
+        ],
+        new_status=_FLOW_STATUS_TO_PB[cmd.new_status]
+        if cmd.new_status
+        else common_pb2.FLOW_STATUS_UNSPECIFIED,
+        fencing_token=cmd.fencing_token,
+    )
+
+
+def subscribe_request(
+    namespace: str, after_cursor: str, types: Sequence[domain.EventType], chunk_size: int
+) -> store_pb2.SubscribeRequest:
+    return store_pb2.SubscribeRequest(
+        namespace=namespace,
+        after_cursor=after_cursor,
+        types=[_EVENT_TYPE_TO_PB[t] for t in types],
+        chunk_size=chunk_size,
+    )
+
+
+def create_branch_request(new: domain.NewBranch) -> store_pb2.CreateBranchRequest:
+    return store_pb2.CreateBranchRequest(
+        namespace=new.namespace,
+        parent_flow_id=new.parent_flow_id,
+        fork_version=new.fork_version,
+        flow_id=new.flow_id or "",
+        name=new.name,
+        metadata_json=new.metadata_json,
+        created_by=new.created_by,
+        status=_FLOW_STATUS_TO_PB[new.status],
+    )
+
+
+def prune_request(cmd: domain.Prune) -> store_pb2.PruneFlowRequest:
+    return store_pb2.PruneFlowRequest(
+        namespace=cmd.namespace,
+        flow_id=cmd.flow_id,
+        keep_through_version=cmd.keep_through_version,
+        expected_version=cmd.expected_version,
+        command_id=cmd.command_id,
+        pruned_by=cmd.pruned_by,
+        reason=cmd.reason,
+    )
+
+
+def flow_from_pb(flow: common_pb2.Flow) -> domain.Flow:
+    # lease_token is not on the wire: the engine learns its token from the lease RPCs.
+    return domain.Flow(
+        flow_id=flow.flow_id,
+        namespace=flow.namespace,
+        name=flow.name,
+        status=_number_to_status(flow.status),
+        metadata_json=flow.metadata_json,
+        parent_flow_id=flow.parent_flow_id or None,
+        fork_version=flow.fork_version,
+        version=flow.version,
+        generation=flow.generation,
+        created_by=flow.created_by,
+        created_at=_datetime(flow.created_at),
+        updated_at=_datetime(flow.updated_at),
+        deleted=flow.deleted,
+    )
+
+
+def event_from_pb(event: common_pb2.Event) -> domain.StoredEvent:
+    return domain.StoredEvent(
+        seq=event.seq,
+        flow_id=event.flow_id,
+        version=event.version,
+        type=_number_to_event_type(event.type),
+        payload_json=event.payload_json,
+        ts=_datetime(event.ts),
+        command_id=event.command_id,
+    )
+
+
+def feed_event_from_pb(item: store_pb2.FeedEvent) -> domain.FeedEvent:
+    return domain.FeedEvent(event=event_from_pb(item.event), cursor=item.cursor)
+
+
+def artifact_from_pb(artifact: common_pb2.Artifact) -> domain.Artifact:
+    return domain.Artifact(
+        hash=artifact.hash,
+        kind=artifact.kind,
+        payload_json=artifact.payload_json,
+        metadata_json=artifact.metadata_json or None,
+        produced_in_seq=artifact.produced_in_seq,
+    )
+
+
+def snapshot_from_pb(snapshot: common_pb2.Snapshot) -> domain.Snapshot:
+    return domain.Snapshot(
+        flow_id=snapshot.flow_id,
+        version=snapshot.version,
+        state_json=snapshot.state_json,
+        created_at=_datetime(snapshot.created_at),
+    )

@@ -1,0 +1,362 @@
+"""The StoreService over gRPC: validate → convert → call the port → convert back.
+
+Errors leave through one place, :func:`_fail`: a :class:`~flowledger.errors.FlowledgerError`
+becomes its rich status through :func:`flowledger.rpc_status.abort`; anything else is logged and
+answered INTERNAL with a generic message (internals are not leaked to callers).
+
+Streams are split by events per message (the request's chunk size) *and* by bytes, so no message
+passes the configured maximum whatever the payloads. A client that cancels a stream cancels the
+handler at its next ``yield``; the backend iterator is closed on the way out. Subscribe streams,
+which never end by themselves, end with UNAVAILABLE (``SHUTTING_DOWN``) when the server drains,
+so that clients resume from their cursor on another replica instead of holding up the shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
+from typing import Any, NoReturn, TypeAlias, TypeVar
+
+import grpc
+import grpc.aio
+from google.protobuf.message import Message
+
+from flowledger import rpc_status
+from flowledger.errors import FlowledgerError, InternalError, Unavailable
+from flowledger.v1 import store_pb2, store_pb2_grpc
+from store_service import convert, validation
+from store_service.ports import EventStore
+from store_service.settings import Limits
+
+log = logging.getLogger("store_service.grpc")
+
+SERVICE_NAME = store_pb2.DESCRIPTOR.services_by_name["StoreService"].full_name
+
+Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+_Req = TypeVar("_Req")
+_Resp = TypeVar("_Resp")
+_Item = TypeVar("_Item")
+_M = TypeVar("_M", bound=Message)
+
+
+# Contract RPCs that the storage port cannot serve yet (versioned definitions, work leases):
+# they answer UNIMPLEMENTED until the port grows the methods. The bad-input test suite requires a
+# case for every RPC not listed here.
+NOT_YET_SERVED = frozenset({
+    "PutDefinitionVersion", "GetStoredDefinitionVersion", "ListStoredDefinitionVersions",
+    "TransitionDefinitionVersion", "ClaimFlows", "RenewLease", "ReleaseLease",
+})
+
+
+async def _not_yet_served(context: Context, method: str) -> NoReturn:
+    await context.abort(
+        grpc.StatusCode.UNIMPLEMENTED, f"{method} is not served by this store version yet"
+    )
+
+
+async def _fail(context: Context, method: str, exc: Exception) -> None:
+    """The one place where an exception becomes the call's status."""
+    if isinstance(exc, grpc.aio.AbortError):
+        raise exc  # already a status
+    if not isinstance(exc, FlowledgerError):
+        log.exception("unexpected error in %s", method, exc_info=exc)
+        exc = InternalError(f"internal error in the store while handling {method}; it was logged")
+    elif isinstance(exc, InternalError):
+        log.error("%s failed: %s", method, exc.message)
+    await rpc_status.abort(context, exc)
+
+
+def _unary(
+    fn: Callable[[StoreServicer, _Req, Context], Awaitable[_Resp]],
+) -> Callable[[StoreServicer, _Req, Context], Coroutine[Any, Any, _Resp]]:
+    @functools.wraps(fn)
+    async def wrapper(self: StoreServicer, request: _Req, context: Context) -> _Resp:
+        try:
+            return await fn(self, request, context)
+        except Exception as exc:
+            await _fail(context, fn.__name__, exc)
+            raise AssertionError("unreachable: _fail aborts") from exc
+
+    return wrapper
+
+
+def _stream(
+    fn: Callable[[StoreServicer, _Req, Context], AsyncIterator[_Resp]],
+) -> Callable[[StoreServicer, _Req, Context], AsyncIterator[_Resp]]:
+    @functools.wraps(fn)
+    async def wrapper(self: StoreServicer, request: _Req, context: Context) -> AsyncIterator[_Resp]:
+        responses = fn(self, request, context)
+        try:
+            async with _closing(responses):
+                async for response in responses:
+                    yield response
+        except Exception as exc:
+            await _fail(context, fn.__name__, exc)
+
+    return wrapper
+
+
+@contextlib.asynccontextmanager
+async def _closing(iterator: object) -> AsyncIterator[None]:
+    """Close an async generator on every exit, cancellation included (releases DB cursors)."""
+    try:
+        yield
+    finally:
+        aclose = getattr(iterator, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def split_by_size(
+    items: Iterable[_M], max_items: int, max_bytes: int
+) -> Iterable[list[_M]]:
+    """Group messages (of one ``repeated`` field) so that each group has at most ``max_items``
+    and its encoding at most ``max_bytes``; an item is never split."""
+    group: list[_M] = []
+    size = 0
+    for item in items:
+        # A repeated message field costs a 1-byte tag, the length varint and the message.
+        item_size = item.ByteSize()
+        cost = 1 + _varint_len(item_size) + item_size
+        if group and (len(group) >= max_items or size + cost > max_bytes):
+            yield group
+            group, size = [], 0
+        group.append(item)
+        size += cost
+    if group:
+        yield group
+
+
+def _varint_len(n: int) -> int:
+    return max(1, (n.bit_length() + 6) // 7)
+
+
+class StoreServicer(store_pb2_grpc.StoreServiceServicer):
+    """Serves an :class:`~store_service.ports.EventStore`; the store may be attached later, so
+    the server can answer health checks (NOT_SERVING) while the backend starts."""
+
+    def __init__(self, store: EventStore | None, limits: Limits) -> None:
+        self._store = store
+        self.limits = limits
+        self._draining = asyncio.Event()
+        # Headroom for the response envelope around the repeated field.
+        self._stream_budget = limits.max_message_bytes - 1024
+
+    def attach(self, store: EventStore) -> None:
+        self._store = store
+
+    def drain(self) -> None:
+        """End open subscriptions (UNAVAILABLE) and refuse new ones: the server is stopping."""
+        self._draining.set()
+
+    @property
+    def store(self) -> EventStore:
+        if self._store is None:
+            raise Unavailable("the store is starting; retry shortly", reason="STARTING")
+        return self._store
+
+    # -- flows -------------------------------------------------------------------------------
+
+    @_unary
+    async def CreateFlow(
+        self, request: store_pb2.CreateFlowRequest, context: Context
+    ) -> store_pb2.CreateFlowResponse:
+        validation.check_create_flow(request, self.limits)
+        flow, existed = await self.store.create_flow(convert.new_flow(request))
+        return convert.create_flow_response(flow, existed)
+
+    @_unary
+    async def GetFlow(
+        self, request: store_pb2.GetFlowRequest, context: Context
+    ) -> store_pb2.GetFlowResponse:
+        validation.check_get_flow(request, self.limits)
+        flow = await self.store.get_flow(
+            request.namespace, request.flow_id, request.include_deleted
+        )
+        return convert.get_flow_response(flow)
+
+    @_unary
+    async def ListFlows(
+        self, request: store_pb2.ListFlowsRequest, context: Context
+    ) -> store_pb2.ListFlowsResponse:
+        validation.check_list_flows(request, self.limits)
+        flt, page = convert.flow_query(request)
+        return convert.list_flows_response(await self.store.list_flows(flt, page))
+
+    # -- the log -----------------------------------------------------------------------------
+
+    @_unary
+    async def AppendEvents(
+        self, request: store_pb2.AppendEventsRequest, context: Context
+    ) -> store_pb2.AppendEventsResponse:
+        validation.check_append_events(request, self.limits)
+        result = await self.store.append(convert.append(request))
+        return convert.append_response(result)
+
+    @_stream
+    async def ReadEvents(
+        self, request: store_pb2.ReadEventsRequest, context: Context
+    ) -> AsyncIterator[store_pb2.ReadEventsResponse]:
+        validation.check_read_events(request, self.limits)
+        chunk_size = convert.read_chunk_size(request)
+        chunks = self.store.read_events(
+            request.namespace, request.flow_id, request.after_version, request.to_version,
+            chunk_size,
+        )
+        async with _closing(chunks):
+            async for chunk in chunks:
+                events = (convert.event_to_pb(e) for e in chunk)
+                for group in split_by_size(events, chunk_size, self._stream_budget):
+                    yield convert.read_events_response(group)
+
+    @_unary
+    async def CountSteps(
+        self, request: store_pb2.CountStepsRequest, context: Context
+    ) -> store_pb2.CountStepsResponse:
+        validation.check_count_steps(request, self.limits)
+        counts = await self.store.count_steps(request.namespace, request.flow_id)
+        return convert.count_steps_response(counts)
+
+    @_stream
+    async def Subscribe(
+        self, request: store_pb2.SubscribeRequest, context: Context
+    ) -> AsyncIterator[store_pb2.SubscribeResponse]:
+        validation.check_subscribe(request, self.limits)
+        if self._draining.is_set():
+            raise Unavailable("the store is shutting down; subscribe to another replica",
+                              reason="SHUTTING_DOWN")
+        chunk_size = convert.subscribe_chunk_size(request)
+        chunks = self.store.subscribe(
+            request.namespace, request.after_cursor, convert.subscribe_types(request), chunk_size
+        )
+        async with _closing(chunks):
+            async for chunk in self._until_drained(chunks):
+                items = (convert.feed_event_to_pb(e) for e in chunk)
+                for group in split_by_size(items, chunk_size, self._stream_budget):
+                    yield convert.subscribe_response(group)
+
+    async def _until_drained(self, chunks: AsyncIterator[_Item]) -> AsyncIterator[_Item]:
+        """``chunks`` until the server drains; then UNAVAILABLE, so the client resumes elsewhere.
+
+        Each step runs as its own task so that a drain can interrupt a subscription that is
+        waiting for new events.
+        """
+        drained = asyncio.ensure_future(self._draining.wait())
+        following: asyncio.Future[_Item] | None = None
+        try:
+            while True:
+                following = asyncio.ensure_future(anext(chunks))
+                await asyncio.wait((following, drained), return_when=asyncio.FIRST_COMPLETED)
+                if not following.done():
+                    raise Unavailable(
+                        "the store is shutting down; resume from the last cursor received",
+                        reason="SHUTTING_DOWN",
+                    )
+                try:
+                    chunk = following.result()
+                except StopAsyncIteration:
+                    return
+                following = None
+                yield chunk
+        finally:
+            drained.cancel()
+            if following is not None and not following.done():
+                following.cancel()
+                with contextlib.suppress(BaseException):
+                    await following
+
+    @_unary
+    async def GetArtifacts(
+        self, request: store_pb2.GetArtifactsRequest, context: Context
+    ) -> store_pb2.GetArtifactsResponse:
+        validation.check_get_artifacts(request, self.limits)
+        lookup = await self.store.get_artifacts(request.namespace, list(request.hashes))
+        return convert.get_artifacts_response(lookup)
+
+    # -- branches, prunes, snapshots ---------------------------------------------------------
+
+    @_unary
+    async def CreateBranch(
+        self, request: store_pb2.CreateBranchRequest, context: Context
+    ) -> store_pb2.CreateBranchResponse:
+        validation.check_create_branch(request, self.limits)
+        flow, existed = await self.store.create_branch(convert.new_branch(request))
+        return convert.create_branch_response(flow, existed)
+
+    @_unary
+    async def DeleteBranch(
+        self, request: store_pb2.DeleteBranchRequest, context: Context
+    ) -> store_pb2.DeleteBranchResponse:
+        validation.check_delete_branch(request, self.limits)
+        flow = await self.store.delete_branch(
+            request.namespace, request.flow_id, request.deleted_by, request.reason
+        )
+        return convert.delete_branch_response(flow)
+
+    @_unary
+    async def PruneFlow(
+        self, request: store_pb2.PruneFlowRequest, context: Context
+    ) -> store_pb2.PruneFlowResponse:
+        validation.check_prune_flow(request, self.limits)
+        flow, duplicate = await self.store.prune(convert.prune(request))
+        return convert.prune_response(flow, duplicate)
+
+    @_unary
+    async def SaveSnapshot(
+        self, request: store_pb2.SaveSnapshotRequest, context: Context
+    ) -> store_pb2.SaveSnapshotResponse:
+        validation.check_save_snapshot(request, self.limits)
+        await self.store.save_snapshot(
+            request.namespace, request.flow_id, request.version, request.state_json
+        )
+        return store_pb2.SaveSnapshotResponse()
+
+    @_unary
+    async def LoadSnapshot(
+        self, request: store_pb2.LoadSnapshotRequest, context: Context
+    ) -> store_pb2.LoadSnapshotResponse:
+        validation.check_load_snapshot(request, self.limits)
+        snapshot = await self.store.load_snapshot(
+            request.namespace, request.flow_id, request.max_version
+        )
+        return convert.load_snapshot_response(snapshot)
+
+    # -- not yet served (see NOT_YET_SERVED) ---------------------------------------------------
+
+    async def PutDefinitionVersion(
+        self, request: store_pb2.PutDefinitionVersionRequest, context: Context
+    ) -> store_pb2.PutDefinitionVersionResponse:
+        await _not_yet_served(context, "PutDefinitionVersion")
+
+    async def GetStoredDefinitionVersion(
+        self, request: store_pb2.GetStoredDefinitionVersionRequest, context: Context
+    ) -> store_pb2.GetStoredDefinitionVersionResponse:
+        await _not_yet_served(context, "GetStoredDefinitionVersion")
+
+    async def ListStoredDefinitionVersions(
+        self, request: store_pb2.ListStoredDefinitionVersionsRequest, context: Context
+    ) -> store_pb2.ListStoredDefinitionVersionsResponse:
+        await _not_yet_served(context, "ListStoredDefinitionVersions")
+
+    async def TransitionDefinitionVersion(
+        self, request: store_pb2.TransitionDefinitionVersionRequest, context: Context
+    ) -> store_pb2.TransitionDefinitionVersionResponse:
+        await _not_yet_served(context, "TransitionDefinitionVersion")
+
+    async def ClaimFlows(
+        self, request: store_pb2.ClaimFlowsRequest, context: Context
+    ) -> store_pb2.ClaimFlowsResponse:
+        await _not_yet_served(context, "ClaimFlows")
+
+    async def RenewLease(
+        self, request: store_pb2.RenewLeaseRequest, context: Context
+    ) -> store_pb2.RenewLeaseResponse:
+        await _not_yet_served(context, "RenewLease")
+
+    async def ReleaseLease(
+        self, request: store_pb2.ReleaseLeaseRequest, context: Context
+    ) -> store_pb2.ReleaseLeaseResponse:
+        await _not_yet_served(context, "ReleaseLease")

@@ -1,0 +1,226 @@
+"""Settings of the store service, read once from the environment at start-up.
+
+Every variable is validated here, so that a typo stops the process with one line naming the
+variable instead of failing later (or, worse, running with a silent default).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import psycopg.conninfo
+
+MEMORY_URL = "memory:"
+"""``DATABASE_URL`` value that selects the in-memory backend (development and tests only)."""
+
+MIB = 1024 * 1024
+
+# Hard ceilings from the schema and the contract: configurable limits may be lower, never higher.
+_ID_LENGTH_CEILING = 128  # CHECK (length(command_id) BETWEEN 1 AND 128), namespace likewise
+# Room for everything in a ReadEvents/AppendEvents message besides one payload.
+_MESSAGE_OVERHEAD = 64 * 1024
+
+
+class SettingsError(Exception):
+    """A missing or malformed setting; the message names the variable."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"{variable}: {problem}")
+        self.variable = variable
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Request limits. Sizes are UTF-8 bytes; a request past one is RESOURCE_EXHAUSTED."""
+
+    max_payload_bytes: int = 2 * MIB
+    max_message_bytes: int = 4 * MIB
+    max_events_per_append: int = 1000
+    max_artifacts_per_append: int = 1000
+    max_id_length: int = _ID_LENGTH_CEILING
+    # Deeper JSON is refused: Python's parser and the RFC 8785 encoder recurse per level.
+    max_json_depth: int = 64
+
+    def __post_init__(self) -> None:
+        # Cross-field rules; from_env has already checked each variable on its own.
+        _check_limits(self)
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    database_url: str
+    database_min_connections: int = 2
+    database_max_connections: int = 16
+    listen: str = "127.0.0.1:50051"
+    metrics_listen: str = "127.0.0.1:9464"
+    limits: Limits = field(default_factory=Limits)
+    # Total time the backend may spend retrying transient database failures for one call.
+    retry_budget_seconds: float = 10.0
+    # In-flight calls get this long to finish after SIGTERM (keep it below the pod's
+    # terminationGracePeriodSeconds, which defaults to 30).
+    shutdown_grace_seconds: float = 20.0
+    log_level: str = "INFO"
+
+    @property
+    def backend(self) -> str:
+        """``"memory"`` or ``"postgres"``."""
+        return "memory" if self.database_url == MEMORY_URL else "postgres"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> StoreSettings:
+        """Build and validate the settings; raises :class:`SettingsError` naming the variable."""
+        env = _Env(environ)
+        database_url = env.required("DATABASE_URL")
+        if database_url != MEMORY_URL:
+            _check_conninfo(database_url)
+        min_conn = env.integer("DATABASE_MIN_CONNECTIONS", 2, minimum=0)
+        # The Postgres backend needs two: appends and reads/the feed must not starve each other.
+        max_conn = env.integer("DATABASE_MAX_CONNECTIONS", 16, minimum=2)
+        if max_conn < min_conn:
+            raise SettingsError(
+                "DATABASE_MAX_CONNECTIONS",
+                f"{max_conn} is below DATABASE_MIN_CONNECTIONS ({min_conn})",
+            )
+        defaults = Limits()
+        limits_values = {
+            "max_payload_bytes": env.integer(
+                "STORE_MAX_PAYLOAD_BYTES", defaults.max_payload_bytes, minimum=1
+            ),
+            "max_message_bytes": env.integer(
+                "STORE_MAX_MESSAGE_BYTES", defaults.max_message_bytes, minimum=1
+            ),
+            "max_events_per_append": env.integer(
+                "STORE_MAX_EVENTS_PER_APPEND", defaults.max_events_per_append, minimum=1
+            ),
+            "max_artifacts_per_append": env.integer(
+                "STORE_MAX_ARTIFACTS_PER_APPEND", defaults.max_artifacts_per_append, minimum=0
+            ),
+            "max_id_length": env.integer(
+                "STORE_MAX_ID_LENGTH", defaults.max_id_length, minimum=1,
+                maximum=_ID_LENGTH_CEILING,
+            ),
+            "max_json_depth": env.integer(
+                "STORE_MAX_JSON_DEPTH", defaults.max_json_depth, minimum=1, maximum=500
+            ),
+        }
+        limits = Limits(**limits_values)
+        return cls(
+            database_url=database_url,
+            database_min_connections=min_conn,
+            database_max_connections=max_conn,
+            listen=env.address("STORE_LISTEN", "127.0.0.1:50051"),
+            metrics_listen=env.address("STORE_METRICS_LISTEN", "127.0.0.1:9464"),
+            limits=limits,
+            retry_budget_seconds=env.seconds("STORE_RETRY_BUDGET_SECONDS", 10.0),
+            shutdown_grace_seconds=env.seconds("STORE_SHUTDOWN_GRACE_SECONDS", 20.0),
+            log_level=env.choice(
+                "LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+            ),
+        )
+
+
+def _check_limits(limits: Limits) -> None:
+    if limits.max_payload_bytes + _MESSAGE_OVERHEAD > limits.max_message_bytes:
+        raise SettingsError(
+            "STORE_MAX_PAYLOAD_BYTES",
+            f"{limits.max_payload_bytes} leaves less than {_MESSAGE_OVERHEAD} bytes of "
+            f"STORE_MAX_MESSAGE_BYTES ({limits.max_message_bytes}) for the rest of a message",
+        )
+    if not 1 <= limits.max_id_length <= _ID_LENGTH_CEILING:
+        raise SettingsError("STORE_MAX_ID_LENGTH", f"must be 1..{_ID_LENGTH_CEILING}")
+
+
+def parse_address(value: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` for IPv6) → (host, port); port 0 picks a free port."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError("expected host:port, for example 127.0.0.1:50051")
+    port = int(port_text)
+    if port > 65535:
+        raise ValueError(f"port {port} is out of range 0..65535")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host or any(c.isspace() for c in host):
+        raise ValueError("expected host:port, for example 127.0.0.1:50051")
+    return host, port
+
+
+def _check_conninfo(url: str) -> None:
+    try:
+        psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        # Neither the value nor libpq's message (which quotes it) is echoed: it may hold a password.
+        raise SettingsError(
+            "DATABASE_URL",
+            "is not a valid Postgres connection string "
+            f"(postgresql://user@host:port/dbname, or '{MEMORY_URL}' for the in-memory backend)",
+        ) from None
+
+
+class _Env:
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def _get(self, name: str) -> str | None:
+        value = self._environ.get(name)
+        if value is None:
+            return None
+        value = value.strip()
+        return value or None
+
+    def required(self, name: str) -> str:
+        value = self._get(name)
+        if value is None:
+            raise SettingsError(
+                name,
+                "is required (a Postgres URL such as postgresql://user@host:5432/db, "
+                f"or '{MEMORY_URL}' for the in-memory development backend)",
+            )
+        return value
+
+    def integer(
+        self, name: str, default: int, *, minimum: int, maximum: int | None = None
+    ) -> int:
+        text = self._get(name)
+        if text is None:
+            return default
+        try:
+            value = int(text, 10)
+        except ValueError:
+            raise SettingsError(name, f"{text!r} is not an integer") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"{minimum}..{maximum}" if maximum is not None else f">= {minimum}"
+            raise SettingsError(name, f"{value} is out of range ({bound})")
+        return value
+
+    def seconds(self, name: str, default: float) -> float:
+        text = self._get(name)
+        if text is None:
+            return default
+        try:
+            value = float(text)
+        except ValueError:
+            raise SettingsError(name, f"{text!r} is not a number of seconds") from None
+        if not math.isfinite(value) or value < 0:
+            raise SettingsError(name, f"{text!r} must be a finite number of seconds >= 0")
+        return value
+
+    def address(self, name: str, default: str) -> str:
+        text = self._get(name)
+        if text is None:
+            return default
+        try:
+            parse_address(text)
+        except ValueError as exc:
+            raise SettingsError(name, f"{text!r}: {exc}") from None
+        return text
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        text = self._get(name)
+        if text is None:
+            return default
+        if text.upper() not in choices:
+            raise SettingsError(name, f"{text!r} is not one of {', '.join(choices)}")
+        return text.upper()
