@@ -1,12 +1,12 @@
 # Task runner: `make setup`, `make test` (what CI runs), `make lint`, `make typecheck`,
-# `make demo`, `make bench`, `make protos`, `make format`.
+# `make demo`, `make bench` (`bench-store`, `bench-engine`), `make protos`, `make format`.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # Re-install only when the dependencies change; `make setup` is then a no-op.
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: setup test lint typecheck demo bench protos format
+.PHONY: setup test lint typecheck demo bench bench-store bench-engine protos format
 
 setup: $(STAMP)
 
@@ -36,8 +36,13 @@ format: setup
 demo: setup
 	$(BIN)/python -m flowledger.devserver.demo
 
-bench: setup
+bench: bench-store bench-engine
+
+bench-store: setup
 	$(BIN)/python bench/store_bench.py
+
+bench-engine: setup
+	$(BIN)/python bench/engine_bench.py
 
 protos: setup
 	PYTHON=$(BIN)/python scripts/gen_protos.sh

@@ -10,6 +10,11 @@ include protobuf, HTTP/2 and the Python server. Speed targets live here, never i
   one-connection, one-transaction-per-event rate;
 * reading 100k events of one flow through the store takes no longer than raw psycopg
   fetch-and-decode of the same rows.
+
+For the append scenarios it also prints the CPU each event cost in the store process, in this
+(client) process and in Postgres (Linux ``/proc``; Postgres only when its server runs on this
+machine), and the 16-client rate of the same store over its in-memory backend: the ceiling of
+the gRPC layer and the client on this machine, whatever the database does.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import grpc
@@ -60,6 +65,65 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def process_cpu(pid: int) -> float | None:
+    """CPU seconds (user + system) a process used so far; None where /proc is missing."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_cpu(admin_url: str) -> Callable[[], float | None]:
+    """CPU seconds of the Postgres server's processes (its postmaster and every child)."""
+    with psycopg.connect(admin_url) as conn:
+        row = conn.execute("SELECT pg_backend_pid()").fetchone()
+    try:
+        with open(f"/proc/{row[0] if row else 0}/stat") as f:
+            postmaster = int(f.read().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return lambda: None
+
+    def total() -> float | None:
+        seconds = 0.0
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # ended meanwhile
+            if int(entry) == postmaster or int(fields[1]) == postmaster:
+                seconds += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return seconds
+
+    return total
+
+
+@dataclass(frozen=True)
+class Cpu:
+    """CPU microseconds per event: the store process, this process, Postgres (None: unknown)."""
+
+    store: float | None
+    client: float | None
+    postgres: float | None
+
+
+def measure_cpu(
+    store_pid: int, pg: Callable[[], float | None], events: int, run: Callable[[], Result]
+) -> tuple[Result, Cpu]:
+    marks = (process_cpu(store_pid), process_cpu(os.getpid()), pg())
+    result = run()
+    after = (process_cpu(store_pid), process_cpu(os.getpid()), pg())
+    per_event = [
+        None if a is None or b is None else (a - b) / events * 1e6
+        for a, b in zip(after, marks, strict=True)
+    ]
+    return result, Cpu(*per_event)
 
 
 @contextlib.contextmanager
@@ -263,6 +327,10 @@ def fmt_row(r: Result, baseline: Result | None) -> str:
     return f"{r.name:<42} {r.events:>8,} {r.seconds:8.2f} {r.rate:11,.0f} {lat} {ratio}"
 
 
+def fmt_cpu(value: float | None) -> str:
+    return f"{value:5.0f}" if value is not None else "    -"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -278,23 +346,44 @@ def main() -> None:
         asyncio.run(apply_migrations(url))
         raw1 = raw_single(url, args.events)
         rawb = raw_batched(url, args.events * 10)
+        pg_cpu = postgres_cpu(admin_url)
+        per_client = max(1, args.events // 4)
         proc, addr = start_store(url)
         try:
-            one = asyncio.run(store_append(addr, 1, args.events))
-            many = asyncio.run(store_append(addr, 16, max(1, args.events // 4)))
+            one, one_cpu = measure_cpu(
+                proc.pid, pg_cpu, args.events,
+                lambda: asyncio.run(store_append(addr, 1, args.events)),
+            )
+            many, many_cpu = measure_cpu(
+                proc.pid, pg_cpu, 16 * per_client,
+                lambda: asyncio.run(store_append(addr, 16, per_client)),
+            )
             reads: list[tuple[Result, Result]] = []
             for size in (10_000, args.read_events):
                 flow_id = asyncio.run(fill_flow(addr, size))
                 raw_r = raw_read(url, flow_id, size)
                 store_r = asyncio.run(store_read(addr, flow_id, size))
                 reads.append((raw_r, store_r))
+            with psycopg.connect(admin_url) as conn:
+                row = conn.execute("SHOW server_version").fetchone()
+                fsync = conn.execute("SHOW fsync").fetchone()
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+        memory_proc, memory_addr = start_store("memory:")
+        try:
+            ceiling, ceiling_cpu = measure_cpu(
+                memory_proc.pid, lambda: None, 16 * per_client,
+                lambda: asyncio.run(store_append(memory_addr, 16, per_client)),
+            )
+        finally:
+            memory_proc.terminate()
+            memory_proc.wait(timeout=30)
+    ceiling = Result(
+        "store gRPC append, 16, memory backend", ceiling.events, ceiling.seconds,
+        ceiling.latencies,
+    )
 
-    with psycopg.connect(admin_url) as conn:
-        row = conn.execute("SHOW server_version").fetchone()
-        fsync = conn.execute("SHOW fsync").fetchone()
     print()
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores,"
@@ -309,15 +398,24 @@ def main() -> None:
     print(fmt_row(rawb, raw1))
     print(fmt_row(one, raw1))
     print(fmt_row(many, raw1))
+    print(fmt_row(ceiling, raw1))
     for raw_r, store_r in reads:
         print(fmt_row(raw_r, None))
         print(fmt_row(store_r, raw_r))
+    print()
+    print("CPU per appended event (us): store process / bench client / Postgres")
+    for result, cpu in ((one, one_cpu), (many, many_cpu), (ceiling, ceiling_cpu)):
+        print(f"  {result.name:<42} {fmt_cpu(cpu.store)} / {fmt_cpu(cpu.client)}"
+              f" / {fmt_cpu(cpu.postgres)}")
     print()
     verdict_append = many.rate / raw1.rate
     verdict_read = reads[-1][1].seconds / reads[-1][0].seconds
     print(
         f"target 1: 16-client append / raw single = {verdict_append:.2f}x (target >= 2.00x)"
         f" -> {'met' if verdict_append >= 2 else 'NOT met'}"
+    )
+    print(
+        f"  (ceiling: the same store over its memory backend = {ceiling.rate / raw1.rate:.2f}x)"
     )
     print(
         f"target 2: store read {args.read_events:,} time / raw fetch+decode time"

@@ -101,7 +101,7 @@ class FlowDefinition:
         for index, spec in enumerate(self.steps):
             found.extend(_step_rule_violations(index, spec, seen))
             seen.add(spec.id)
-            params, problem = _canonical_params(spec.params)
+            params, problem = canonical_params(spec.params)
             if problem:
                 found.append(FieldViolation(f"steps[{index}].config", problem))
             normalized.append(StepSpec(id=spec.id, type=spec.type, kind=spec.kind, params=params))
@@ -207,7 +207,7 @@ def _step_rule_violations(index: int, spec: StepSpec, seen: set[str]) -> list[Fi
     return found
 
 
-def _canonical_params(params: object) -> tuple[dict[str, JsonValue], str]:
+def canonical_params(params: object) -> tuple[dict[str, JsonValue], str]:
     """Params as the JSON value their canonical form parses to (a deep copy, so later changes
     by the caller cannot alter a definition), or a problem description."""
     if not isinstance(params, Mapping):

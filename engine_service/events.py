@@ -68,6 +68,15 @@ class StepSignal:
 
 
 @dataclass(frozen=True)
+class PropertyPreferenceAssigned:
+    """Params that replace, from now on, those FlowInitialized recorded for some steps (by step
+    id; each a whole params object). A branch appends one first: see
+    docs/decisions/0007-branch-params.md. Only steps that have not started may be named."""
+
+    params: Mapping[str, Mapping[str, JsonValue]]
+
+
+@dataclass(frozen=True)
 class FlowCompleted:
     flow_fingerprint: str
 
@@ -94,6 +103,7 @@ EngineEvent: TypeAlias = (
     | StepFinished
     | StepFailed
     | StepSignal
+    | PropertyPreferenceAssigned
     | FlowCompleted
     | FlowFailed
     | OpaqueEvent
@@ -105,6 +115,7 @@ EVENT_TYPES: dict[type[Any], EventType] = {
     StepFinished: EventType.STEP_FINISHED,
     StepFailed: EventType.STEP_FAILED,
     StepSignal: EventType.STEP_SIGNAL,
+    PropertyPreferenceAssigned: EventType.PROPERTY_PREFERENCE_ASSIGNED,
     FlowCompleted: EventType.FLOW_COMPLETED,
     FlowFailed: EventType.FLOW_FAILED,
 }
@@ -149,6 +160,8 @@ def to_payload(event: EngineEvent) -> dict[str, JsonValue]:
                 "output_hashes": list(event.output_hashes),
                 "fingerprint": event.fingerprint,
             }
+        case PropertyPreferenceAssigned():
+            body = {"params": {k: dict(v) for k, v in event.params.items()}}
         case _:
             body = dict(vars(event))
     return {"kind": type(event).__name__, **body}
@@ -213,6 +226,13 @@ def _from_payload(cls: type[Any], p: Mapping[str, Any]) -> EngineEvent:
         )
     if cls is StepSignal:
         return StepSignal(_str(p["step_id"]), _int(p["index"]), _str(p["name"]), p["payload"])
+    if cls is PropertyPreferenceAssigned:
+        params = p["params"]
+        if not isinstance(params, dict) or not all(
+            isinstance(k, str) and isinstance(v, dict) for k, v in params.items()
+        ):
+            raise TypeError("params must map step ids to JSON objects")
+        return PropertyPreferenceAssigned(params)
     if cls is FlowCompleted:
         return FlowCompleted(_str(p["flow_fingerprint"]))
     if cls is FlowFailed:

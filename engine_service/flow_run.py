@@ -4,6 +4,10 @@ The handle caches the replayed state and trusts it only as far as the store conf
 append says which version it expects, and anything unexpected (a conflict, a duplicate, an
 error) marks the cache stale so that the next call re-reads the log before deciding.
 Use one handle from one task at a time; its methods serialize on a lock anyway.
+
+A handle given a fencing token sends it with every append; when the store answers that the
+lease is lost, the handle raises :class:`~engine_service.lease.LeaseLost` and refuses to write
+ever again (reading still works).
 """
 
 from __future__ import annotations
@@ -19,16 +23,18 @@ from engine_service.definition import FlowDefinition
 from engine_service.events import (
     EngineEvent,
     FlowInitialized,
+    PropertyPreferenceAssigned,
     decode,
     encode,
     variant,
 )
-from engine_service.ids import init_command_id
+from engine_service.ids import branch_command_id, init_command_id
+from engine_service.lease import LeaseLost, is_lease_lost
 from engine_service.planner import Write, WritePlanner
+from engine_service.progress import Progress
 from engine_service.replay import FlowState, StepState, StepStatus, replay, replay_stored
 from flowledger.canonical import JsonValue
 from flowledger.errors import (
-    Aborted,
     FailedPrecondition,
     FlowledgerError,
     InvalidArgument,
@@ -40,9 +46,6 @@ if TYPE_CHECKING:
     from engine_service.runner import Engine
 
 log = logging.getLogger(__name__)
-
-# Refused appends in a row, with a log that did not move on, before a run gives up.
-_MAX_FUTILE_APPENDS = 5
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,12 @@ class FlowRun:
         self.namespace = flow.namespace
         self._generation = flow.generation
         self._fencing_token = fencing_token
+        self._lease_lost: LeaseLost | None = None
+        # A branch's own log starts after the parent's prefix, with its params assignment.
+        self._fork_version = flow.fork_version if flow.parent_flow_id is not None else None
+        self.parent_flow_id = flow.parent_flow_id
+        self.existed = False
+        """True when start/branch found the flow already made for its idempotency key."""
         # A flow just created is known to be empty; anything else is read before use.
         self._state: FlowState | None = FlowState() if fresh else None
         self._stale = not fresh
@@ -126,12 +135,22 @@ class FlowRun:
 
     # -- advancing -------------------------------------------------------------------------
 
+    @property
+    def fencing_token(self) -> int:
+        return self._fencing_token
+
+    @property
+    def lease_lost(self) -> bool:
+        """True once the store refused this run's fencing token (it writes nothing more)."""
+        return self._lease_lost is not None
+
     async def initialize(
         self, init: FlowInitialized, artifacts: tuple[NewArtifact, ...]
     ) -> FlowInitialized:
         """Append FlowInitialized unless the log has one; returns the one recorded."""
         async with self._lock:
-            progress = _Progress(self.flow_id)
+            self._check_lease()
+            progress = Progress(self.flow_id)
             while True:
                 state = await self._sync()
                 progress.check(state.version)
@@ -146,12 +165,47 @@ class FlowRun:
                 if not await self._append(write):
                     progress.failed(state.version)
 
-    async def next(self) -> StepState | None:
-        """Run the next step to its end (finished or failed, by this or another engine) and
-        return its state; None when the flow has already ended."""
+    async def assign_branch_params(
+        self, event: PropertyPreferenceAssigned
+    ) -> PropertyPreferenceAssigned | None:
+        """Append a branch's first own event unless it has one; returns the first own event
+        recorded if it is a params assignment, else None (a branch made another way)."""
+        fork = self._fork_version
+        if fork is None:
+            raise FailedPrecondition(f"flow {self.flow_id} is not a branch", reason="NOT_A_BRANCH")
         async with self._lock:
+            self._check_lease()
+            progress = Progress(self.flow_id)
+            while True:
+                state = await self._sync()
+                progress.check(state.version)
+                if state.version > fork:
+                    first = await self._event_at(fork + 1)
+                    return first if isinstance(first, PropertyPreferenceAssigned) else None
+                write = Write(
+                    (event,),
+                    branch_command_id(self.flow_id, self._generation),
+                    new_status=FlowStatus.RUNNING,
+                )
+                if not await self._append(write):
+                    progress.failed(state.version)
+
+    async def next(self, *, start_next: bool = False) -> StepState | None:
+        """Run the next step to its end (finished or failed, by this or another engine) and
+        return its state; None when the flow has already ended.
+
+        ``start_next``: record the following step's StepStarted in the same append as this
+        step's StepFinished (what ``run_to_end`` does): one round trip less per step for a
+        caller that goes on with the flow anyway. If it does not, the next ``next`` (here or
+        on any engine) runs that started step, as after a crash.
+        """
+        return await self._next(chain=start_next)
+
+    async def _next(self, *, chain: bool) -> StepState | None:
+        async with self._lock:
+            self._check_lease()
             target: int | None = None
-            progress = _Progress(self.flow_id)
+            progress = Progress(self.flow_id)
             # The step outcome planned last, kept across a refused append: when the re-read
             # log still asks for the same step attempt (another writer appended something
             # else meanwhile), the step is not executed a second time.
@@ -174,19 +228,31 @@ class FlowRun:
                         reason="FLOW_NOT_INITIALIZED",
                         metadata={"flow_id": self.flow_id},
                     )
+                if self._fork_version is not None and state.version <= self._fork_version:
+                    # Its params were never recorded: running it would silently use the parent's.
+                    raise FailedPrecondition(
+                        f"branch {self.flow_id} was created but never initialized: branch again "
+                        "with the same idempotency key",
+                        reason="BRANCH_NOT_INITIALIZED",
+                        metadata={"flow_id": self.flow_id},
+                    )
                 if isinstance(action, plan.StartStep | plan.RunStep):
                     target = action.index
                 if planned is not None and planned[:2] == (action, self._generation):
                     write = planned[2]
                 else:
-                    write = await self._planner.plan(state, action, self._generation)
+                    write = await self._planner.plan(state, action, self._generation, chain=chain)
                     planned = (action, self._generation, write)
                 if not await self._append(write):
                     progress.failed(state.version)
 
     async def run_to_end(self) -> FlowState:
-        """Advance until the flow completes or fails; returns the final state."""
-        while await self.next() is not None:
+        """Advance until the flow completes or fails; returns the final state.
+
+        Each step's StepFinished goes out with the next step's StepStarted in one append (the
+        run is going on anyway): the log is the one ``next()`` would write, in fewer round trips.
+        """
+        while await self._next(chain=True) is not None:
             pass
         async with self._lock:
             return await self._sync()
@@ -197,6 +263,18 @@ class FlowRun:
         return self._state
 
     # -- internals -------------------------------------------------------------------------
+
+    def _check_lease(self) -> None:
+        if self._lease_lost is not None:
+            raise self._lease_lost
+
+    async def _event_at(self, version: int) -> EngineEvent | None:
+        found: list[StoredEvent] = []
+        async for chunk in self._store.read_events(
+            self.namespace, self.flow_id, after_version=version - 1, to_version=version
+        ):
+            found.extend(chunk)
+        return decode(found[0].type, found[0].payload_json) if found else None
 
     async def _sync(self) -> FlowState:
         """The cached state, brought up to date from the store if it may be behind."""
@@ -257,6 +335,12 @@ class FlowRun:
         )
         try:
             result = await self._store.append(cmd)
+        except FailedPrecondition as refused:
+            self._stale = True
+            if is_lease_lost(refused):
+                self._lease_lost = LeaseLost(self.flow_id, self._fencing_token, refused.message)
+                raise self._lease_lost from refused
+            raise
         except VersionConflict as conflict:
             log.debug("flow %s: %s", self.flow_id, conflict.message)
             if conflict.current_version < state.version:
@@ -288,29 +372,3 @@ class FlowRun:
             log.warning("flow %s: snapshot at %d not saved: %s", self.flow_id, state.version, exc)
             return
         self._snapshot_version = state.version
-
-
-class _Progress:
-    """Detects a loop that makes no progress: an append refused (conflict, duplicate) must be
-    explained by a log that moved on; a store that says otherwise would loop us forever."""
-
-    def __init__(self, flow_id: str) -> None:
-        self._flow_id = flow_id
-        self._failed_at: int | None = None
-        self._futile = 0
-
-    def failed(self, version: int) -> None:
-        self._failed_at = version
-
-    def check(self, version: int) -> None:
-        if self._failed_at is None:
-            return
-        self._futile = self._futile + 1 if version <= self._failed_at else 0
-        self._failed_at = None
-        if self._futile >= _MAX_FUTILE_APPENDS:
-            raise Aborted(
-                f"flow {self._flow_id}: {self._futile} appends in a row were refused although "
-                "the log did not move on; giving up",
-                reason="NO_PROGRESS",
-                metadata={"flow_id": self._flow_id},
-            )

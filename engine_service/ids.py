@@ -30,3 +30,8 @@ def command_id(flow_id: str, generation: int, index: int, attempt: int, kind: st
 
 def init_command_id(flow_id: str, generation: int) -> str:
     return f"{flow_id}:g{generation}:init"
+
+
+def branch_command_id(flow_id: str, generation: int) -> str:
+    """The append of a branch's params assignment, its first own event."""
+    return f"{flow_id}:g{generation}:branch"

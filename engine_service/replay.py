@@ -9,8 +9,8 @@ guessed at.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any, NoReturn
 
 from engine_service.events import (
@@ -19,6 +19,7 @@ from engine_service.events import (
     FlowFailed,
     FlowInitialized,
     OpaqueEvent,
+    PropertyPreferenceAssigned,
     StepFailed,
     StepFinished,
     StepSignal,
@@ -26,12 +27,13 @@ from engine_service.events import (
     decode,
     to_payload,
 )
-from flowledger.canonical import canonical_bytes, parse_json
+from flowledger.canonical import JsonValue, canonical_bytes, parse_json
 from flowledger.errors import InternalError
 from store_service.domain import EventType, StoredEvent
 
-STATE_SCHEMA = "flowledger.flow-state/1"
-"""Tag of the snapshot JSON; a snapshot with another tag is ignored and the log replayed."""
+STATE_SCHEMA = "flowledger.flow-state/2"
+"""Tag of the snapshot JSON; a snapshot with another tag is ignored and the log replayed.
+(/2 added ``overrides``: an engine that knew only /1 must not resume from a /2 snapshot.)"""
 
 
 class StepStatus(enum.Enum):
@@ -65,6 +67,9 @@ class FlowState:
     completed: bool = False
     failed: bool = False
     flow_fingerprint: str | None = None
+    # Params assigned by PropertyPreferenceAssigned events, by step id (they replace those of
+    # FlowInitialized): what the step runs with and what its fingerprint hashes.
+    overrides: Mapping[str, Mapping[str, JsonValue]] = field(default_factory=dict)
 
     @property
     def terminal(self) -> bool:
@@ -79,6 +84,14 @@ class FlowState:
             if state.step_id == step_id:
                 return state
         return None
+
+    def params_of(self, index: int) -> Mapping[str, JsonValue]:
+        """The effective params of step ``index``: an override if one was assigned, else
+        those FlowInitialized recorded."""
+        if self.init is None:
+            raise InternalError("the flow has no FlowInitialized")
+        spec = self.init.steps[index]
+        return self.overrides.get(spec.id, spec.params)
 
     def to_json(self) -> str:
         """Canonical JSON of the state (what a snapshot stores)."""
@@ -103,6 +116,7 @@ class FlowState:
             "completed": self.completed,
             "failed": self.failed,
             "flow_fingerprint": self.flow_fingerprint,
+            "overrides": {k: dict(v) for k, v in self.overrides.items()},
         }
         return canonical_bytes(document).decode("utf-8")
 
@@ -139,6 +153,7 @@ class FlowState:
                 completed=bool(d["completed"]),
                 failed=bool(d["failed"]),
                 flow_fingerprint=d["flow_fingerprint"],
+                overrides={str(k): dict(v) for k, v in d["overrides"].items()},
             )
         except (KeyError, TypeError, ValueError, AttributeError, AssertionError) as exc:
             raise InternalError(
@@ -195,6 +210,15 @@ def apply(state: FlowState, event: EngineEvent, version: int) -> FlowState:
         case StepSignal():
             _running(state, event.step_id, event.index)
             return at
+        case PropertyPreferenceAssigned():
+            overrides = dict(state.overrides)
+            for step_id, params in event.params.items():
+                target = state.step(step_id)
+                if target is None or target.status is not StepStatus.PENDING:
+                    what = "no such step" if target is None else target.status.value
+                    _corrupt(state, f"params assigned to step {step_id!r} ({what})")
+                overrides[step_id] = params
+            return replace(at, overrides=overrides)
         case FlowCompleted():
             if any(s.status is not StepStatus.FINISHED_OK for s in state.steps):
                 _corrupt(state, "FlowCompleted before every step finished")

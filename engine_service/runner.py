@@ -7,13 +7,16 @@
     await run.run_to_end()
     await run.event_variants()   # "ISFSFSFC"
     await run.flow_fingerprint()
+    branch = await engine.branch("default", run.flow_id, "split", {})   # then branch.run_to_end()
+    report = await engine.verify("default", run.flow_id)                # report.ok
 
-Each step is two appends: StepStarted, then its signals, StepFinished and output artifacts in one
-transaction (with FlowCompleted and status ``completed`` after the last step), or StepFailed and
-FlowFailed. Every append carries the version last seen and a command id derived from (flow,
-generation, step, attempt, kind): a conflict or a duplicate makes the run re-read the log and
-decide again (:mod:`engine_service.decide`); it never re-appends blindly. Transient store errors
-are retried by the store client (``engine_service.store_retry``), not here.
+A step's StepStarted is one append; its signals, StepFinished and output artifacts are another,
+one transaction (with FlowCompleted and status ``completed`` after the last step, or, under
+``run_to_end``, with the next step's StepStarted), or StepFailed and FlowFailed. Every append
+carries the version last seen and a command id derived from (flow, generation, step, attempt,
+kind): a conflict or a duplicate makes the run re-read the log and decide again
+(:mod:`engine_service.decide`); it never re-appends blindly. Transient store errors are retried
+by the store client (``engine_service.store_retry``), not here.
 """
 
 from __future__ import annotations
@@ -23,23 +26,36 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from engine_service.branching import branch_flow
 from engine_service.definition import FlowDefinition
 from engine_service.events import FlowInitialized
 from engine_service.executor import PreparedArtifact, prepare
 from engine_service.fingerprint import ENGINE_VERSION
 from engine_service.flow_run import FlowRun, LoggedEvent
 from engine_service.ids import flow_id_for_key
+from engine_service.lease import LeaseLost
 from engine_service.registry import StepRegistry, default_registry
+from engine_service.stored import startable
+from engine_service.verify import Divergence, VerifyReport, verify_flow
 from flowledger.canonical import JsonValue
 from flowledger.errors import AlreadyExists, InvalidArgument
-from store_service.domain import FlowStatus, NewArtifact, NewFlow
+from store_service.domain import FlowStatus, NewArtifact, NewFlow, StoredDefinition
 from store_service.ports import EventStore
 
 log = logging.getLogger(__name__)
 
 DEFAULT_NAMESPACE = "default"
 
-__all__ = ["DEFAULT_NAMESPACE", "Engine", "EngineSettings", "FlowRun", "LoggedEvent"]
+__all__ = [
+    "DEFAULT_NAMESPACE",
+    "Divergence",
+    "Engine",
+    "EngineSettings",
+    "FlowRun",
+    "LeaseLost",
+    "LoggedEvent",
+    "VerifyReport",
+]
 
 
 @dataclass(frozen=True)
@@ -122,6 +138,7 @@ class Engine:
             engine_version=ENGINE_VERSION,
         )
         run = FlowRun(self, flow, definition, fencing_token=fencing_token, fresh=not existed)
+        run.existed = existed
         artifacts = [NewArtifact(input_artifact.hash, "flow_input", input_artifact.payload_json)]
         run.remember(input_artifact.hash, input_artifact.payload)
         if variables_artifact is not None:
@@ -137,6 +154,76 @@ class Engine:
         if existed:
             log.info("flow %s already existed for its idempotency key", flow.flow_id)
         return run
+
+    async def start_stored(
+        self,
+        stored: StoredDefinition,
+        input: JsonValue = None,
+        *,
+        idempotency_key: str | None = None,
+        variables: Mapping[str, JsonValue] | None = None,
+        started_by: str = "",
+    ) -> FlowRun:
+        """``start`` a flow of a stored definition version (in its namespace), which must be
+        PUBLISHED (FailedPrecondition reason DEFINITION_NOT_PUBLISHED / DEFINITION_ARCHIVED).
+        FlowInitialized records its name, version and definition_hash; ``started_by`` becomes
+        the flow's ``created_by``. Its step types must be in this engine's registry."""
+        return await self.start(
+            startable(stored),
+            input,
+            namespace=stored.namespace,
+            idempotency_key=idempotency_key,
+            variables=variables,
+            created_by=started_by,
+        )
+
+    async def branch(
+        self,
+        namespace: str,
+        flow_id: str,
+        at_step: str,
+        params_overrides: Mapping[str, Mapping[str, JsonValue]] | None = None,
+        *,
+        idempotency_key: str | None = None,
+        started_by: str = "",
+        definition: FlowDefinition | None = None,
+    ) -> FlowRun:
+        """Branch a completed or failed flow before ``at_step`` (nothing runs yet: call
+        ``run_to_end``). The branch reuses the parent's log up to the end of the previous step
+        (the store's copy-on-write branch), records its params in a PropertyPreferenceAssigned
+        event, then runs ``at_step`` and the rest; its fingerprints equal a fresh run's with the
+        same input and params.
+
+        ``params_overrides`` maps step ids of ``at_step`` or later to whole new params objects,
+        validated against the step types' schemas (a branch of a branch keeps its parent's
+        overrides unless replaced). Errors, all before anything is written: unknown flow →
+        NotFound; a flow not ended → FailedPrecondition FLOW_NOT_ENDED; unknown ``at_step`` →
+        InvalidArgument field ``at_step``; a step the parent never finished before ``at_step``
+        → FailedPrecondition STEP_NOT_REACHED; a bad override → InvalidArgument field
+        ``params_overrides.<step_id>[...]``. With an ``idempotency_key`` the branch id is a
+        UUIDv5 of (namespace, key): branching again returns the same branch (``existed``) and
+        the same key for another branch is AlreadyExists IDEMPOTENCY_KEY_REUSED.
+        ``definition`` is needed only when the parent ran step functions bound to its
+        definition (the builder's plain functions) rather than registered types.
+        """
+        return await branch_flow(
+            self,
+            namespace,
+            flow_id,
+            at_step,
+            params_overrides or {},
+            idempotency_key=idempotency_key,
+            started_by=started_by,
+            definition=definition,
+        )
+
+    async def verify(self, namespace: str, flow_id: str) -> VerifyReport:
+        """Replay the flow's whole log, re-hash every artifact it references and recompute
+        every fingerprint; the report names the first divergence (see
+        :mod:`engine_service.verify`). Read-only. NotFound for an unknown flow."""
+        return await verify_flow(
+            self.store, namespace, flow_id, chunk_size=self.settings.read_chunk_size
+        )
 
     async def run(
         self,

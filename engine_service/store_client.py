@@ -11,7 +11,13 @@ What is retried where (transient = UNAVAILABLE or DEADLINE_EXCEEDED, see
   ``retry_budget`` is spent, then raises ``Unavailable``. Both layers may repeat a write that was
   in fact applied; that is safe because appends and prunes carry command ids, and a flow or branch
   created without an id gets a uuid4 here, before the first attempt, so a repeat is answered as
-  the same create. Conflicts (``VersionConflict``) and every other error are raised at once.
+  the same create. A definition version put without a ``request_id`` gets one here for the same
+  reason. Conflicts (``VersionConflict``) and every other error are raised at once.
+* **Leases**: RenewLease and ReleaseLease are safe to repeat. ClaimFlows is *not*: when a claim
+  was applied but its response lost, the repeat claims other flows and the lost claim's leases
+  stay held, unused, until they expire. That delays those flows by one lease term at most and
+  never lets two replicas run one flow, so it is accepted. (A repeated re-publish, PUBLISHED
+  among ``from_states``, may record the publication twice in the version's history.)
 * **Streams** resume instead of restarting: ReadEvents after the last version it delivered,
   Subscribe after the last cursor it delivered, so the consumer sees no gap and no duplicate.
   ReadEvents has an idle deadline (``call_timeout`` without a message ends the attempt, which
@@ -50,22 +56,28 @@ from flowledger.errors import (
 from flowledger.rpc_status import from_rpc_error
 from flowledger.server.interceptors import client_interceptors
 from flowledger.v1 import store_pb2, store_pb2_grpc
-from store_service import convert
+from store_service import convert, convert_work
 from store_service.domain import (
     Append,
     AppendResult,
     ArtifactLookup,
+    ClaimRequest,
+    DefinitionPage,
+    DefinitionTransitionCommand,
     EventType,
     FeedEvent,
     Flow,
     FlowFilter,
+    FlowLease,
     FlowPage,
     NewBranch,
+    NewDefinitionVersion,
     NewFlow,
     Page,
     Prune,
     Snapshot,
     StepCounts,
+    StoredDefinition,
     StoredEvent,
 )
 
@@ -282,6 +294,76 @@ class GrpcEventStore:
         )
         resp = await self._unary("LoadSnapshot", self._stub.LoadSnapshot, request)
         return convert.snapshot_from_pb(resp.snapshot) if resp.found else None
+
+    # -- versioned definitions ---------------------------------------------------------------
+
+    async def put_definition_version(
+        self, new: NewDefinitionVersion
+    ) -> tuple[StoredDefinition, bool]:
+        chosen_here = new.request_id is None
+        if chosen_here:
+            new = replace(new, request_id=str(uuid.uuid4()))
+        request = convert_work.put_definition_version_request(new)
+        resp = await self._unary("PutDefinitionVersion", self._stub.PutDefinitionVersion, request)
+        # As for create_flow: a request id of our own making existed only through this very call.
+        stored = convert_work.stored_definition_from_pb(resp.version)
+        return stored, resp.existed and not chosen_here
+
+    async def get_definition_version(
+        self, namespace: str, name: str, version: int = 0
+    ) -> StoredDefinition:
+        request = store_pb2.GetStoredDefinitionVersionRequest(
+            namespace=namespace, name=name, version=version
+        )
+        resp = await self._unary(
+            "GetStoredDefinitionVersion", self._stub.GetStoredDefinitionVersion, request
+        )
+        return convert_work.stored_definition_from_pb(resp.version)
+
+    async def list_definition_versions(
+        self, namespace: str, name: str | None, page: Page
+    ) -> DefinitionPage:
+        request = convert_work.list_definition_versions_request(namespace, name, page)
+        resp = await self._unary(
+            "ListStoredDefinitionVersions", self._stub.ListStoredDefinitionVersions, request
+        )
+        return DefinitionPage(
+            tuple(convert_work.stored_definition_from_pb(v) for v in resp.versions),
+            resp.next_page_token,
+        )
+
+    async def transition_definition_version(
+        self, cmd: DefinitionTransitionCommand
+    ) -> StoredDefinition:
+        request = convert_work.transition_request(cmd)
+        resp = await self._unary(
+            "TransitionDefinitionVersion", self._stub.TransitionDefinitionVersion, request
+        )
+        return convert_work.stored_definition_from_pb(resp.version)
+
+    # -- work leases (see the module docstring on repeating a claim) -------------------------
+
+    async def claim_flows(self, req: ClaimRequest) -> tuple[FlowLease, ...]:
+        request = convert_work.claim_flows_request(req)
+        resp = await self._unary("ClaimFlows", self._stub.ClaimFlows, request)
+        return tuple(convert_work.flow_lease_from_pb(x) for x in resp.leases)
+
+    async def renew_lease(
+        self, namespace: str, flow_id: str, owner: str, fencing_token: int, lease_ms: int
+    ) -> FlowLease:
+        request = store_pb2.RenewLeaseRequest(
+            namespace=namespace, flow_id=flow_id, owner=owner, fencing_token=fencing_token,
+            lease_ms=lease_ms,
+        )
+        resp = await self._unary("RenewLease", self._stub.RenewLease, request)
+        return convert_work.flow_lease_from_pb(resp.lease)
+
+    async def release_lease(self, namespace: str, flow_id: str, fencing_token: int) -> bool:
+        request = store_pb2.ReleaseLeaseRequest(
+            namespace=namespace, flow_id=flow_id, fencing_token=fencing_token
+        )
+        resp = await self._unary("ReleaseLease", self._stub.ReleaseLease, request)
+        return resp.released
 
     # -- machinery ---------------------------------------------------------------------------
 

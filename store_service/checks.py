@@ -29,6 +29,8 @@ _MAX_DESCRIPTION = 200
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 _ID = re.compile(r"[A-Za-z0-9._:-]+\Z")
 _HASH = re.compile(r"[0-9a-f]{64}\Z")
+_DEFINITION_NAME = re.compile(r"[A-Za-z0-9._-]+\Z")
+MAX_DEFINITION_NAME_LENGTH = 128  # definitions.name CHECK
 
 
 class FieldChecks:
@@ -82,6 +84,16 @@ class FieldChecks:
         elif not _ID.match(value):
             self.bad(field, "may contain only letters, digits and . _ : -")
 
+    def definition_name(self, value: str, field: str = "name") -> None:
+        if not value:
+            self.bad(field, f"is required (a definition name of 1..{MAX_DEFINITION_NAME_LENGTH} "
+                     "characters)")
+        elif len(value) > MAX_DEFINITION_NAME_LENGTH:
+            self.bad(field, f"is {len(value)} characters long; at most "
+                     f"{MAX_DEFINITION_NAME_LENGTH} are allowed")
+        elif not _DEFINITION_NAME.match(value):
+            self.bad(field, "may contain only letters, digits and . _ -")
+
     def uuid(self, value: str, field: str, *, optional: bool = False) -> None:
         if not value:
             if not optional:
@@ -113,6 +125,11 @@ class FieldChecks:
     def in_range(self, value: int, field: str, low: int, high: int, zero_means: str) -> None:
         if value != 0 and not low <= value <= high:
             self.bad(field, f"must be {low}..{high} (0 means {zero_means}), got {value}")
+
+    def within(self, value: int, field: str, low: int, high: int) -> None:
+        """A required number in [low, high] (no zero default)."""
+        if not low <= value <= high:
+            self.bad(field, f"must be {low}..{high}, got {value}")
 
     def event_type(self, value: int, field: str) -> None:
         if event_type_from_number(value) is None:

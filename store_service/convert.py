@@ -8,7 +8,7 @@ test instead of being silently misnumbered. Contract defaults (``0 means 1000``)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 
 from google.protobuf import timestamp_pb2
@@ -61,10 +61,20 @@ def _status_or(number: int, default: domain.FlowStatus) -> domain.FlowStatus:
     return _FLOW_STATUS_FROM_PB.get(number, default)
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NAIVE_EPOCH = datetime(1970, 1, 1)
+
+
+def _seconds_nanos(value: datetime) -> tuple[int, int]:
+    """What Timestamp.FromDatetime stores (naive means UTC), by exact integer arithmetic and
+    several times faster than it."""
+    delta = value - (_NAIVE_EPOCH if value.tzinfo is None else _EPOCH)
+    return delta.days * 86_400 + delta.seconds, delta.microseconds * 1000
+
+
 def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(value)
-    return ts
+    seconds, nanos = _seconds_nanos(value)
+    return timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos)
 
 
 # -- requests → domain ---------------------------------------------------------------------------
@@ -239,6 +249,50 @@ def count_steps_response(counts: domain.StepCounts) -> store_pb2.CountStepsRespo
         steps_finished=counts.steps_finished,
         steps_failed=counts.steps_failed,
     )
+
+
+def read_events_responses(
+    events: Iterable[domain.StoredEvent], max_events: int, max_bytes: int
+) -> Iterator[store_pb2.ReadEventsResponse]:
+    """``events`` in responses of at most ``max_events`` events and ``max_bytes`` of encoded
+    events each (an event larger than that travels alone).
+
+    The events are built in place in their response (no message per event that is then copied)
+    and consecutive events of one transaction share one timestamp conversion: reading a long log
+    is mostly this loop.
+    """
+    response = store_pb2.ReadEventsResponse()
+    add = response.events.add
+    count = size = 0
+    last_ts: datetime | None = None
+    seconds = nanos = 0
+    types = _EVENT_TYPE_TO_PB
+    for event in events:
+        if event.ts != last_ts:
+            last_ts = event.ts
+            seconds, nanos = _seconds_nanos(last_ts)
+        item = add(
+            seq=event.seq, flow_id=event.flow_id, version=event.version,
+            type=types[event.type], payload_json=event.payload_json, command_id=event.command_id,
+        )  # fmt: skip
+        item.ts.seconds = seconds
+        item.ts.nanos = nanos
+        # A repeated message field costs a 1-byte tag, the length varint and the message.
+        length = item.ByteSize()
+        cost = 1 + max(1, (length.bit_length() + 6) // 7) + length
+        if count and (count == max_events or size + cost > max_bytes):
+            # The event opens the next response instead: copied there (once per response).
+            moved = store_pb2.ReadEventsResponse()
+            moved.events.append(item)
+            del response.events[-1]
+            yield response
+            response = moved
+            add = response.events.add
+            count = size = 0
+        count += 1
+        size += cost
+    if count:
+        yield response
 
 
 def read_events_response(events: Sequence[common_pb2.Event]) -> store_pb2.ReadEventsResponse:

@@ -18,7 +18,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
-from typing import Any, NoReturn, TypeAlias, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 import grpc
 import grpc.aio
@@ -27,7 +27,7 @@ from google.protobuf.message import Message
 from flowledger import rpc_status
 from flowledger.errors import FlowledgerError, InternalError, Unavailable
 from flowledger.v1 import store_pb2, store_pb2_grpc
-from store_service import convert, validation
+from store_service import convert, convert_work, validation, validation_work
 from store_service.ports import EventStore
 from store_service.settings import Limits
 
@@ -42,19 +42,9 @@ _Item = TypeVar("_Item")
 _M = TypeVar("_M", bound=Message)
 
 
-# Contract RPCs that the storage port cannot serve yet (versioned definitions, work leases):
-# they answer UNIMPLEMENTED until the port grows the methods. The bad-input test suite requires a
-# case for every RPC not listed here.
-NOT_YET_SERVED = frozenset({
-    "PutDefinitionVersion", "GetStoredDefinitionVersion", "ListStoredDefinitionVersions",
-    "TransitionDefinitionVersion", "ClaimFlows", "RenewLease", "ReleaseLease",
-})
-
-
-async def _not_yet_served(context: Context, method: str) -> NoReturn:
-    await context.abort(
-        grpc.StatusCode.UNIMPLEMENTED, f"{method} is not served by this store version yet"
-    )
+# Contract RPCs this servicer does not override (the generated base answers UNIMPLEMENTED). The
+# bad-input test suite requires a case for every RPC not listed here.
+NOT_YET_SERVED: frozenset[str] = frozenset()
 
 
 async def _fail(context: Context, method: str, exc: Exception) -> None:
@@ -208,9 +198,10 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
         )
         async with _closing(chunks):
             async for chunk in chunks:
-                events = (convert.event_to_pb(e) for e in chunk)
-                for group in split_by_size(events, chunk_size, self._stream_budget):
-                    yield convert.read_events_response(group)
+                for response in convert.read_events_responses(
+                    chunk, chunk_size, self._stream_budget
+                ):
+                    yield response
 
     @_unary
     async def CountSteps(
@@ -324,39 +315,74 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
         )
         return convert.load_snapshot_response(snapshot)
 
-    # -- not yet served (see NOT_YET_SERVED) ---------------------------------------------------
+    # -- versioned definitions ---------------------------------------------------------------
 
+    @_unary
     async def PutDefinitionVersion(
         self, request: store_pb2.PutDefinitionVersionRequest, context: Context
     ) -> store_pb2.PutDefinitionVersionResponse:
-        await _not_yet_served(context, "PutDefinitionVersion")
+        validation_work.check_put_definition_version(request, self.limits)
+        stored, existed = await self.store.put_definition_version(
+            convert_work.new_definition_version(request)
+        )
+        return convert_work.put_definition_version_response(stored, existed)
 
+    @_unary
     async def GetStoredDefinitionVersion(
         self, request: store_pb2.GetStoredDefinitionVersionRequest, context: Context
     ) -> store_pb2.GetStoredDefinitionVersionResponse:
-        await _not_yet_served(context, "GetStoredDefinitionVersion")
+        validation_work.check_get_stored_definition_version(request, self.limits)
+        stored = await self.store.get_definition_version(
+            request.namespace, request.name, request.version
+        )
+        return convert_work.get_definition_version_response(stored)
 
+    @_unary
     async def ListStoredDefinitionVersions(
         self, request: store_pb2.ListStoredDefinitionVersionsRequest, context: Context
     ) -> store_pb2.ListStoredDefinitionVersionsResponse:
-        await _not_yet_served(context, "ListStoredDefinitionVersions")
+        validation_work.check_list_stored_definition_versions(request, self.limits)
+        name, page = convert_work.definition_query(request)
+        listed = await self.store.list_definition_versions(request.namespace, name, page)
+        return convert_work.list_definition_versions_response(listed)
 
+    @_unary
     async def TransitionDefinitionVersion(
         self, request: store_pb2.TransitionDefinitionVersionRequest, context: Context
     ) -> store_pb2.TransitionDefinitionVersionResponse:
-        await _not_yet_served(context, "TransitionDefinitionVersion")
+        validation_work.check_transition_definition_version(request, self.limits)
+        stored = await self.store.transition_definition_version(
+            convert_work.definition_transition(request)
+        )
+        return convert_work.transition_response(stored)
 
+    # -- work leases -------------------------------------------------------------------------
+
+    @_unary
     async def ClaimFlows(
         self, request: store_pb2.ClaimFlowsRequest, context: Context
     ) -> store_pb2.ClaimFlowsResponse:
-        await _not_yet_served(context, "ClaimFlows")
+        validation_work.check_claim_flows(request, self.limits)
+        leases = await self.store.claim_flows(convert_work.claim_request(request))
+        return convert_work.claim_flows_response(leases)
 
+    @_unary
     async def RenewLease(
         self, request: store_pb2.RenewLeaseRequest, context: Context
     ) -> store_pb2.RenewLeaseResponse:
-        await _not_yet_served(context, "RenewLease")
+        validation_work.check_renew_lease(request, self.limits)
+        lease = await self.store.renew_lease(
+            request.namespace, request.flow_id, request.owner, request.fencing_token,
+            request.lease_ms,
+        )
+        return convert_work.renew_lease_response(lease)
 
+    @_unary
     async def ReleaseLease(
         self, request: store_pb2.ReleaseLeaseRequest, context: Context
     ) -> store_pb2.ReleaseLeaseResponse:
-        await _not_yet_served(context, "ReleaseLease")
+        validation_work.check_release_lease(request, self.limits)
+        released = await self.store.release_lease(
+            request.namespace, request.flow_id, request.fencing_token
+        )
+        return store_pb2.ReleaseLeaseResponse(released=released)

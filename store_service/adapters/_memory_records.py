@@ -3,10 +3,13 @@ snapshots), and the reads and checks over it that need no lock of their own."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from flowledger.errors import AlreadyExists, FailedPrecondition
+from store_service.adapters.lease_rules import lease_lost
 from store_service.domain import AppendResult, Flow, Snapshot, StoredEvent
 
 
@@ -28,6 +31,11 @@ class Record:
     commands: dict[str, tuple[str, AppendResult]] = field(default_factory=dict)
     # (generation, version) -> snapshot, as the snapshots table's key.
     snapshots: dict[tuple[int, int], Snapshot] = field(default_factory=dict)
+    # The lease (flows.lease_owner, lease_expires_at); the token is flow.lease_token. Expiry is
+    # decided on the monotonic clock; ``lease_expires_at`` is its wall-clock reading for callers.
+    lease_owner: str | None = None
+    lease_deadline: float | None = None
+    lease_expires_at: datetime | None = None
 
     def repeat(self, command_id: str, kind: str) -> AppendResult | None:
         """The first result of a repeated command (even if the flow moved on or was deleted)."""
@@ -50,13 +58,15 @@ class Record:
                 reason="FLOW_DELETED",
                 metadata={"flow_id": self.flow.flow_id},
             )
-        if fencing_token != 0 and fencing_token != self.flow.lease_token:
-            raise FailedPrecondition(
-                f"fencing token {fencing_token} is stale for flow {self.flow.flow_id}: another "
-                "worker holds its lease",
-                reason="STALE_FENCING_TOKEN",
-                metadata={"flow_id": self.flow.flow_id, "fencing_token": str(fencing_token)},
-            )
+        if fencing_token != 0 and not self.lease_held(fencing_token):
+            raise lease_lost(self.flow.flow_id, fencing_token)
+
+    def lease_live(self) -> bool:
+        """Whether a lease is held now (the Postgres test: lease_expires_at > now())."""
+        return self.lease_deadline is not None and self.lease_deadline > time.monotonic()
+
+    def lease_held(self, fencing_token: int) -> bool:
+        return fencing_token == self.flow.lease_token and self.lease_live()
 
     def latest_snapshot(self, max_version: int) -> Snapshot | None:
         """The highest snapshot <= max_version (0: any) that no later prune cut away."""

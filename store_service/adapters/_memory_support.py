@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -11,6 +12,8 @@ from typing import Any
 from flowledger.canonical import content_hash, parse_json
 from flowledger.errors import InvalidArgument
 from store_service.domain import Append, Flow, FlowFilter, NewBranch, NewFlow
+
+_CURSOR = re.compile(r"mem:(0|[1-9][0-9]{0,18})\Z")
 
 
 def flow_uuid(value: str, field: str = "flow_id") -> str:
@@ -175,3 +178,13 @@ def decode_page_token(token: str) -> tuple[datetime, str] | None:
         return (when, str(uuid.UUID(flow_id)))
     except (ValueError, binascii.Error, UnicodeError):
         raise InvalidArgument.field("page_token", "is not a page token of this store") from None
+
+
+def decode_cursor(cursor: str) -> int:
+    """The seq after which a subscription resumes (cursors are ``mem:<seq>``)."""
+    if not cursor:
+        return 0
+    m = _CURSOR.match(cursor)
+    if m is None:
+        raise InvalidArgument.field("after_cursor", "is not a cursor of this store")
+    return int(m.group(1))

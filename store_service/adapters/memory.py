@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import re
+import itertools
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -24,28 +24,35 @@ from flowledger.errors import (
     Unavailable,
     VersionConflict,
 )
+from store_service.adapters import _memory_leases as leases
 from store_service.adapters import _memory_support as support
+from store_service.adapters._memory_definitions import DefinitionBook
 from store_service.adapters._memory_records import Generation, Record, read_log
+from store_service.adapters.lease_rules import check_renewal, check_token
 from store_service.domain import (
     Append,
     AppendResult,
     Artifact,
     ArtifactLookup,
+    ClaimRequest,
+    DefinitionPage,
+    DefinitionTransitionCommand,
     EventType,
     FeedEvent,
     Flow,
     FlowFilter,
+    FlowLease,
     FlowPage,
     NewBranch,
+    NewDefinitionVersion,
     NewFlow,
     Page,
     Prune,
     Snapshot,
     StepCounts,
+    StoredDefinition,
     StoredEvent,
 )
-
-_CURSOR = re.compile(r"mem:(0|[1-9][0-9]{0,18})\Z")
 
 
 class MemoryEventStore:
@@ -59,6 +66,8 @@ class MemoryEventStore:
         # Per namespace, every event in seq order (= commit order here: writes hold the lock).
         self._feeds: dict[str, list[StoredEvent]] = {}
         self._seq = 0
+        self._definitions = DefinitionBook()
+        self._lease_tokens = itertools.count(1)  # the flow_lease_tokens sequence
         self._closed = False
 
     # -- flows -------------------------------------------------------------------------------
@@ -225,7 +234,7 @@ class MemoryEventStore:
         chunk_size: int = 500,
     ) -> AsyncIterator[Sequence[FeedEvent]]:
         self._check_open()
-        after_seq = _decode_cursor(after_cursor)
+        after_seq = support.decode_cursor(after_cursor)
         support.check_chunk_size(chunk_size)
         wanted = frozenset(types)
         async with self._lock:
@@ -314,6 +323,51 @@ class MemoryEventStore:
             rec = self._find(namespace, flow_id)
             return rec.latest_snapshot(max_version)
 
+    async def put_definition_version(
+        self, new: NewDefinitionVersion
+    ) -> tuple[StoredDefinition, bool]:
+        self._check_open()
+        return self._definitions.put(new)
+
+    async def get_definition_version(
+        self, namespace: str, name: str, version: int = 0
+    ) -> StoredDefinition:
+        self._check_open()
+        return self._definitions.get(namespace, name, version)
+
+    async def list_definition_versions(
+        self, namespace: str, name: str | None, page: Page
+    ) -> DefinitionPage:
+        self._check_open()
+        return self._definitions.list(namespace, name, page)
+
+    async def transition_definition_version(
+        self, cmd: DefinitionTransitionCommand
+    ) -> StoredDefinition:
+        self._check_open()
+        return self._definitions.transition(cmd)
+
+    async def claim_flows(self, req: ClaimRequest) -> tuple[FlowLease, ...]:
+        self._check_open()
+        async with self._lock:
+            return leases.claim(self._records.values(), req, self._lease_tokens.__next__)
+
+    async def renew_lease(
+        self, namespace: str, flow_id: str, owner: str, fencing_token: int, lease_ms: int
+    ) -> FlowLease:
+        self._check_open()
+        check_renewal(owner, fencing_token, lease_ms)
+        async with self._lock:
+            rec = self._find(namespace, flow_id, include_deleted=True)
+            return leases.renew(rec, owner, fencing_token, lease_ms)
+
+    async def release_lease(self, namespace: str, flow_id: str, fencing_token: int) -> bool:
+        self._check_open()
+        check_token(fencing_token)
+        async with self._lock:
+            rec = self._find(namespace, flow_id, include_deleted=True)
+            return leases.release(rec, fencing_token)
+
     async def close(self) -> None:
         async with self._changed:
             self._closed = True
@@ -343,12 +397,3 @@ class MemoryEventStore:
                 metadata={"namespace": namespace, "flow_id": flow_id},
             )
         return rec
-
-
-def _decode_cursor(cursor: str) -> int:
-    if not cursor:
-        return 0
-    m = _CURSOR.match(cursor)
-    if m is None:
-        raise InvalidArgument.field("after_cursor", "is not a cursor of this store")
-    return int(m.group(1))

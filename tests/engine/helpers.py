@@ -14,17 +14,23 @@ from store_service.domain import (
     Append,
     AppendResult,
     ArtifactLookup,
+    ClaimRequest,
+    DefinitionPage,
+    DefinitionTransitionCommand,
     EventType,
     FeedEvent,
     Flow,
     FlowFilter,
+    FlowLease,
     FlowPage,
     NewBranch,
+    NewDefinitionVersion,
     NewFlow,
     Page,
     Prune,
     Snapshot,
     StepCounts,
+    StoredDefinition,
     StoredEvent,
 )
 from store_service.ports import EventStore
@@ -36,16 +42,20 @@ def oracle(value: Any) -> str:
 
 async def verify_independently(store: EventStore, run: FlowRun) -> list[str]:
     """Recompute every fingerprint of a completed run from its stored log and artifacts with
-    hashlib and rfc8785 only (the formulas of docs/decisions/0003-fingerprints.md); returns the
-    step fingerprints. Independent of the engine's own hashing code."""
+    hashlib and rfc8785 only (the formulas of docs/decisions/0003-fingerprints.md, params as
+    replaced by PropertyPreferenceAssigned events, decision 0007); returns the step
+    fingerprints. Independent of the engine's own hashing code."""
     payloads = [(e.stored.type, parse_json(e.stored.payload_json)) for e in await run.events()]
     init = payloads[0][1]
     assert payloads[0][0] is EventType.FLOW_INITIALIZED
     step_ids = [s["id"] for s in init["steps"]]
     assert init["definition_hash"] == oracle(step_ids)
     previous_outputs = [init["input_hash"]]
+    params = {s["id"]: s["config"] for s in init["steps"]}
     fingerprints: list[str] = []
     for etype, p in payloads:
+        if etype is EventType.PROPERTY_PREFERENCE_ASSIGNED:
+            params.update(p["params"])
         if etype is not EventType.STEP_FINISHED:
             continue
         index = p["index"]
@@ -55,7 +65,7 @@ async def verify_independently(store: EventStore, run: FlowRun) -> list[str]:
                 "engine_version": "flowledger-fp/1",
                 "step_id": step_ids[index],
                 "inputs": sorted(previous_outputs),
-                "params": init["steps"][index]["config"],
+                "params": params[step_ids[index]],
                 "definition_hash": oracle(step_ids),
             }
         )
@@ -147,6 +157,37 @@ class DelegatingStore:
         self, namespace: str, flow_id: str, max_version: int = 0
     ) -> Snapshot | None:
         return await self.inner.load_snapshot(namespace, flow_id, max_version)
+
+    async def put_definition_version(
+        self, new: NewDefinitionVersion
+    ) -> tuple[StoredDefinition, bool]:
+        return await self.inner.put_definition_version(new)
+
+    async def get_definition_version(
+        self, namespace: str, name: str, version: int = 0
+    ) -> StoredDefinition:
+        return await self.inner.get_definition_version(namespace, name, version)
+
+    async def list_definition_versions(
+        self, namespace: str, name: str | None, page: Page
+    ) -> DefinitionPage:
+        return await self.inner.list_definition_versions(namespace, name, page)
+
+    async def transition_definition_version(
+        self, cmd: DefinitionTransitionCommand
+    ) -> StoredDefinition:
+        return await self.inner.transition_definition_version(cmd)
+
+    async def claim_flows(self, req: ClaimRequest) -> tuple[FlowLease, ...]:
+        return await self.inner.claim_flows(req)
+
+    async def renew_lease(
+        self, namespace: str, flow_id: str, owner: str, fencing_token: int, lease_ms: int
+    ) -> FlowLease:
+        return await self.inner.renew_lease(namespace, flow_id, owner, fencing_token, lease_ms)
+
+    async def release_lease(self, namespace: str, flow_id: str, fencing_token: int) -> bool:
+        return await self.inner.release_lease(namespace, flow_id, fencing_token)
 
     async def close(self) -> None:
         """The inner store belongs to its fixture, which closes it."""

@@ -12,6 +12,7 @@ from engine_service.events import (
     FlowFailed,
     FlowInitialized,
     OpaqueEvent,
+    PropertyPreferenceAssigned,
     StepFailed,
     StepFinished,
     StepSignal,
@@ -77,9 +78,9 @@ def test_flow_initialized_records_the_definition() -> None:
 
 
 def test_unmodelled_event_types_decode_opaque() -> None:
-    event = decode(EventType.PROPERTY_PREFERENCE_ASSIGNED, '{"x": 1}')
-    assert event == OpaqueEvent(EventType.PROPERTY_PREFERENCE_ASSIGNED, {"x": 1})
-    assert variant(event) == "P"
+    event = decode(EventType.TASK_SCHEDULED, '{"x": 1}')
+    assert event == OpaqueEvent(EventType.TASK_SCHEDULED, {"x": 1})
+    assert variant(event) == "Q"
 
 
 @pytest.mark.parametrize(
@@ -180,3 +181,42 @@ def test_unusable_snapshots_are_refused() -> None:
         with pytest.raises(InternalError) as exc:
             FlowState.from_json(text)
         assert exc.value.reason == "BAD_SNAPSHOT"
+
+
+ASSIGNED = PropertyPreferenceAssigned({"split": {"x": 1}, "print_and_count": {}})
+
+
+def test_params_assignment_round_trips_and_is_variant_p() -> None:
+    new = encode(ASSIGNED)
+    assert new.type is EventType.PROPERTY_PREFERENCE_ASSIGNED
+    assert parse_json(new.payload_json) == {
+        "kind": "PropertyPreferenceAssigned",
+        "params": {"split": {"x": 1}, "print_and_count": {}},
+    }
+    assert decode(new.type, new.payload_json) == ASSIGNED
+    assert variant(ASSIGNED) == "P"
+    with pytest.raises(InternalError):
+        decode(new.type, '{"kind": "PropertyPreferenceAssigned", "params": {"split": 1}}')
+
+
+def test_replay_applies_assigned_params_to_steps_not_started() -> None:
+    state = _fold(INIT, *_finished(0, "seed"), ASSIGNED)
+    assert state.params_of(0) == {"text": "Hola"}
+    assert state.params_of(1) == {"x": 1}
+    assert state.params_of(2) == {}
+    assert FlowState.from_json(state.to_json()) == state
+    later = replay([(5, PropertyPreferenceAssigned({"split": {"x": 2}}))], start=state)
+    assert later.params_of(1) == {"x": 2}
+    assert later.params_of(2) == {}
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"seed": {}}, {"nope": {}}],  # seed has finished; nope is no step of the flow
+)
+def test_params_of_started_or_unknown_steps_break_the_log(
+    params: dict[str, dict[str, int]],
+) -> None:
+    with pytest.raises(InternalError) as exc:
+        _fold(INIT, *_finished(0, "seed"), PropertyPreferenceAssigned(params))
+    assert exc.value.reason == "INVALID_TRANSITION"

@@ -150,7 +150,7 @@ async def test_a_concurrent_writer_causes_a_re_read_not_a_blind_re_append(
                     ctx.flow_id,
                     flow.version,
                     "someone-else",
-                    (NewEvent(EventType.PROPERTY_PREFERENCE_ASSIGNED, '{"k": "v"}'),),
+                    (NewEvent(EventType.TASK_SCHEDULED, '{"k": "v"}'),),
                 )
             )
         return split(ctx)
@@ -159,7 +159,7 @@ async def test_a_concurrent_writer_causes_a_re_read_not_a_blind_re_append(
         StepType("chem.split", StepKind.TRANSFORM, split_with_interference, {"type": "object"})
     )
     run = await Engine(store, registry=registry).run(chem_flow(), namespace=ns)
-    assert await run.event_variants() == "ISFSPFSFC"
+    assert await run.event_variants() == "ISFSQFSFC"
     assert counts["split"] == 1  # the planned outcome was reused after the conflict
     assert await run.flow_fingerprint() == CHEM_FINGERPRINT
 

@@ -1,9 +1,9 @@
 """Group commit: concurrent appends, to any flows, share one Postgres transaction.
 
-Callers put their command on a queue and wait on a future. A few writer tasks each take what is
-queued right now (no artificial delay: a batch forms while the previous transaction is in flight),
-run it as one transaction with a fixed number of round trips (see :mod:`.appendsql`), commit once
-and resolve every future. One commit per batch instead of one per event is what lifts throughput
+Callers put their command on a queue and wait on a future. A dispatcher takes what is queued
+right now (no artificial delay: a batch forms while the previous transaction is in flight), runs
+it as one statement, hence one round trip and one transaction (see :mod:`.appendsql`), and
+resolves every future. One commit per batch instead of one per event is what lifts throughput
 past the disk's fsync rate.
 
 Failure handling: a transient failure re-runs the whole batch (nothing was committed; command ids
@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 from flowledger.canonical import content_hash, parse_json
@@ -51,25 +52,27 @@ class _Pending:
     arrived: float
 
 
-@dataclass
-class _Done:
-    decision: sql.Decision
-    seqs: dict[tuple[str, int], int]
-    artifacts_inserted: int
+# A batch still running after this long is waiting (on a row lock held elsewhere, a slow disk):
+# then the next batch may start beside it instead of queueing behind it.
+STALL_S = 0.010
 
 
 class GroupCommitAppender:
-    """Owns the append queue and its writer tasks; :meth:`close` drains before stopping."""
+    """Owns the append queue and the task that runs its batches; :meth:`close` drains first.
+
+    One batch is in flight at a time: the next one forms while it runs, so batches grow with the
+    load and every transaction carries as many commands as possible (CPU per event, not commit
+    latency, limits a loaded store). Only a batch that stalls lets another start beside it, up
+    to ``writers`` at once.
+    """
 
     def __init__(self, db: Database, *, writers: int = 4, max_batch: int = 128) -> None:
         self._db = db
         self._max_batch = max_batch
+        self._max_in_flight = max(1, writers)
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._closing = False
-        self._tasks = [
-            asyncio.create_task(self._writer(), name=f"flowledger-appender-{n}")
-            for n in range(writers)
-        ]
+        self._task = asyncio.create_task(self._dispatch(), name="flowledger-appender")
 
     async def append(self, cmd: Append) -> AppendResult:
         cmd = validate_append(cmd)
@@ -80,21 +83,21 @@ class GroupCommitAppender:
         return await future
 
     async def close(self) -> None:
-        """Finish every queued command, then stop the writers."""
+        """Finish every queued command, then stop."""
         if self._closing:
             return
         self._closing = True
-        for _ in self._tasks:
-            self._queue.put_nowait(None)  # one stop mark per writer, behind the queued commands
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._queue.put_nowait(None)  # the stop mark, behind the queued commands
+        await asyncio.gather(self._task, return_exceptions=True)
 
-    async def _writer(self) -> None:
-        while True:
+    async def _dispatch(self) -> None:
+        in_flight: dict[asyncio.Task[None], float] = {}  # running batches and their start
+        stop = False
+        while not stop:
             first = await self._queue.get()
             if first is None:
-                return
+                break
             batch = [first]
-            stop = False
             while len(batch) < self._max_batch and not self._queue.empty():
                 item = self._queue.get_nowait()
                 if item is None:
@@ -104,17 +107,24 @@ class GroupCommitAppender:
             # A caller that gave up (cancelled) before its command was picked up gets nothing
             # written on its behalf.
             live = [p for p in batch if not p.future.done()]
-            if live:
-                try:
-                    await self._process(live)
-                except Exception as exc:  # a bug must not kill the writer and strand callers
-                    _fail_all(live, sqlerrors.translate(exc))  # logged there, generic here
-            if stop:
-                return
+            if not live:
+                continue
+            task = asyncio.create_task(self._run(live))
+            in_flight[task] = time.monotonic()
+            task.add_done_callback(in_flight.pop)
+            await _until_free(in_flight, self._max_in_flight)
+        if in_flight:
+            await asyncio.wait(in_flight)
+
+    async def _run(self, batch: list[_Pending]) -> None:
+        try:
+            await self._process(batch)
+        except Exception as exc:  # a bug must not kill the appender and strand callers
+            _fail_all(batch, sqlerrors.translate(exc))  # logged there, generic here
 
     async def _process(self, batch: list[_Pending]) -> None:
         try:
-            done = await self._db.run(lambda conn: _attempt(conn, [p.cmd for p in batch]))
+            rows = await self._db.run(lambda conn: _attempt(conn, [p.cmd for p in batch]))
         except FlowledgerError as exc:
             if len(batch) == 1 or _is_transient_exhaustion(exc):
                 _fail_all(batch, _locate(exc, batch[0].cmd) if len(batch) == 1 else exc)
@@ -123,58 +133,49 @@ class GroupCommitAppender:
             for p in batch:
                 await self._process([p])
             return
-        _resolve(batch, done)
+        _resolve(batch, rows)
 
 
-async def _attempt(conn: Conn, cmds: list[Append]) -> _Done:
-    """One try of a batch: one transaction, two round trips (pipeline mode).
-
-    Round trip 1: BEGIN, lock the flows, look up the command ids. Round trip 2: the write, the
-    notification and COMMIT; the write's results are read once the commit has synced.
-    """
-    flow_ids = sorted({c.flow_id for c in cmds})
-    written = None
-    async with conn.pipeline():
-        async with conn.transaction():
-            locked = await conn.execute(sql.LOCK_FLOWS, (flow_ids,))
-            found = await conn.execute(
-                sql.FIND_COMMANDS, ([c.flow_id for c in cmds], [c.command_id for c in cmds])
-            )
-            flows = sql.flow_states(await locked.fetchall())
-            stored = sql.stored_results(await found.fetchall())
-            decision = sql.decide(cmds, flows, stored)
-            if decision.params["ef"]:
-                written = await conn.execute(sql.WRITE, decision.params)
-                await conn.execute(sql.NOTIFY)
-        seqs: dict[tuple[str, int], int] = {}
-        inserted = 0
-        if written is not None:
-            for seq, flow_id, version, art_count in await written.fetchall():
-                seqs[(flow_id, version)] = seq
-                inserted = art_count
-    return _Done(decision, seqs, inserted)
-
-
-def _resolve(batch: list[_Pending], done: _Done) -> None:
-    """Answer every caller and record the batch's metrics (once: after the commit)."""
-    d = done.decision
-    now = time.perf_counter()
-    results: list[AppendResult | FlowledgerError] = []
-    for p, out in zip(batch, d.outcomes, strict=True):
-        if isinstance(out, sql.Accepted):
-            versions = range(out.first_version, out.last_version + 1)
-            seqs = tuple(done.seqs[(out.flow_id, v)] for v in versions)
-            results.append(AppendResult(out.first_version, out.last_version, seqs))
-            for ev in p.cmd.events:
-                EVENTS_APPENDED.labels(ev.type.value).inc()
-            APPEND_BATCH_EVENTS.observe(len(p.cmd.events))
-        elif isinstance(out, sql.SameAs):
-            first = results[out.index]
-            assert isinstance(first, AppendResult)
-            results.append(AppendResult(first.first_version, first.last_version, first.seqs, True))
+async def _until_free(in_flight: dict[asyncio.Task[None], float], limit: int) -> None:
+    """Wait until no batch runs, or every running one stalled and fewer than ``limit`` run."""
+    while in_flight:
+        now = time.monotonic()
+        fresh = [t for t, started in in_flight.items() if now - started < STALL_S]
+        if not fresh and len(in_flight) < limit:
+            return
+        if fresh:
+            timeout: float | None = STALL_S - (now - min(in_flight[t] for t in fresh))
+            await asyncio.wait(fresh, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         else:
-            results.append(out)
-    for p, res in zip(batch, results, strict=True):
+            await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+
+
+async def _attempt(conn: Conn, cmds: list[Append]) -> list[sql.Row]:
+    """One try of a batch: one statement on an autocommit connection, so one transaction.
+
+    The rows are read once the server is ready for the next query, that is after the commit
+    (and its WAL flush) succeeded.
+    """
+    cur = await conn.execute(sql.APPEND_BATCH, sql.batch_params(cmds))
+    return await cur.fetchall()
+
+
+def _resolve(batch: list[_Pending], rows: list[sql.Row]) -> None:
+    """Answer every caller and record the batch's metrics (once: after the commit)."""
+    now = time.perf_counter()
+    conflicts = duplicates = offered = 0
+    appended: Counter[str] = Counter()
+    for p, row in zip(batch, rows, strict=True):
+        res = sql.outcome(p.cmd, row)
+        kind = row[0]
+        if kind == sql.ACCEPTED:
+            appended.update(ev.type.value for ev in p.cmd.events)
+            APPEND_BATCH_EVENTS.observe(len(p.cmd.events))
+            offered += len(p.cmd.artifacts)
+        elif kind in sql.REPEATS:
+            duplicates += 1
+        elif kind == "conflict":
+            conflicts += 1
         APPEND_DURATION.observe(now - p.arrived)
         if p.future.done():
             continue
@@ -183,13 +184,16 @@ def _resolve(batch: list[_Pending], done: _Done) -> None:
         else:
             p.future.set_exception(res)
     GROUP_COMMIT_COMMANDS.observe(len(batch))
-    if d.conflicts:
-        VERSION_CONFLICTS.inc(d.conflicts)
-    if d.duplicates:
-        DUPLICATE_COMMANDS.inc(d.duplicates)
-    if d.artifacts_offered:
-        ARTIFACTS_WRITTEN.labels("inserted").inc(done.artifacts_inserted)
-        ARTIFACTS_WRITTEN.labels("deduplicated").inc(d.artifacts_offered - done.artifacts_inserted)
+    for event_type, count in appended.items():
+        EVENTS_APPENDED.labels(event_type).inc(count)
+    if conflicts:
+        VERSION_CONFLICTS.inc(conflicts)
+    if duplicates:
+        DUPLICATE_COMMANDS.inc(duplicates)
+    if offered:
+        inserted = int(rows[0][6])
+        ARTIFACTS_WRITTEN.labels("inserted").inc(inserted)
+        ARTIFACTS_WRITTEN.labels("deduplicated").inc(offered - inserted)
 
 
 def _fail_all(batch: list[_Pending], exc: FlowledgerError) -> None:

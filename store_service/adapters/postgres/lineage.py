@@ -4,13 +4,15 @@ A flow's log is never copied. Generation ``g`` of flow ``f`` holds the versions 
 ``base_version``; the versions at or below come from ``(inherit_flow_id, inherit_generation)``:
 the parent (a branch's generation 0) or the previous generation (after a prune). Resolving walks
 that chain once and yields ranges ``(flow_id, generation, lo..hi)``, oldest first. Every range
-lies at or below the flow's head version, which only ever grows within a generation, so reading
-the ranges in chunks with keyset pagination is consistent without holding a transaction open.
+lies at or below the flow's head version, which only ever grows within a generation, and versions
+are gapless within a range, so reading it in windows of versions (one query per chunk, the next
+fetched while the consumer handles this one) is consistent without holding a transaction open.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import asyncio
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -18,8 +20,8 @@ from typing import Any
 from flowledger.errors import InvalidArgument
 from store_service.adapters.postgres.db import Conn, Database
 from store_service.adapters.postgres.rows import (
-    EVENT_COLUMNS,
-    event_from_row,
+    FLOW_EVENT_COLUMNS,
+    flow_events_from_rows,
     flow_not_found,
     flow_uuid,
 )
@@ -44,9 +46,9 @@ WITH RECURSIVE chain AS (
 SELECT flow_id::text, generation, base_version FROM chain ORDER BY depth
 """
 _RANGE = f"""
-SELECT {EVENT_COLUMNS} FROM event_log
+SELECT {FLOW_EVENT_COLUMNS} FROM event_log
 WHERE flow_id = %s AND generation = %s AND version > %s AND version <= %s
-ORDER BY version LIMIT %s
+ORDER BY version
 """
 _COUNT = """
 SELECT count(*),
@@ -102,6 +104,26 @@ def clip(ranges: list[Range], after_version: int, to_version: int) -> list[Range
     return out
 
 
+def plan_chunks(ranges: Sequence[Range], chunk_size: int) -> Iterator[list[Range]]:
+    """The ranges cut into windows and grouped per chunk: every chunk but the last holds
+    ``chunk_size`` versions (versions are gapless within a range), so each chunk can be fetched
+    without knowing where the previous one ended."""
+    chunk: list[Range] = []
+    room = chunk_size
+    for r in ranges:
+        lo = r.lo
+        while lo <= r.hi:
+            hi = min(r.hi, lo + room - 1)
+            chunk.append(Range(r.flow_id, r.generation, lo, hi))
+            room -= hi - lo + 1
+            lo = hi + 1
+            if room == 0:
+                yield chunk
+                chunk, room = [], chunk_size
+    if chunk:
+        yield chunk
+
+
 async def read_events(
     db: Database,
     namespace: str,
@@ -118,26 +140,41 @@ async def read_events(
     if to_version < 0:
         raise InvalidArgument.field("to_version", "must be >= 0")
     ranges = clip(await db.run(lambda c: resolve(c, namespace, flow_id)), after_version, to_version)
-    chunk: list[StoredEvent] = []
-    for r in ranges:
-        after = r.lo - 1
-        while after < r.hi:
-            # A connection is held per query only, never while the consumer handles a chunk.
-            rows = await db.run(partial(_fetch, r=r, after=after, limit=chunk_size - len(chunk)))
-            if not rows:
-                break  # cannot happen for a consistent log; never loop forever on one that is not
-            chunk.extend(map(event_from_row, rows))
-            after = rows[-1][2]
-            if len(chunk) == chunk_size:
+    plan = plan_chunks(ranges, chunk_size)
+    # The next chunk is fetched while the consumer handles this one, so the database works
+    # while we do. One fetch at a time, and a connection is held per fetch only.
+    pending = _prefetch(db, next(plan, None))
+    try:
+        while pending is not None:
+            chunk = await pending
+            pending = _prefetch(db, next(plan, None))
+            if chunk:
                 yield chunk
-                chunk = []
-    if chunk:
-        yield chunk
+    finally:
+        if pending is not None:
+            await _discard(pending)
 
 
-async def _fetch(conn: Conn, *, r: Range, after: int, limit: int) -> list[tuple[Any, ...]]:
-    cur = await conn.execute(_RANGE, (r.flow_id, r.generation, after, r.hi, limit), binary=True)
-    return await cur.fetchall()
+def _prefetch(db: Database, windows: list[Range] | None) -> asyncio.Task[list[StoredEvent]] | None:
+    if windows is None:
+        return None
+    return asyncio.ensure_future(db.run(partial(_fetch, windows=windows)))
+
+
+async def _discard(task: asyncio.Task[Any]) -> None:
+    """Cancel a prefetch nobody will read and wait for it to let go of its connection."""
+    task.cancel()
+    await asyncio.wait((task,))
+    if not task.cancelled():
+        task.exception()  # retrieved: a failed fetch that nobody wanted is not an error
+
+
+async def _fetch(conn: Conn, *, windows: list[Range]) -> list[StoredEvent]:
+    events: list[StoredEvent] = []
+    for w in windows:
+        cur = await conn.execute(_RANGE, (w.flow_id, w.generation, w.lo - 1, w.hi), binary=True)
+        events.extend(flow_events_from_rows(w.flow_id, await cur.fetchall()))
+    return events
 
 
 async def count_steps(db: Database, namespace: str, flow_id: str) -> StepCounts:

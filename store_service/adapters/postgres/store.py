@@ -2,8 +2,9 @@
 
 A thin facade: each concept lives in its own module (group-commit appends in :mod:`.appender`,
 the global feed in :mod:`.feed`, branch/prune resolution in :mod:`.lineage`, flow records in
-:mod:`.flows`, snapshots in :mod:`.snapshots`); database errors become flowledger errors only in
-:mod:`.sqlerrors`, under the retry policy of :mod:`.retry`.
+:mod:`.flows`, snapshots in :mod:`.snapshots`, versioned definitions in :mod:`.definitions`, work
+leases in :mod:`.leases`); database errors become flowledger errors only in :mod:`.sqlerrors`,
+under the retry policy of :mod:`.retry`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from flowledger.errors import InvalidArgument, Unavailable
-from store_service.adapters.postgres import feed, flows, lineage, snapshots
+from store_service.adapters.postgres import definitions, feed, flows, leases, lineage, snapshots
 from store_service.adapters.postgres.appender import GroupCommitAppender
 from store_service.adapters.postgres.db import Conn, Database
 from store_service.adapters.postgres.migrate import apply_migrations
@@ -24,17 +25,23 @@ from store_service.domain import (
     AppendResult,
     Artifact,
     ArtifactLookup,
+    ClaimRequest,
+    DefinitionPage,
+    DefinitionTransitionCommand,
     EventType,
     FeedEvent,
     Flow,
     FlowFilter,
+    FlowLease,
     FlowPage,
     NewBranch,
+    NewDefinitionVersion,
     NewFlow,
     Page,
     Prune,
     Snapshot,
     StepCounts,
+    StoredDefinition,
     StoredEvent,
 )
 
@@ -185,6 +192,46 @@ class PostgresEventStore:
     ) -> Snapshot | None:
         self._check_open()
         return await snapshots.load_snapshot(self._db, namespace, flow_id, max_version)
+
+    async def put_definition_version(
+        self, new: NewDefinitionVersion
+    ) -> tuple[StoredDefinition, bool]:
+        self._check_open()
+        return await definitions.put_version(self._db, new)
+
+    async def get_definition_version(
+        self, namespace: str, name: str, version: int = 0
+    ) -> StoredDefinition:
+        self._check_open()
+        return await definitions.get_version(self._db, namespace, name, version)
+
+    async def list_definition_versions(
+        self, namespace: str, name: str | None, page: Page
+    ) -> DefinitionPage:
+        self._check_open()
+        return await definitions.list_versions(self._db, namespace, name, page)
+
+    async def transition_definition_version(
+        self, cmd: DefinitionTransitionCommand
+    ) -> StoredDefinition:
+        self._check_open()
+        return await definitions.transition(self._db, cmd)
+
+    async def claim_flows(self, req: ClaimRequest) -> tuple[FlowLease, ...]:
+        self._check_open()
+        return await leases.claim_flows(self._db, req)
+
+    async def renew_lease(
+        self, namespace: str, flow_id: str, owner: str, fencing_token: int, lease_ms: int
+    ) -> FlowLease:
+        self._check_open()
+        return await leases.renew_lease(
+            self._db, namespace, flow_id, owner, fencing_token, lease_ms
+        )
+
+    async def release_lease(self, namespace: str, flow_id: str, fencing_token: int) -> bool:
+        self._check_open()
+        return await leases.release_lease(self._db, namespace, flow_id, fencing_token)
 
 
 async def _apply(conninfo: str, budget_s: float) -> None:

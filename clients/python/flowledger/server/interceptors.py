@@ -124,24 +124,48 @@ def _server_code(context: Context, exc: BaseException | None) -> grpc.StatusCode
     return grpc.StatusCode.OK if exc is None else grpc.StatusCode.UNKNOWN
 
 
-class _ServerCall:
-    """Bookkeeping of one server-side call."""
+class _MethodMetrics:
+    """The labelled metric children of one method, looked up once instead of on every call."""
+
+    __slots__ = ("handled", "labels", "one_request", "received", "seconds", "sent", "started")
 
     def __init__(self, labels: _Labels) -> None:
         self.labels = labels
-        self.start = time.perf_counter()
-        SERVER_STARTED.labels(*labels).inc()
-        if labels[0] in ("unary", "server_stream"):
-            SERVER_MSG_RECEIVED.labels(*labels).inc()  # the one request message
+        self.one_request = labels[0] in ("unary", "server_stream")
+        self.started = SERVER_STARTED.labels(*labels)
+        self.received = SERVER_MSG_RECEIVED.labels(*labels)
+        self.sent = SERVER_MSG_SENT.labels(*labels)
+        self.seconds = SERVER_HANDLING_SECONDS.labels(*labels)
+        self.handled: dict[grpc.StatusCode, Counter] = {}
 
-    def finish(self, context: Context, exc: BaseException | None) -> None:
+    def start(self) -> float:
+        self.started.inc()
+        if self.one_request:
+            self.received.inc()  # the one request message
+        return time.perf_counter()
+
+    def finish(self, start: float, context: Context, exc: BaseException | None) -> None:
         code = _server_code(context, exc)
-        SERVER_HANDLED.labels(*self.labels, GO_CODE_NAMES.get(code, code.name)).inc()
-        SERVER_HANDLING_SECONDS.labels(*self.labels).observe(time.perf_counter() - self.start)
+        handled = self.handled.get(code)
+        if handled is None:
+            handled = SERVER_HANDLED.labels(*self.labels, GO_CODE_NAMES.get(code, code.name))
+            self.handled[code] = handled
+        handled.inc()
+        self.seconds.observe(time.perf_counter() - start)
 
 
 class ServerMetricsInterceptor(grpc.aio.ServerInterceptor):
-    """Records ``grpc_server_*`` for every RPC, unary and streaming."""
+    """Records ``grpc_server_*`` for every RPC, unary and streaming.
+
+    The instrumented handler of a method is built once and reused for as long as the rest of
+    the chain answers with the same handler (it does, unless a later interceptor wraps per call),
+    so a call costs a dictionary lookup here, not a new handler and five label lookups.
+    """
+
+    def __init__(self) -> None:
+        # method -> (handler from the chain, its instrumented twin); bounded by the methods
+        # served, since unknown methods (handler None) are not cached.
+        self._cache: dict[str, tuple[_Handler, _Handler]] = {}
 
     async def intercept_service(
         self,
@@ -153,85 +177,105 @@ class ServerMetricsInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:  # unknown method: grpc answers UNIMPLEMENTED itself
             return None
+        method = handler_call_details.method
+        cached = self._cache.get(method)
+        if cached is not None and cached[0] is handler:
+            return cast("grpc.RpcMethodHandler[_Req, _Resp]", cached[1])
         instrumented = _instrument(handler, handler_call_details)
+        self._cache[method] = (handler, instrumented)
         return cast("grpc.RpcMethodHandler[_Req, _Resp]", instrumented)
 
 
 def _instrument(handler: _Handler, details: grpc.HandlerCallDetails) -> _Handler:
     service, method = split_method(details.method)
-    labels: _Labels = (_rpc_type(handler), service, method)
+    metrics = _MethodMetrics((_rpc_type(handler), service, method))
     kwargs: dict[str, Any] = {
         "request_deserializer": handler.request_deserializer,
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(
-            _wrap_unary(handler.unary_unary, labels), **kwargs
+            _wrap_unary(handler.unary_unary, metrics), **kwargs
         )
     if handler.unary_stream is not None:
         return grpc.unary_stream_rpc_method_handler(
-            _wrap_streaming(handler.unary_stream, labels), **kwargs
+            _wrap_streaming(handler.unary_stream, metrics), **kwargs
         )
     # Client and bidi streams: count the call, leave the request flow untouched.
     if handler.stream_unary is not None:
         return grpc.stream_unary_rpc_method_handler(
-            _wrap_unary(handler.stream_unary, labels), **kwargs
+            _wrap_unary(handler.stream_unary, metrics), **kwargs
         )
     if handler.stream_stream is not None:
         return grpc.stream_stream_rpc_method_handler(
-            _wrap_streaming(handler.stream_stream, labels), **kwargs
+            _wrap_streaming(handler.stream_stream, metrics), **kwargs
         )
     return handler
 
 
-def _wrap_unary(behavior: Callable[..., Any], labels: _Labels) -> Callable[..., Any]:
+def _wrap_unary(behavior: Callable[..., Any], metrics: _MethodMetrics) -> Callable[..., Any]:
+    if inspect.iscoroutinefunction(behavior):
+
+        async def coroutine_wrapper(request: Any, context: Context) -> Any:
+            start = metrics.start()
+            try:
+                result = await behavior(request, context)
+            except BaseException as exc:
+                metrics.finish(start, context, exc)
+                raise
+            metrics.finish(start, context, None)
+            metrics.sent.inc()
+            return result
+
+        return coroutine_wrapper
+
     async def wrapper(request: Any, context: Context) -> Any:
-        call = _ServerCall(labels)
+        start = metrics.start()
         try:
             result = behavior(request, context)
             if inspect.isawaitable(result):
                 result = await result
         except BaseException as exc:
-            call.finish(context, exc)
+            metrics.finish(start, context, exc)
             raise
-        call.finish(context, None)
-        SERVER_MSG_SENT.labels(*labels).inc()
+        metrics.finish(start, context, None)
+        metrics.sent.inc()
         return result
 
     return wrapper
 
 
-def _wrap_streaming(behavior: Callable[..., Any], labels: _Labels) -> Callable[..., Any]:
+def _wrap_streaming(behavior: Callable[..., Any], metrics: _MethodMetrics) -> Callable[..., Any]:
     if inspect.isasyncgenfunction(behavior):
 
         async def generator_wrapper(request: Any, context: Context) -> AsyncIterator[Any]:
-            call = _ServerCall(labels)
-            sent = SERVER_MSG_SENT.labels(*labels)
+            start = metrics.start()
+            sent = metrics.sent
             responses = behavior(request, context)
             try:
                 async for response in responses:
                     sent.inc()
                     yield response
             except BaseException as exc:
-                call.finish(context, exc)
+                metrics.finish(start, context, exc)
                 raise
             finally:
                 await responses.aclose()
-            call.finish(context, None)
+            metrics.finish(start, context, None)
 
         return generator_wrapper
 
     # Reader/writer style (``await context.write(...)``), as the health service's Watch.
     async def coroutine_wrapper(request: Any, context: Context) -> Any:
-        call = _ServerCall(labels)
+        start = metrics.start()
         try:
             result = behavior(request, context)
             if inspect.isawaitable(result):
                 result = await result
         except BaseException as exc:
-            call.finish(context, exc)
+            metrics.finish(start, context, exc)
             raise
-        call.finish(context, None)
+        metrics.finish(start, context, None)
         return result
 
     return coroutine_wrapper

@@ -8,7 +8,7 @@ own and reaches all data through store.proto.
 
 Errors are google.rpc.Status values with a google.rpc.ErrorInfo (domain "flowledger.dev", a
 stable `reason`) and, for INVALID_ARGUMENT, a google.rpc.BadRequest whose field paths name the
-offending field (for a definition: `definition.steps[1].config.count`). Codes used by every RPC:
+offending field (for a definition: `document.steps[1].config.count`). Codes used by every RPC:
   INVALID_ARGUMENT     malformed request (ids, JSON, definition, config against its schema);
   NOT_FOUND            unknown definition, version or flow in this namespace;
   FAILED_PRECONDITION  the object is in the wrong state (archived version, running flow, ...);

@@ -1,0 +1,251 @@
+"""What the SDK returns: frozen dataclasses and enums, free of generated protobuf types.
+
+JSON values arrive as text (``*_json``), exactly as stored, and are parsed on access
+(``payload``, ``config``), so hashing the text you received reproduces the recorded hash.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+JsonValue = Any
+
+
+def _parse(text: str) -> JsonValue:
+    return json.loads(text) if text else None
+
+
+class DefinitionState(enum.Enum):
+    DRAFT = "draft"
+    PUBLISHED = "published"
+    ARCHIVED = "archived"
+
+
+class FlowStatus(enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    WAITING = "waiting"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (FlowStatus.COMPLETED, FlowStatus.FAILED, FlowStatus.CANCELLED)
+
+
+class StepStatus(enum.Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    FINISHED_OK = "finished_ok"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+class EventType(enum.Enum):
+    """Event kinds; the value is the stored lower-case name, ``variant`` the compact letter."""
+
+    FLOW_INITIALIZED = "flow_initialized"
+    STEP_STARTED = "step_started"
+    STEP_FINISHED = "step_finished"
+    STEP_FAILED = "step_failed"
+    STEP_SIGNAL = "step_signal"
+    PROPERTY_PREFERENCE_ASSIGNED = "property_preference_assigned"
+    FLOW_COMPLETED = "flow_completed"
+    FLOW_FAILED = "flow_failed"
+    FLOW_CANCELLED = "flow_cancelled"
+    STEP_SKIPPED = "step_skipped"
+    STEP_ATTEMPT_FAILED = "step_attempt_failed"
+    TIMER_STARTED = "timer_started"
+    TIMER_FIRED = "timer_fired"
+    SIGNAL_RECEIVED = "signal_received"
+    COMPENSATION_STARTED = "compensation_started"
+    COMPENSATION_FINISHED = "compensation_finished"
+    COMPENSATION_FAILED = "compensation_failed"
+    TASK_SCHEDULED = "task_scheduled"
+
+    @property
+    def variant(self) -> str:
+        return _VARIANTS[self]
+
+
+_VARIANTS = dict(zip(EventType, "ISFXGPCEKZRTWNYVUQ", strict=True))
+
+
+@dataclass(frozen=True)
+class DefinitionStep:
+    id: str
+    type: str
+    config_json: str
+
+    @property
+    def config(self) -> dict[str, JsonValue]:
+        value = _parse(self.config_json)
+        return value if isinstance(value, dict) else {}
+
+
+@dataclass(frozen=True)
+class DefinitionHistoryEntry:
+    state: DefinitionState
+    change_note: str
+    actor: str
+    at: datetime | None
+
+
+@dataclass(frozen=True)
+class DefinitionVersion:
+    namespace: str
+    name: str
+    version: int
+    state: DefinitionState
+    definition_hash: str
+    steps: tuple[DefinitionStep, ...]
+    change_note: str
+    created_by: str
+    created_at: datetime | None
+    published_at: datetime | None
+    history: tuple[DefinitionHistoryEntry, ...]
+
+
+@dataclass(frozen=True)
+class CreatedVersion:
+    version: DefinitionVersion
+    # True when the request id had already created this version.
+    existed: bool
+
+
+@dataclass(frozen=True)
+class DefinitionPage:
+    versions: tuple[DefinitionVersion, ...]
+    next_page_token: str
+
+
+@dataclass(frozen=True)
+class Flow:
+    flow_id: str
+    namespace: str
+    name: str
+    status: FlowStatus
+    metadata_json: str
+    parent_flow_id: str | None
+    fork_version: int
+    version: int
+    created_by: str
+    created_at: datetime | None
+    updated_at: datetime | None
+    deleted: bool
+    generation: int
+
+
+@dataclass(frozen=True)
+class FlowPage:
+    flows: tuple[Flow, ...]
+    next_page_token: str
+
+
+@dataclass(frozen=True)
+class StartedFlow:
+    flow_id: str
+    # True when the idempotency key had already started this flow (nothing was started now).
+    existed: bool
+
+
+@dataclass(frozen=True)
+class StepView:
+    step_id: str
+    status: StepStatus
+    fingerprint: str | None
+    output_hashes: tuple[str, ...]
+    attempts: int
+
+
+@dataclass(frozen=True)
+class FlowView:
+    flow: Flow
+    definition_name: str
+    definition_version: int
+    definition_hash: str
+    cursor: int
+    steps: tuple[StepView, ...]
+    flow_fingerprint: str | None
+    variants: str
+    started_by: str
+
+    @property
+    def status(self) -> FlowStatus:
+        return self.flow.status
+
+    def step(self, step_id: str) -> StepView | None:
+        return next((s for s in self.steps if s.step_id == step_id), None)
+
+
+@dataclass(frozen=True)
+class Event:
+    seq: int
+    flow_id: str
+    version: int
+    type: EventType
+    payload_json: str
+    ts: datetime | None
+    command_id: str
+
+    @property
+    def payload(self) -> JsonValue:
+        return _parse(self.payload_json)
+
+    @property
+    def variant(self) -> str:
+        return self.type.variant
+
+
+@dataclass(frozen=True)
+class WatchUpdate:
+    events: tuple[Event, ...]
+    # The flow's status after these events.
+    status: FlowStatus
+
+
+@dataclass(frozen=True)
+class Artifact:
+    hash: str
+    kind: str
+    payload_json: str
+    metadata_json: str
+    produced_in_seq: int
+
+    @property
+    def payload(self) -> JsonValue:
+        return _parse(self.payload_json)
+
+
+@dataclass(frozen=True)
+class Artifacts:
+    found: tuple[Artifact, ...]
+    missing: tuple[str, ...]
+
+    def by_hash(self) -> dict[str, Artifact]:
+        return {a.hash: a for a in self.found}
+
+
+@dataclass(frozen=True)
+class Divergence:
+    version: int
+    step_id: str
+    # "artifact_hash", "step_fingerprint", "flow_fingerprint", "definition_hash",
+    # "missing_artifact" or "event_order".
+    kind: str
+    recorded: str
+    recomputed: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class Verification:
+    ok: bool
+    events_checked: int
+    artifacts_checked: int
+    divergence: Divergence | None

@@ -1,0 +1,55 @@
+"""Step types a replica loads at start-up: entry points, then ``ENGINE_STEP_PLUGINS``.
+
+Entry points (group ``flowledger.steps``) suit packaged step libraries; ``ENGINE_STEP_PLUGINS``
+(``package.module:attribute``, comma-separated) suits a deployment's own module on the path, and
+tests. Each attribute is a :class:`~engine_service.registry.StepType` or a callable that takes
+the registry and registers into it (like :func:`engine_service.samples.install`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Sequence
+
+from engine_service.registry import StepRegistry, StepType, default_registry
+from flowledger.errors import FlowledgerError
+from store_service.settings import SettingsError
+
+log = logging.getLogger(__name__)
+
+VARIABLE = "ENGINE_STEP_PLUGINS"
+
+
+def build_registry(plugins: Sequence[str]) -> StepRegistry:
+    """A registry over the process-wide one (entry points) with ``plugins`` installed.
+    SettingsError naming ``ENGINE_STEP_PLUGINS`` when one cannot be loaded."""
+    try:
+        registry = default_registry().child()
+    except FlowledgerError as exc:
+        raise SettingsError("flowledger.steps entry points", exc.message) from exc
+    for entry in plugins:
+        _install(registry, entry)
+    return registry
+
+
+def _install(registry: StepRegistry, entry: str) -> None:
+    module_name, _, attribute = entry.partition(":")
+    try:
+        target: object = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError) as exc:
+        raise SettingsError(VARIABLE, f"cannot load {entry!r}: {exc}") from exc
+    try:
+        if isinstance(target, StepType):
+            registry.register(target)
+        elif callable(target):
+            target(registry)
+        else:
+            raise SettingsError(
+                VARIABLE, f"{entry!r} is neither a StepType nor a callable taking the registry"
+            )
+    except FlowledgerError as exc:
+        raise SettingsError(VARIABLE, f"{entry!r} failed to install: {exc.message}") from exc
+    log.info("loaded step plugin %s", entry)

@@ -1,0 +1,159 @@
+"""Build and run the engine service (in a process, or in-process for tests).
+
+Start-up: bind and answer health NOT_SERVING; start the store probe, the work loop and the
+server; health turns SERVING once the store answers, and back to NOT_SERVING whenever it stops
+answering (the replica keeps retrying and never exits for that).
+
+Stop (SIGTERM): health NOT_SERVING for good and WatchFlow streams ended; the work loop drains
+(no more claims, runs stop at a step boundary and release their leases, the rest are abandoned
+after the grace); in-flight calls get what is left of the grace; then the store client closes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from grpc_health.v1 import health_pb2
+
+from engine_service.api_definitions import Definitions
+from engine_service.api_flows import Flows
+from engine_service.grpc_api import SERVICE_NAME, EngineServicer
+from engine_service.plugins import build_registry
+from engine_service.registry import StepRegistry
+from engine_service.runner import Engine
+from engine_service.settings import ServiceSettings
+from engine_service.store_client import GrpcEventStore
+from engine_service.store_probe import StoreProbe
+from engine_service.watch import FlowNotifier
+from engine_service.worker import Worker
+from flowledger.server import GrpcServer, ServerConfig
+from flowledger.v1 import engine_pb2_grpc
+from store_service.ports import EventStore
+
+log = logging.getLogger("engine_service")
+
+
+class EngineServer:
+    """A running engine replica: its ports, its work loop, and a way to stop it."""
+
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        grpc_server: GrpcServer,
+        servicer: EngineServicer,
+        worker: Worker,
+        probe: StoreProbe,
+        store: EventStore,
+        owns_store: bool,
+    ) -> None:
+        self.settings = settings
+        self.grpc = grpc_server
+        self.servicer = servicer
+        self.worker = worker
+        self.probe = probe
+        self.store = store
+        self._owns_store = owns_store
+        self._stopped = False
+
+    @property
+    def port(self) -> int:
+        return self.grpc.port
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self.grpc.metrics_port
+
+    @property
+    def address(self) -> str:
+        """Where clients connect (loopback when listening on a wildcard address)."""
+        host = self.settings.listen.rpartition(":")[0].strip("[]")
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful stop; ``grace`` defaults to the settings' shutdown grace. A second call
+        (a second signal) only shortens the first one's grace for calls."""
+        if grace is None:
+            grace = self.settings.shutdown_grace_seconds
+        await self.grpc.enter_drain()
+        self.servicer.drain()
+        if self._stopped:
+            if grace == 0:
+                self.worker.hurry()
+            await self.grpc.server.stop(grace)
+            return
+        self._stopped = True
+        started = time.monotonic()
+        await self.worker.drain(grace)
+        left = max(0.0, grace - (time.monotonic() - started))
+        await self.grpc.stop(left)
+        await self.probe.close()
+        if self._owns_store:
+            await self.store.close()
+
+    async def kill(self) -> None:
+        """Stop without draining or releasing leases (tests: a crash, minus the exit)."""
+        self._stopped = True
+        await self.worker.close()
+        await self.grpc.stop(0)
+        await self.probe.close()
+        if self._owns_store:
+            await self.store.close()
+
+    async def wait_for_termination(self) -> None:
+        await self.grpc.wait_for_termination()
+
+
+def _store_client(settings: ServiceSettings) -> EventStore:
+    return GrpcEventStore(settings.store_addr, settings.store_client_settings())
+
+
+async def serve(
+    settings: ServiceSettings,
+    *,
+    store: EventStore | None = None,
+    registry: StepRegistry | None = None,
+) -> EngineServer:
+    """Start a replica. With ``store`` given it is used (the caller closes it) instead of a
+    store client to ``settings.store_addr``; health still probes ``store_addr``."""
+    if registry is None:
+        registry = build_registry(settings.step_plugins)
+    owns_store = store is None
+    if store is None:
+        store = _store_client(settings)
+    engine = Engine(store, registry=registry, settings=settings.engine_settings())
+    notifier = FlowNotifier()
+    worker = Worker(engine, settings, notifier)
+    definitions = Definitions(store, registry)
+    flows = Flows(engine, definitions, worker)
+    servicer = EngineServicer(store, definitions, flows, notifier)
+    try:
+        grpc_server = await GrpcServer.start(
+            ServerConfig(
+                listen=settings.listen,
+                metrics_listen=settings.metrics_listen or None,
+                max_message_bytes=settings.max_message_bytes,
+                service_names=(SERVICE_NAME,),
+            ),
+            lambda server: engine_pb2_grpc.add_EngineServiceServicer_to_server(servicer, server),
+        )
+    except BaseException:
+        if owns_store:
+            await store.close()
+        raise
+
+    async def follow_store(up: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if up
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", SERVICE_NAME):
+            await grpc_server.health.set(name, status)
+
+    probe = StoreProbe(settings.store_addr, settings.store_probe_seconds, follow_store)
+    probe.start()
+    worker.start()
+    return EngineServer(settings, grpc_server, servicer, worker, probe, store, owns_store)

@@ -1,0 +1,216 @@
+"""Settings of the engine service (``python -m engine_service``), read once from the environment.
+
+Every variable is validated here so that a typo stops the process with one line naming the
+variable. Durations are milliseconds (``*_MS``) for the lease machinery, whose numbers people
+compare with each other, and seconds (``*_SECONDS``) elsewhere, as in the store's settings.
+
+The in-process core has its own :class:`engine_service.runner.EngineSettings` (snapshots,
+read chunks); :meth:`ServiceSettings.engine_settings` derives it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from engine_service.runner import EngineSettings
+from engine_service.store_retry import StoreClientSettings
+from store_service.settings import SettingsError, parse_address
+
+__all__ = ["ServiceSettings", "SettingsError"]
+
+# store.proto: ClaimFlowsRequest.lease_ms is 100..600000, limit 1..100.
+_LEASE_MS_RANGE = (100, 600_000)
+_MAX_CLAIM_BATCH = 100
+_MAX_ID = 128
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    store_addr: str = "127.0.0.1:50051"
+    listen: str = "127.0.0.1:50052"
+    metrics_listen: str = "127.0.0.1:9465"
+    # Lease owner name of this replica (diagnostics only; fencing tokens decide who may write).
+    engine_id: str = ""
+    # A claimed flow is this replica's for lease_ms unless renewed; a killed replica's flows are
+    # taken over at most lease_ms (+ one poll) after its last renewal.
+    lease_ms: int = 10_000
+    # Renewal period; at most a third of the lease, so two renewals may fail before it expires.
+    heartbeat_ms: int = 3_333
+    # Flows claimed per ClaimFlows call, and how often idle replicas look for work.
+    claim_batch: int = 16
+    poll_ms: int = 500
+    # Flows this replica runs at once (each holds a lease).
+    max_concurrent_flows: int = 64
+    # Only flows of these namespaces (empty: all).
+    namespaces: tuple[str, ...] = ()
+    snapshot_every: int = 100
+    # Store client: one attempt's deadline and the total retry budget of one call.
+    store_call_timeout_seconds: float = 10.0
+    store_retry_budget_seconds: float = 30.0
+    # How often the store's health is probed (health NOT_SERVING while it is unreachable).
+    store_probe_seconds: float = 1.0
+    # Step types beyond the ``flowledger.steps`` entry points (which include the samples):
+    # ``module:attr`` entries, each a StepType or a callable taking the registry.
+    step_plugins: tuple[str, ...] = ()
+    # After SIGTERM: time for in-flight steps and calls to finish before leases are released.
+    shutdown_grace_seconds: float = 20.0
+    max_message_bytes: int = 8 * 1024 * 1024
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if not self.engine_id:
+            object.__setattr__(self, "engine_id", default_engine_id())
+        if self.heartbeat_ms * 2 > self.lease_ms:
+            raise SettingsError(
+                "ENGINE_HEARTBEAT_MS",
+                f"{self.heartbeat_ms} must be at most half of ENGINE_LEASE_MS ({self.lease_ms}), "
+                "or a single slow renewal would lose the lease",
+            )
+
+    def engine_settings(self) -> EngineSettings:
+        return EngineSettings(snapshot_every=self.snapshot_every)
+
+    def store_client_settings(self) -> StoreClientSettings:
+        return StoreClientSettings(
+            call_timeout=self.store_call_timeout_seconds,
+            retry_budget=self.store_retry_budget_seconds,
+        )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> ServiceSettings:
+        """Build and validate the settings; raises :class:`SettingsError` naming the variable."""
+        env = _Env(environ)
+        lease_ms = env.integer("ENGINE_LEASE_MS", 10_000, *_LEASE_MS_RANGE)
+        default_heartbeat = max(50, lease_ms // 3)
+        heartbeat_ms = env.integer("ENGINE_HEARTBEAT_MS", default_heartbeat, 10, lease_ms)
+        call_timeout = env.seconds("ENGINE_STORE_CALL_TIMEOUT_SECONDS", 10.0, positive=True)
+        budget = env.seconds("ENGINE_STORE_RETRY_BUDGET_SECONDS", 30.0, positive=True)
+        if budget < call_timeout:
+            raise SettingsError(
+                "ENGINE_STORE_RETRY_BUDGET_SECONDS",
+                f"{budget:g} is below ENGINE_STORE_CALL_TIMEOUT_SECONDS ({call_timeout:g})",
+            )
+        return cls(
+            store_addr=env.address("STORE_ADDR", "127.0.0.1:50051"),
+            listen=env.address("ENGINE_LISTEN", "127.0.0.1:50052"),
+            metrics_listen=env.address("ENGINE_METRICS_LISTEN", "127.0.0.1:9465", allow_off=True),
+            engine_id=env.identifier("ENGINE_ID", default_engine_id()),
+            lease_ms=lease_ms,
+            heartbeat_ms=heartbeat_ms,
+            claim_batch=env.integer("ENGINE_CLAIM_BATCH", 16, 1, _MAX_CLAIM_BATCH),
+            poll_ms=env.integer("ENGINE_POLL_MS", 500, 10, 60_000),
+            max_concurrent_flows=env.integer("ENGINE_MAX_CONCURRENT_FLOWS", 64, 1, 10_000),
+            namespaces=env.identifiers("ENGINE_NAMESPACES"),
+            snapshot_every=env.integer("ENGINE_SNAPSHOT_EVERY", 100, 0, 1_000_000),
+            store_call_timeout_seconds=call_timeout,
+            store_retry_budget_seconds=budget,
+            store_probe_seconds=env.seconds("ENGINE_STORE_PROBE_SECONDS", 1.0, positive=True),
+            step_plugins=env.plugins("ENGINE_STEP_PLUGINS"),
+            shutdown_grace_seconds=env.seconds("ENGINE_SHUTDOWN_GRACE_SECONDS", 20.0),
+            max_message_bytes=env.integer(
+                "ENGINE_MAX_MESSAGE_BYTES", 8 * 1024 * 1024, 64 * 1024, 1024 * 1024 * 1024
+            ),
+            log_level=env.choice(
+                "LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+            ),
+        )
+
+
+def default_engine_id() -> str:
+    """``<hostname>-<pid>``: unique per replica process, readable in lease diagnostics."""
+    host = "".join(c if c.isalnum() or c in "._-" else "-" for c in socket.gethostname())
+    return f"{host or 'engine'}-{os.getpid()}"[-_MAX_ID:]
+
+
+class _Env:
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def _get(self, name: str) -> str | None:
+        value = self._environ.get(name)
+        if value is None:
+            return None
+        return value.strip() or None
+
+    def integer(self, name: str, default: int, minimum: int, maximum: int) -> int:
+        text = self._get(name)
+        if text is None:
+            return default
+        try:
+            value = int(text, 10)
+        except ValueError:
+            raise SettingsError(name, f"{text!r} is not an integer") from None
+        if not minimum <= value <= maximum:
+            raise SettingsError(name, f"{value} is out of range ({minimum}..{maximum})")
+        return value
+
+    def seconds(self, name: str, default: float, *, positive: bool = False) -> float:
+        text = self._get(name)
+        if text is None:
+            return default
+        try:
+            value = float(text)
+        except ValueError:
+            raise SettingsError(name, f"{text!r} is not a number of seconds") from None
+        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+            bound = "> 0" if positive else ">= 0"
+            raise SettingsError(name, f"{text!r} must be a finite number of seconds {bound}")
+        return value
+
+    def address(self, name: str, default: str, *, allow_off: bool = False) -> str:
+        text = self._get(name)
+        if text is None:
+            return default
+        if allow_off and text.lower() == "off":
+            return ""
+        try:
+            parse_address(text)
+        except ValueError as exc:
+            raise SettingsError(name, f"{text!r}: {exc}") from None
+        return text
+
+    def identifier(self, name: str, default: str) -> str:
+        text = self._get(name)
+        return default if text is None else _identifier(name, text)
+
+    def identifiers(self, name: str) -> tuple[str, ...]:
+        """A comma-separated list of identifiers (empty: none)."""
+        text = self._get(name)
+        if text is None:
+            return ()
+        return tuple(_identifier(name, part.strip()) for part in text.split(","))
+
+    def plugins(self, name: str) -> tuple[str, ...]:
+        text = self._get(name)
+        if text is None:
+            return ()
+        entries = tuple(part.strip() for part in text.split(",") if part.strip())
+        for entry in entries:
+            module, sep, attr = entry.partition(":")
+            if not sep or not module or not attr or not all(
+                piece.isidentifier() for piece in (*module.split("."), *attr.split("."))
+            ):
+                raise SettingsError(
+                    name, f"{entry!r} is not of the form package.module:attribute"
+                )
+        return entries
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        text = self._get(name)
+        if text is None:
+            return default
+        if text.upper() not in choices:
+            raise SettingsError(name, f"{text!r} is not one of {', '.join(choices)}")
+        return text.upper()
+
+
+def _identifier(name: str, text: str) -> str:
+    if not 1 <= len(text) <= _MAX_ID or not all(c.isalnum() or c in "._:-" for c in text):
+        raise SettingsError(
+            name, f"{text!r} must be 1..{_MAX_ID} characters of letters, digits and . _ : -"
+        )
+    return text

@@ -1,0 +1,66 @@
+"""The rules of work leases that both backends apply alike (pure: no storage).
+
+A lease is live while its expiry is in the future (the database clock for Postgres, a monotonic
+clock for the memory store). Its fencing token identifies it: tokens come from one global
+increasing counter, so a takeover always holds a larger token than any earlier lease of the flow,
+and a write that carries an older token, or arrives after the expiry, is refused with
+:func:`lease_lost`. Releasing keeps the token on the flow; only the owner and expiry are cleared.
+"""
+
+from __future__ import annotations
+
+from flowledger.errors import FailedPrecondition, InvalidArgument
+from store_service.domain import ClaimRequest
+
+MAX_OWNER_LENGTH = 128
+MAX_CLAIM_LIMIT = 1000
+MAX_LEASE_MS = 3_600_000
+MAX_FILTER_ITEMS = 1000
+
+
+def check_claim(req: ClaimRequest) -> None:
+    """The stateless checks of a claim (the flow ids are canonicalised by each backend)."""
+    check_owner(req.owner)
+    if not 1 <= req.limit <= MAX_CLAIM_LIMIT:
+        raise InvalidArgument.field("limit", f"must be 1..{MAX_CLAIM_LIMIT}")
+    check_lease_ms(req.lease_ms)
+    if len(req.namespaces) > MAX_FILTER_ITEMS:
+        raise InvalidArgument.field("namespaces", f"at most {MAX_FILTER_ITEMS} namespaces")
+    if len(req.flow_ids) > MAX_FILTER_ITEMS:
+        raise InvalidArgument.field("flow_ids", f"at most {MAX_FILTER_ITEMS} flow ids")
+    for i, namespace in enumerate(req.namespaces):
+        if not 1 <= len(namespace) <= 128:
+            raise InvalidArgument.field(f"namespaces[{i}]", "must be 1..128 characters")
+
+
+def check_renewal(owner: str, fencing_token: int, lease_ms: int) -> None:
+    check_owner(owner)
+    check_token(fencing_token)
+    check_lease_ms(lease_ms)
+
+
+def check_owner(owner: str) -> None:
+    if not 1 <= len(owner) <= MAX_OWNER_LENGTH or "\x00" in owner:
+        raise InvalidArgument.field(
+            "owner", f"must be 1..{MAX_OWNER_LENGTH} characters, without NUL"
+        )
+
+
+def check_lease_ms(lease_ms: int) -> None:
+    if not 1 <= lease_ms <= MAX_LEASE_MS:
+        raise InvalidArgument.field("lease_ms", f"must be 1..{MAX_LEASE_MS}")
+
+
+def check_token(fencing_token: int) -> None:
+    if fencing_token < 1:
+        raise InvalidArgument.field("fencing_token", "must be a token from a claim (>= 1)")
+
+
+def lease_lost(flow_id: str, fencing_token: int) -> FailedPrecondition:
+    """The refusal of a write, renewal or append made under a lease that is no longer held."""
+    return FailedPrecondition(
+        f"the lease of flow {flow_id} with fencing token {fencing_token} is lost "
+        "(expired, released or taken over): stop working on this flow",
+        reason="LEASE_LOST",
+        metadata={"flow_id": flow_id, "fencing_token": str(fencing_token)},
+    )

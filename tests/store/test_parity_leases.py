@@ -1,0 +1,217 @@
+"""Work leases on both backends: claims, fencing tokens, expiry, takeover, renew and release.
+
+Expiry is waited for, never slept for: a short lease (50 ms) is polled until another claimer can
+take it over, or until the clock has passed its ``expires_at``, within a bounded deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from flowledger.errors import FailedPrecondition, InvalidArgument, NotFound
+from store_service.domain import (
+    Append,
+    ClaimRequest,
+    Flow,
+    FlowLease,
+    FlowStatus,
+    NewBranch,
+)
+from store_service.ports import EventStore
+from tests.store.helpers import append, ev, new_flow, read_all
+
+SHORT_MS = 50
+LONG_MS = 60_000
+DEADLINE_S = 10.0
+
+
+async def claim(
+    store: EventStore, ns: str, owner: str, *flow_ids: str, limit: int = 10, lease_ms: int = LONG_MS
+) -> tuple[FlowLease, ...]:
+    return await store.claim_flows(ClaimRequest(owner, limit, lease_ms, (ns,), flow_ids))
+
+
+async def take_over(store: EventStore, ns: str, owner: str, flow_id: str) -> FlowLease:
+    """Claim ``flow_id`` as soon as its lease has expired (bounded wait)."""
+    deadline = asyncio.get_running_loop().time() + DEADLINE_S
+    while True:
+        got = await claim(store, ns, owner, flow_id)
+        if got:
+            return got[0]
+        assert asyncio.get_running_loop().time() < deadline, "the lease never expired"
+        await asyncio.sleep(0.01)
+
+
+async def past(moment: datetime) -> None:
+    """Wait (bounded) until the wall clock is past ``moment`` by a margin."""
+    deadline = asyncio.get_running_loop().time() + DEADLINE_S
+    while datetime.now(UTC) <= moment + timedelta(milliseconds=100):
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.01)
+
+
+async def append_with(store: EventStore, ns: str, flow: Flow, token: int, cmd: str) -> None:
+    version = (await store.get_flow(ns, flow.flow_id)).version
+    await store.append(Append(ns, flow.flow_id, version, cmd, (ev(),), fencing_token=token))
+
+
+async def test_claims_lease_runnable_flows_once(store: EventStore, ns: str) -> None:
+    queued = await new_flow(store, ns, "q")
+    running = await new_flow(store, ns, "r", status=FlowStatus.RUNNING)
+    for status in (FlowStatus.WAITING, FlowStatus.COMPLETED, FlowStatus.FAILED):
+        await new_flow(store, ns, status.value, status=status)
+    before = datetime.now(UTC)
+    leases = await claim(store, ns, "replica-a")
+    assert [lease.flow.flow_id for lease in leases] == [queued.flow_id, running.flow_id]
+    tokens = [lease.fencing_token for lease in leases]
+    assert len(set(tokens)) == 2
+    assert min(tokens) >= 1
+    for lease in leases:
+        assert lease.owner == "replica-a"
+        assert lease.flow.lease_token == lease.fencing_token
+        assert lease.expires_at > before + timedelta(seconds=50)
+        assert (await store.get_flow(ns, lease.flow.flow_id)).lease_token == lease.fencing_token
+    # Held: nobody else gets them while the leases are live.
+    assert await claim(store, ns, "replica-b") == ()
+    # The holder writes with its token.
+    await append_with(store, ns, queued, leases[0].fencing_token, "c1")
+    assert len(await read_all(store, ns, queued.flow_id)) == 1
+
+
+async def test_concurrent_claimers_never_share_a_flow(store: EventStore, ns: str) -> None:
+    flows = {(await new_flow(store, ns, f"f{i}")).flow_id for i in range(24)}
+    start = asyncio.Event()
+
+    async def claimer(i: int) -> tuple[FlowLease, ...]:
+        await start.wait()
+        return await claim(store, ns, f"replica-{i}", limit=5)
+
+    tasks = [asyncio.create_task(claimer(i)) for i in range(4)]
+    start.set()
+    results = await asyncio.wait_for(asyncio.gather(*tasks), 60)
+    claimed = [lease.flow.flow_id for leases in results for lease in leases]
+    assert len(claimed) == len(set(claimed)) > 0
+    tokens = [lease.fencing_token for leases in results for lease in leases]
+    assert len(tokens) == len(set(tokens))
+    for i, leases in enumerate(results):
+        for lease in leases:
+            assert lease.owner == f"replica-{i}"
+            assert (await store.get_flow(ns, lease.flow.flow_id)).lease_token == lease.fencing_token
+    rest = await claim(store, ns, "sweeper", limit=100)
+    assert {lease.flow.flow_id for lease in rest} == flows - set(claimed)
+
+
+async def test_an_expired_lease_is_taken_over_and_fences_its_old_holder(
+    store: EventStore, ns: str
+) -> None:
+    flow = await new_flow(store, ns)
+    (old,) = await claim(store, ns, "replica-a", flow.flow_id, lease_ms=SHORT_MS)
+    await append_with(store, ns, flow, old.fencing_token, "a-1")
+    new = await take_over(store, ns, "replica-b", flow.flow_id)
+    assert new.owner == "replica-b"
+    assert new.fencing_token > old.fencing_token
+
+    with pytest.raises(FailedPrecondition) as err:
+        await append_with(store, ns, flow, old.fencing_token, "a-2")
+    assert err.value.reason == "LEASE_LOST"
+    assert err.value.metadata == {"flow_id": flow.flow_id, "fencing_token": str(old.fencing_token)}
+    assert len(await read_all(store, ns, flow.flow_id)) == 1  # the refused append wrote nothing
+    with pytest.raises(FailedPrecondition) as err:
+        await store.renew_lease(ns, flow.flow_id, "replica-a", old.fencing_token, LONG_MS)
+    assert err.value.reason == "LEASE_LOST"
+    assert not await store.release_lease(ns, flow.flow_id, old.fencing_token)
+
+    await append_with(store, ns, flow, new.fencing_token, "b-1")  # the new holder is unaffected
+    assert (await store.get_flow(ns, flow.flow_id)).version == 2
+
+
+async def test_an_expired_lease_cannot_be_renewed_or_written_with(
+    store: EventStore, ns: str
+) -> None:
+    flow = await new_flow(store, ns)
+    (lease,) = await claim(store, ns, "replica-a", flow.flow_id, lease_ms=SHORT_MS)
+    await past(lease.expires_at)
+    with pytest.raises(FailedPrecondition) as err:
+        await store.renew_lease(ns, flow.flow_id, "replica-a", lease.fencing_token, LONG_MS)
+    assert err.value.reason == "LEASE_LOST"
+    with pytest.raises(FailedPrecondition) as err:
+        await append_with(store, ns, flow, lease.fencing_token, "late")
+    assert err.value.reason == "LEASE_LOST"
+    assert await read_all(store, ns, flow.flow_id) == []
+
+
+async def test_renewal_extends_a_live_lease_of_its_owner(store: EventStore, ns: str) -> None:
+    flow = await new_flow(store, ns)
+    (lease,) = await claim(store, ns, "replica-a", flow.flow_id)
+    renewed = await store.renew_lease(ns, flow.flow_id, "replica-a", lease.fencing_token, 120_000)
+    assert renewed.fencing_token == lease.fencing_token
+    assert renewed.owner == "replica-a"
+    assert renewed.expires_at > lease.expires_at + timedelta(seconds=30)
+    with pytest.raises(FailedPrecondition) as err:
+        await store.renew_lease(ns, flow.flow_id, "replica-b", lease.fencing_token, LONG_MS)
+    assert err.value.reason == "LEASE_LOST"
+    with pytest.raises(FailedPrecondition):
+        await store.renew_lease(ns, flow.flow_id, "replica-a", lease.fencing_token + 1, LONG_MS)
+    with pytest.raises(InvalidArgument):
+        await store.renew_lease(ns, flow.flow_id, "replica-a", 0, LONG_MS)
+    with pytest.raises(NotFound):
+        await store.renew_lease(f"{ns}-x", flow.flow_id, "replica-a", lease.fencing_token, 1000)
+
+
+async def test_release_then_claim_again(store: EventStore, ns: str) -> None:
+    flow = await new_flow(store, ns)
+    (first,) = await claim(store, ns, "replica-a", flow.flow_id)
+    assert await store.release_lease(ns, flow.flow_id, first.fencing_token)
+    assert await store.release_lease(ns, flow.flow_id, first.fencing_token)  # idempotent
+    assert (await store.get_flow(ns, flow.flow_id)).lease_token == first.fencing_token
+    with pytest.raises(FailedPrecondition) as err:
+        await append_with(store, ns, flow, first.fencing_token, "after-release")
+    assert err.value.reason == "LEASE_LOST"
+    with pytest.raises(FailedPrecondition):
+        await store.renew_lease(ns, flow.flow_id, "replica-a", first.fencing_token, LONG_MS)
+
+    (second,) = await claim(store, ns, "replica-b", flow.flow_id)
+    assert second.fencing_token > first.fencing_token
+    assert not await store.release_lease(ns, flow.flow_id, first.fencing_token)  # stale: no-op
+    assert await claim(store, ns, "replica-c", flow.flow_id) == ()  # still held by b
+    await append_with(store, ns, flow, second.fencing_token, "b")
+    with pytest.raises(NotFound):
+        await store.release_lease(ns, "00000000-0000-4000-8000-000000000000", 1)
+
+
+async def test_filters_by_flow_id_and_namespace(store: EventStore, ns: str) -> None:
+    mine = [await new_flow(store, ns, f"f{i}") for i in range(3)]
+    theirs = await new_flow(store, f"{ns}-other", "f")
+    got = await claim(store, ns, "a", mine[2].flow_id, theirs.flow_id)
+    assert [lease.flow.flow_id for lease in got] == [mine[2].flow_id]
+    got = await claim(store, ns, "a", limit=1)
+    assert [lease.flow.flow_id for lease in got] == [mine[0].flow_id]  # least recently updated
+    both = await store.claim_flows(ClaimRequest("b", 10, LONG_MS, (ns, f"{ns}-other")))
+    assert {lease.flow.flow_id for lease in both} == {mine[1].flow_id, theirs.flow_id}
+    with pytest.raises(InvalidArgument) as err:
+        await claim(store, ns, "a", "not-a-uuid")
+    assert [v.field for v in err.value.violations] == ["flow_ids[0]"]
+    for bad in (ClaimRequest("", 1, 1000), ClaimRequest("a", 0, 1000), ClaimRequest("a", 1, 0)):
+        with pytest.raises(InvalidArgument):
+            await store.claim_flows(bad)
+
+
+async def test_finished_waiting_and_deleted_flows_are_never_claimed(
+    store: EventStore, ns: str
+) -> None:
+    done = await new_flow(store, ns, "done")
+    await append(store, ns, done.flow_id, 0, ev(), status=FlowStatus.COMPLETED)
+    cancelled = await new_flow(store, ns, "cancelled", status=FlowStatus.CANCELLED)
+    waiting = await new_flow(store, ns, "waiting", status=FlowStatus.WAITING)
+    parent = await new_flow(store, ns, "parent", status=FlowStatus.COMPLETED)
+    branch, _ = await store.create_branch(NewBranch(ns, parent.flow_id, 0, "b"))
+    await store.delete_branch(ns, branch.flow_id)
+    ids = [f.flow_id for f in (done, cancelled, waiting, parent)] + [branch.flow_id]
+    assert await claim(store, ns, "a", *ids) == ()
+    assert await claim(store, ns, "a") == ()
+    # A waiting flow that runs again becomes claimable.
+    await append(store, ns, waiting.flow_id, 0, ev(), status=FlowStatus.RUNNING)
+    assert [lease.flow.flow_id for lease in await claim(store, ns, "a")] == [waiting.flow_id]
