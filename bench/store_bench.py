@@ -83,9 +83,12 @@ def postgres_cpu(admin_url: str) -> Callable[[], float | None]:
         row = conn.execute("SELECT pg_backend_pid()").fetchone()
     try:
         with open(f"/proc/{row[0] if row else 0}/stat") as f:
-            postmaster = int(f.read().rsplit(")", 1)[1].split()[1])
-    except OSError:
+            comm, _, rest = f.read().partition(") ")
+        postmaster = int(rest.split()[1])
+    except (OSError, IndexError, ValueError):
         return lambda: None
+    if not comm.endswith("(postgres"):
+        return lambda: None  # a server on another machine: its pid means nothing here
 
     def total() -> float | None:
         seconds = 0.0

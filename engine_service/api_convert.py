@@ -41,7 +41,7 @@ _STATE_TO_PB: dict[DefinitionState, engine_pb2.DefinitionState.ValueType] = {
 _STEP_STATUS_TO_PB: dict[StepStatus, engine_pb2.StepStatus.ValueType] = {
     s: engine_pb2.StepStatus.Value(f"STEP_STATUS_{s.name}") for s in StepStatus
 }
-_FLOW_STATUS_TO_PB: dict[FlowStatus, common_pb2.FlowStatus.ValueType] = {
+FLOW_STATUS_TO_PB: dict[FlowStatus, common_pb2.FlowStatus.ValueType] = {
     s: common_pb2.FlowStatus.Value(f"FLOW_STATUS_{s.name}") for s in FlowStatus
 }
 _FORMATS: dict[int, DocumentFormat] = {
@@ -198,7 +198,7 @@ def list_flow_runs_response(result: FlowPage) -> engine_pb2.ListFlowRunsResponse
 def watch_response(batch: WatchBatch) -> engine_pb2.WatchFlowResponse:
     return engine_pb2.WatchFlowResponse(
         events=[common.event_to_pb(e) for e in batch.events],
-        status=_FLOW_STATUS_TO_PB[batch.status],
+        status=FLOW_STATUS_TO_PB[batch.status],
     )
 
 

@@ -46,6 +46,7 @@ import grpc
 import grpc.aio
 
 from engine_service.store_channel import ChannelOptions, open_channel
+from engine_service.store_client_work import WorkCalls
 from engine_service.store_retry import RetryBudget, StoreClientSettings, is_transient
 from flowledger.errors import (
     DeadlineExceeded,
@@ -56,28 +57,22 @@ from flowledger.errors import (
 from flowledger.rpc_status import from_rpc_error
 from flowledger.server.interceptors import client_interceptors
 from flowledger.v1 import store_pb2, store_pb2_grpc
-from store_service import convert, convert_work
+from store_service import convert_client as wire
 from store_service.domain import (
     Append,
     AppendResult,
     ArtifactLookup,
-    ClaimRequest,
-    DefinitionPage,
-    DefinitionTransitionCommand,
     EventType,
     FeedEvent,
     Flow,
     FlowFilter,
-    FlowLease,
     FlowPage,
     NewBranch,
-    NewDefinitionVersion,
     NewFlow,
     Page,
     Prune,
     Snapshot,
     StepCounts,
-    StoredDefinition,
     StoredEvent,
 )
 
@@ -85,7 +80,7 @@ _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
 
 
-class GrpcEventStore:
+class GrpcEventStore(WorkCalls):
     """:class:`store_service.ports.EventStore` served by the store service at ``address``."""
 
     def __init__(
@@ -125,24 +120,24 @@ class GrpcEventStore:
         if chosen_here:
             new = replace(new, flow_id=str(uuid.uuid4()))
         resp = await self._unary(
-            "CreateFlow", self._stub.CreateFlow, convert.create_flow_request(new)
+            "CreateFlow", self._stub.CreateFlow, wire.create_flow_request(new)
         )
         # An id of our own making can only exist because an earlier attempt of this very call
         # created it (its response was lost): to the caller that is a creation.
-        return convert.flow_from_pb(resp.flow), resp.existed and not chosen_here
+        return wire.flow_from_pb(resp.flow), resp.existed and not chosen_here
 
     async def get_flow(self, namespace: str, flow_id: str, include_deleted: bool = False) -> Flow:
         request = store_pb2.GetFlowRequest(
             namespace=namespace, flow_id=flow_id, include_deleted=include_deleted
         )
         resp = await self._unary("GetFlow", self._stub.GetFlow, request)
-        return convert.flow_from_pb(resp.flow)
+        return wire.flow_from_pb(resp.flow)
 
     async def list_flows(self, flt: FlowFilter, page: Page) -> FlowPage:
-        request = convert.list_flows_request(flt, page)
+        request = wire.list_flows_request(flt, page)
         resp = await self._unary("ListFlows", self._stub.ListFlows, request)
         return FlowPage(
-            tuple(convert.flow_from_pb(f) for f in resp.flows), resp.next_page_token
+            tuple(wire.flow_from_pb(f) for f in resp.flows), resp.next_page_token
         )
 
     async def create_branch(self, new: NewBranch) -> tuple[Flow, bool]:
@@ -150,9 +145,9 @@ class GrpcEventStore:
         if chosen_here:
             new = replace(new, flow_id=str(uuid.uuid4()))
         resp = await self._unary(
-            "CreateBranch", self._stub.CreateBranch, convert.create_branch_request(new)
+            "CreateBranch", self._stub.CreateBranch, wire.create_branch_request(new)
         )
-        return convert.flow_from_pb(resp.flow), resp.existed and not chosen_here
+        return wire.flow_from_pb(resp.flow), resp.existed and not chosen_here
 
     async def delete_branch(
         self, namespace: str, flow_id: str, deleted_by: str = "", reason: str = ""
@@ -161,17 +156,17 @@ class GrpcEventStore:
             namespace=namespace, flow_id=flow_id, deleted_by=deleted_by, reason=reason
         )
         resp = await self._unary("DeleteBranch", self._stub.DeleteBranch, request)
-        return convert.flow_from_pb(resp.flow)
+        return wire.flow_from_pb(resp.flow)
 
     async def prune(self, cmd: Prune) -> tuple[Flow, bool]:
-        resp = await self._unary("PruneFlow", self._stub.PruneFlow, convert.prune_request(cmd))
-        return convert.flow_from_pb(resp.flow), resp.duplicate
+        resp = await self._unary("PruneFlow", self._stub.PruneFlow, wire.prune_request(cmd))
+        return wire.flow_from_pb(resp.flow), resp.duplicate
 
     # -- the log -----------------------------------------------------------------------------
 
     async def append(self, cmd: Append) -> AppendResult:
         resp = await self._unary(
-            "AppendEvents", self._stub.AppendEvents, convert.append_request(cmd)
+            "AppendEvents", self._stub.AppendEvents, wire.append_request(cmd)
         )
         return AppendResult(resp.first_version, resp.last_version, tuple(resp.seqs),
                             resp.duplicate)
@@ -216,7 +211,7 @@ class GrpcEventStore:
                     if resp is grpc.aio.EOF:
                         return
                     assert isinstance(resp, store_pb2.ReadEventsResponse)
-                    events = tuple(convert.event_from_pb(e) for e in resp.events)
+                    events = tuple(wire.event_from_pb(e) for e in resp.events)
                     if events:
                         budget.reset()
                         after = events[-1].version
@@ -242,7 +237,7 @@ class GrpcEventStore:
         while True:
             if self.closed:
                 return
-            request = convert.subscribe_request(namespace, cursor, types, chunk_size)
+            request = wire.subscribe_request(namespace, cursor, types, chunk_size)
             # No wait_for_ready: with no deadline, a call waiting for a channel that never
             # becomes ready would wait forever; failing fast lets the budget decide.
             call = self._stub.Subscribe(request)
@@ -250,7 +245,7 @@ class GrpcEventStore:
             error: FlowledgerError
             try:
                 async for resp in call:
-                    events = tuple(convert.feed_event_from_pb(e) for e in resp.events)
+                    events = tuple(wire.feed_event_from_pb(e) for e in resp.events)
                     if events:
                         budget.reset()
                         cursor = events[-1].cursor
@@ -275,7 +270,7 @@ class GrpcEventStore:
         request = store_pb2.GetArtifactsRequest(namespace=namespace, hashes=list(hashes))
         resp = await self._unary("GetArtifacts", self._stub.GetArtifacts, request)
         return ArtifactLookup(
-            tuple(convert.artifact_from_pb(a) for a in resp.artifacts), tuple(resp.missing)
+            tuple(wire.artifact_from_pb(a) for a in resp.artifacts), tuple(resp.missing)
         )
 
     async def save_snapshot(
@@ -293,77 +288,7 @@ class GrpcEventStore:
             namespace=namespace, flow_id=flow_id, max_version=max_version
         )
         resp = await self._unary("LoadSnapshot", self._stub.LoadSnapshot, request)
-        return convert.snapshot_from_pb(resp.snapshot) if resp.found else None
-
-    # -- versioned definitions ---------------------------------------------------------------
-
-    async def put_definition_version(
-        self, new: NewDefinitionVersion
-    ) -> tuple[StoredDefinition, bool]:
-        chosen_here = new.request_id is None
-        if chosen_here:
-            new = replace(new, request_id=str(uuid.uuid4()))
-        request = convert_work.put_definition_version_request(new)
-        resp = await self._unary("PutDefinitionVersion", self._stub.PutDefinitionVersion, request)
-        # As for create_flow: a request id of our own making existed only through this very call.
-        stored = convert_work.stored_definition_from_pb(resp.version)
-        return stored, resp.existed and not chosen_here
-
-    async def get_definition_version(
-        self, namespace: str, name: str, version: int = 0
-    ) -> StoredDefinition:
-        request = store_pb2.GetStoredDefinitionVersionRequest(
-            namespace=namespace, name=name, version=version
-        )
-        resp = await self._unary(
-            "GetStoredDefinitionVersion", self._stub.GetStoredDefinitionVersion, request
-        )
-        return convert_work.stored_definition_from_pb(resp.version)
-
-    async def list_definition_versions(
-        self, namespace: str, name: str | None, page: Page
-    ) -> DefinitionPage:
-        request = convert_work.list_definition_versions_request(namespace, name, page)
-        resp = await self._unary(
-            "ListStoredDefinitionVersions", self._stub.ListStoredDefinitionVersions, request
-        )
-        return DefinitionPage(
-            tuple(convert_work.stored_definition_from_pb(v) for v in resp.versions),
-            resp.next_page_token,
-        )
-
-    async def transition_definition_version(
-        self, cmd: DefinitionTransitionCommand
-    ) -> StoredDefinition:
-        request = convert_work.transition_request(cmd)
-        resp = await self._unary(
-            "TransitionDefinitionVersion", self._stub.TransitionDefinitionVersion, request
-        )
-        return convert_work.stored_definition_from_pb(resp.version)
-
-    # -- work leases (see the module docstring on repeating a claim) -------------------------
-
-    async def claim_flows(self, req: ClaimRequest) -> tuple[FlowLease, ...]:
-        request = convert_work.claim_flows_request(req)
-        resp = await self._unary("ClaimFlows", self._stub.ClaimFlows, request)
-        return tuple(convert_work.flow_lease_from_pb(x) for x in resp.leases)
-
-    async def renew_lease(
-        self, namespace: str, flow_id: str, owner: str, fencing_token: int, lease_ms: int
-    ) -> FlowLease:
-        request = store_pb2.RenewLeaseRequest(
-            namespace=namespace, flow_id=flow_id, owner=owner, fencing_token=fencing_token,
-            lease_ms=lease_ms,
-        )
-        resp = await self._unary("RenewLease", self._stub.RenewLease, request)
-        return convert_work.flow_lease_from_pb(resp.lease)
-
-    async def release_lease(self, namespace: str, flow_id: str, fencing_token: int) -> bool:
-        request = store_pb2.ReleaseLeaseRequest(
-            namespace=namespace, flow_id=flow_id, fencing_token=fencing_token
-        )
-        resp = await self._unary("ReleaseLease", self._stub.ReleaseLease, request)
-        return resp.released
+        return wire.snapshot_from_pb(resp.snapshot) if resp.found else None
 
     # -- machinery ---------------------------------------------------------------------------
 

@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 
 from google.protobuf import timestamp_pb2
 
-from flowledger.errors import InternalError
 from flowledger.v1 import common_pb2, store_pb2
 from store_service import domain
 
@@ -22,14 +21,14 @@ DEFAULT_PAGE_SIZE = 100
 DEFAULT_READ_CHUNK = 1000
 DEFAULT_SUBSCRIBE_CHUNK = 500
 
-_EVENT_TYPE_TO_PB: dict[domain.EventType, common_pb2.EventType.ValueType] = {
+EVENT_TYPE_TO_PB: dict[domain.EventType, common_pb2.EventType.ValueType] = {
     t: common_pb2.EventType.Value(f"EVENT_TYPE_{t.name}") for t in domain.EventType
 }
-_EVENT_TYPE_FROM_PB: dict[int, domain.EventType] = {v: k for k, v in _EVENT_TYPE_TO_PB.items()}
-_FLOW_STATUS_TO_PB: dict[domain.FlowStatus, common_pb2.FlowStatus.ValueType] = {
+EVENT_TYPE_FROM_PB: dict[int, domain.EventType] = {v: k for k, v in EVENT_TYPE_TO_PB.items()}
+FLOW_STATUS_TO_PB: dict[domain.FlowStatus, common_pb2.FlowStatus.ValueType] = {
     s: common_pb2.FlowStatus.Value(f"FLOW_STATUS_{s.name}") for s in domain.FlowStatus
 }
-_FLOW_STATUS_FROM_PB: dict[int, domain.FlowStatus] = {v: k for k, v in _FLOW_STATUS_TO_PB.items()}
+FLOW_STATUS_FROM_PB: dict[int, domain.FlowStatus] = {v: k for k, v in FLOW_STATUS_TO_PB.items()}
 
 
 # -- enums and scalars ---------------------------------------------------------------------------
@@ -37,12 +36,12 @@ _FLOW_STATUS_FROM_PB: dict[int, domain.FlowStatus] = {v: k for k, v in _FLOW_STA
 
 def event_type_from_number(number: int) -> domain.EventType | None:
     """The domain event type of a wire value; None for UNSPECIFIED or an unknown number."""
-    return _EVENT_TYPE_FROM_PB.get(number)
+    return EVENT_TYPE_FROM_PB.get(number)
 
 
 def flow_status_from_number(number: int) -> domain.FlowStatus | None:
     """The domain flow status of a wire value; None for UNSPECIFIED or an unknown number."""
-    return _FLOW_STATUS_FROM_PB.get(number)
+    return FLOW_STATUS_FROM_PB.get(number)
 
 
 def event_type_name(number: int) -> str:
@@ -54,11 +53,11 @@ def event_type_name(number: int) -> str:
 
 
 def _event_type(number: int) -> domain.EventType:
-    return _EVENT_TYPE_FROM_PB[number]
+    return EVENT_TYPE_FROM_PB[number]
 
 
 def _status_or(number: int, default: domain.FlowStatus) -> domain.FlowStatus:
-    return _FLOW_STATUS_FROM_PB.get(number, default)
+    return FLOW_STATUS_FROM_PB.get(number, default)
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -94,7 +93,7 @@ def new_flow(req: store_pb2.CreateFlowRequest) -> domain.NewFlow:
 def flow_query(req: store_pb2.ListFlowsRequest) -> tuple[domain.FlowFilter, domain.Page]:
     flt = domain.FlowFilter(
         namespace=req.namespace,
-        statuses=tuple(_FLOW_STATUS_FROM_PB[s] for s in req.statuses),
+        statuses=tuple(FLOW_STATUS_FROM_PB[s] for s in req.statuses),
         name=req.name or None,
         parent_flow_id=req.parent_flow_id or None,
         include_deleted=req.include_deleted,
@@ -172,7 +171,7 @@ def flow_to_pb(flow: domain.Flow) -> common_pb2.Flow:
         flow_id=flow.flow_id,
         namespace=flow.namespace,
         name=flow.name,
-        status=_FLOW_STATUS_TO_PB[flow.status],
+        status=FLOW_STATUS_TO_PB[flow.status],
         metadata_json=flow.metadata_json,
         parent_flow_id=flow.parent_flow_id or "",
         fork_version=flow.fork_version,
@@ -190,7 +189,7 @@ def event_to_pb(event: domain.StoredEvent) -> common_pb2.Event:
         seq=event.seq,
         flow_id=event.flow_id,
         version=event.version,
-        type=_EVENT_TYPE_TO_PB[event.type],
+        type=EVENT_TYPE_TO_PB[event.type],
         payload_json=event.payload_json,
         ts=_timestamp(event.ts),
         command_id=event.command_id,
@@ -266,7 +265,7 @@ def read_events_responses(
     count = size = 0
     last_ts: datetime | None = None
     seconds = nanos = 0
-    types = _EVENT_TYPE_TO_PB
+    types = EVENT_TYPE_TO_PB
     for event in events:
         if event.ts != last_ts:
             last_ts = event.ts
@@ -295,10 +294,6 @@ def read_events_responses(
         yield response
 
 
-def read_events_response(events: Sequence[common_pb2.Event]) -> store_pb2.ReadEventsResponse:
-    return store_pb2.ReadEventsResponse(events=events)
-
-
 def subscribe_response(items: Sequence[store_pb2.FeedEvent]) -> store_pb2.SubscribeResponse:
     return store_pb2.SubscribeResponse(events=items)
 
@@ -325,164 +320,3 @@ def load_snapshot_response(snapshot: domain.Snapshot | None) -> store_pb2.LoadSn
     if snapshot is None:
         return store_pb2.LoadSnapshotResponse(found=False)
     return store_pb2.LoadSnapshotResponse(found=True, snapshot=snapshot_to_pb(snapshot))
-
-
-# -- domain → requests, responses → domain (the engine's client, engine_service.store_client) ---
-
-
-def _number_to_event_type(number: int) -> domain.EventType:
-    event_type = _EVENT_TYPE_FROM_PB.get(number)
-    if event_type is None:  # a newer store: the contracts disagree, nothing to retry
-        raise InternalError(f"the store sent an unknown event type {event_type_name(number)}")
-    return event_type
-
-
-def _number_to_status(number: int) -> domain.FlowStatus:
-    status = _FLOW_STATUS_FROM_PB.get(number)
-    if status is None:
-        raise InternalError(f"the store sent an unknown flow status {number}")
-    return status
-
-
-def _datetime(ts: timestamp_pb2.Timestamp) -> datetime:
-    return ts.ToDatetime(tzinfo=UTC)
-
-
-def create_flow_request(new: domain.NewFlow) -> store_pb2.CreateFlowRequest:
-    return store_pb2.CreateFlowRequest(
-        namespace=new.namespace,
-        flow_id=new.flow_id or "",
-        name=new.name,
-        metadata_json=new.metadata_json,
-        created_by=new.created_by,
-        status=_FLOW_STATUS_TO_PB[new.status],
-    )
-
-
-def list_flows_request(flt: domain.FlowFilter, page: domain.Page) -> store_pb2.ListFlowsRequest:
-    return store_pb2.ListFlowsRequest(
-        namespace=flt.namespace,
-        statuses=[_FLOW_STATUS_TO_PB[s] for s in flt.statuses],
-        name=flt.name or "",
-        parent_flow_id=flt.parent_flow_id or "",
-        include_deleted=flt.include_deleted,
-        page_size=page.size,
-        page_token=page.token,
-    )
-
-
-def append_request(cmd: domain.Append) -> store_pb2.AppendEventsRequest:
-    return store_pb2.AppendEventsRequest(
-        namespace=cmd.namespace,
-        flow_id=cmd.flow_id,
-        expected_version=cmd.expected_version,
-        command_id=cmd.command_id,
-        events=[
-            common_pb2.NewEvent(type=_EVENT_TYPE_TO_PB[e.type], payload_json=e.payload_json)
-            for e in cmd.events
-        ],
-        artifacts=[
-            common_pb2.NewArtifact(
-                hash=a.hash,
-                kind=a.kind,
-                payload_json=a.payload_json,
-                metadata_json=a.metadata_json or "",
-                event_index=a.event_index,
-            )
-            for a in cmd.artifacts
-        ],
-        new_status=_FLOW_STATUS_TO_PB[cmd.new_status]
-        if cmd.new_status
-        else common_pb2.FLOW_STATUS_UNSPECIFIED,
-        fencing_token=cmd.fencing_token,
-    )
-
-
-def subscribe_request(
-    namespace: str, after_cursor: str, types: Sequence[domain.EventType], chunk_size: int
-) -> store_pb2.SubscribeRequest:
-    return store_pb2.SubscribeRequest(
-        namespace=namespace,
-        after_cursor=after_cursor,
-        types=[_EVENT_TYPE_TO_PB[t] for t in types],
-        chunk_size=chunk_size,
-    )
-
-
-def create_branch_request(new: domain.NewBranch) -> store_pb2.CreateBranchRequest:
-    return store_pb2.CreateBranchRequest(
-        namespace=new.namespace,
-        parent_flow_id=new.parent_flow_id,
-        fork_version=new.fork_version,
-        flow_id=new.flow_id or "",
-        name=new.name,
-        metadata_json=new.metadata_json,
-        created_by=new.created_by,
-        status=_FLOW_STATUS_TO_PB[new.status],
-    )
-
-
-def prune_request(cmd: domain.Prune) -> store_pb2.PruneFlowRequest:
-    return store_pb2.PruneFlowRequest(
-        namespace=cmd.namespace,
-        flow_id=cmd.flow_id,
-        keep_through_version=cmd.keep_through_version,
-        expected_version=cmd.expected_version,
-        command_id=cmd.command_id,
-        pruned_by=cmd.pruned_by,
-        reason=cmd.reason,
-    )
-
-
-def flow_from_pb(flow: common_pb2.Flow) -> domain.Flow:
-    # lease_token is not on the wire: the engine learns its token from the lease RPCs.
-    return domain.Flow(
-        flow_id=flow.flow_id,
-        namespace=flow.namespace,
-        name=flow.name,
-        status=_number_to_status(flow.status),
-        metadata_json=flow.metadata_json,
-        parent_flow_id=flow.parent_flow_id or None,
-        fork_version=flow.fork_version,
-        version=flow.version,
-        generation=flow.generation,
-        created_by=flow.created_by,
-        created_at=_datetime(flow.created_at),
-        updated_at=_datetime(flow.updated_at),
-        deleted=flow.deleted,
-    )
-
-
-def event_from_pb(event: common_pb2.Event) -> domain.StoredEvent:
-    return domain.StoredEvent(
-        seq=event.seq,
-        flow_id=event.flow_id,
-        version=event.version,
-        type=_number_to_event_type(event.type),
-        payload_json=event.payload_json,
-        ts=_datetime(event.ts),
-        command_id=event.command_id,
-    )
-
-
-def feed_event_from_pb(item: store_pb2.FeedEvent) -> domain.FeedEvent:
-    return domain.FeedEvent(event=event_from_pb(item.event), cursor=item.cursor)
-
-
-def artifact_from_pb(artifact: common_pb2.Artifact) -> domain.Artifact:
-    return domain.Artifact(
-        hash=artifact.hash,
-        kind=artifact.kind,
-        payload_json=artifact.payload_json,
-        metadata_json=artifact.metadata_json or None,
-        produced_in_seq=artifact.produced_in_seq,
-    )
-
-
-def snapshot_from_pb(snapshot: common_pb2.Snapshot) -> domain.Snapshot:
-    return domain.Snapshot(
-        flow_id=snapshot.flow_id,
-        version=snapshot.version,
-        state_json=snapshot.state_json,
-        created_at=_datetime(snapshot.created_at),
-    )

@@ -14,7 +14,7 @@ from google.protobuf import timestamp_pb2
 
 from flowledger.errors import InternalError
 from flowledger.v1 import store_pb2
-from store_service import convert, domain
+from store_service import convert, convert_client, domain
 
 _STATE_TO_PB: dict[domain.DefinitionState, store_pb2.StoredDefinitionState.ValueType] = {
     s: store_pb2.StoredDefinitionState.Value(f"STORED_DEFINITION_STATE_{s.name}")
@@ -241,7 +241,7 @@ def stored_definition_from_pb(pb: store_pb2.StoredDefinitionVersion) -> domain.S
 
 def flow_lease_from_pb(pb: store_pb2.FlowLease) -> domain.FlowLease:
     # The wire's Flow has no lease token; a lease's flow carries its own, as the backends' do.
-    flow = replace(convert.flow_from_pb(pb.flow), lease_token=pb.fencing_token)
+    flow = replace(convert_client.flow_from_pb(pb.flow), lease_token=pb.fencing_token)
     return domain.FlowLease(
         flow=flow,
         fencing_token=pb.fencing_token,

@@ -1,7 +1,7 @@
 """The StoreService over gRPC: validate → convert → call the port → convert back.
 
-Errors leave through one place, :func:`_fail`: a :class:`~flowledger.errors.FlowledgerError`
-becomes its rich status through :func:`flowledger.rpc_status.abort`; anything else is logged and
+Errors leave through one place, :mod:`flowledger.server.handlers` (shared with the engine): a
+:class:`~flowledger.errors.FlowledgerError` becomes its rich status; anything else is logged and
 answered INTERNAL with a generic message (internals are not leaked to callers).
 
 Streams are split by events per message (the request's chunk size) *and* by bytes, so no message
@@ -15,27 +15,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
-from typing import Any, TypeAlias, TypeVar
+from collections.abc import AsyncIterator, Iterable
+from typing import TypeVar
 
-import grpc
-import grpc.aio
 from google.protobuf.message import Message
 
-from flowledger import rpc_status
-from flowledger.errors import FlowledgerError, InternalError, Unavailable
+from flowledger.errors import Unavailable
+from flowledger.server.handlers import Context, closing, stream, unary
 from flowledger.v1 import store_pb2, store_pb2_grpc
 from store_service import convert, convert_work, validation, validation_work
 from store_service.ports import EventStore
 from store_service.settings import Limits
 
-log = logging.getLogger("store_service.grpc")
-
 SERVICE_NAME = store_pb2.DESCRIPTOR.services_by_name["StoreService"].full_name
 
-Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
 _Item = TypeVar("_Item")
@@ -45,59 +38,6 @@ _M = TypeVar("_M", bound=Message)
 # Contract RPCs this servicer does not override (the generated base answers UNIMPLEMENTED). The
 # bad-input test suite requires a case for every RPC not listed here.
 NOT_YET_SERVED: frozenset[str] = frozenset()
-
-
-async def _fail(context: Context, method: str, exc: Exception) -> None:
-    """The one place where an exception becomes the call's status."""
-    if isinstance(exc, grpc.aio.AbortError):
-        raise exc  # already a status
-    if not isinstance(exc, FlowledgerError):
-        log.exception("unexpected error in %s", method, exc_info=exc)
-        exc = InternalError(f"internal error in the store while handling {method}; it was logged")
-    elif isinstance(exc, InternalError):
-        log.error("%s failed: %s", method, exc.message)
-    await rpc_status.abort(context, exc)
-
-
-def _unary(
-    fn: Callable[[StoreServicer, _Req, Context], Awaitable[_Resp]],
-) -> Callable[[StoreServicer, _Req, Context], Coroutine[Any, Any, _Resp]]:
-    @functools.wraps(fn)
-    async def wrapper(self: StoreServicer, request: _Req, context: Context) -> _Resp:
-        try:
-            return await fn(self, request, context)
-        except Exception as exc:
-            await _fail(context, fn.__name__, exc)
-            raise AssertionError("unreachable: _fail aborts") from exc
-
-    return wrapper
-
-
-def _stream(
-    fn: Callable[[StoreServicer, _Req, Context], AsyncIterator[_Resp]],
-) -> Callable[[StoreServicer, _Req, Context], AsyncIterator[_Resp]]:
-    @functools.wraps(fn)
-    async def wrapper(self: StoreServicer, request: _Req, context: Context) -> AsyncIterator[_Resp]:
-        responses = fn(self, request, context)
-        try:
-            async with _closing(responses):
-                async for response in responses:
-                    yield response
-        except Exception as exc:
-            await _fail(context, fn.__name__, exc)
-
-    return wrapper
-
-
-@contextlib.asynccontextmanager
-async def _closing(iterator: object) -> AsyncIterator[None]:
-    """Close an async generator on every exit, cancellation included (releases DB cursors)."""
-    try:
-        yield
-    finally:
-        aclose = getattr(iterator, "aclose", None)
-        if aclose is not None:
-            await aclose()
 
 
 def split_by_size(
@@ -150,7 +90,7 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
 
     # -- flows -------------------------------------------------------------------------------
 
-    @_unary
+    @unary("store")
     async def CreateFlow(
         self, request: store_pb2.CreateFlowRequest, context: Context
     ) -> store_pb2.CreateFlowResponse:
@@ -158,7 +98,7 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
         flow, existed = await self.store.create_flow(convert.new_flow(request))
         return convert.create_flow_response(flow, existed)
 
-    @_unary
+    @unary("store")
     async def GetFlow(
         self, request: store_pb2.GetFlowRequest, context: Context
     ) -> store_pb2.GetFlowResponse:
@@ -168,7 +108,7 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
         )
         return convert.get_flow_response(flow)
 
-    @_unary
+    @unary("store")
     async def ListFlows(
         self, request: store_pb2.ListFlowsRequest, context: Context
     ) -> store_pb2.ListFlowsResponse:
@@ -178,7 +118,7 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
 
     # -- the log -----------------------------------------------------------------------------
 
-    @_unary
+    @unary("store")
     async def AppendEvents(
         self, request: store_pb2.AppendEventsRequest, context: Context
     ) -> store_pb2.AppendEventsResponse:
@@ -186,7 +126,7 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
         result = await self.store.append(convert.append(request))
         return convert.append_response(result)
 
-    @_stream
+    @stream("store")
     async def ReadEvents(
         self, request: store_pb2.ReadEventsRequest, context: Context
     ) -> AsyncIterator[store_pb2.ReadEventsResponse]:
@@ -196,14 +136,14 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
             request.namespace, request.flow_id, request.after_version, request.to_version,
             chunk_size,
         )
-        async with _closing(chunks):
+        async with closing(chunks):
             async for chunk in chunks:
                 for response in convert.read_events_responses(
                     chunk, chunk_size, self._stream_budget
                 ):
                     yield response
 
-    @_unary
+    @unary("store")
     async def CountSteps(
         self, request: store_pb2.CountStepsRequest, context: Context
     ) -> store_pb2.CountStepsResponse:
@@ -211,7 +151,7 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
         counts = await self.store.count_steps(request.namespace, request.flow_id)
         return convert.count_steps_response(counts)
 
-    @_stream
+    @stream("store")
     async def Subscribe(
         self, request: store_pb2.SubscribeRequest, context: Context
     ) -> AsyncIterator[store_pb2.SubscribeResponse]:
@@ -223,7 +163,7 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
         chunks = self.store.subscribe(
             request.namespace, request.after_cursor, convert.subscribe_types(request), chunk_size
         )
-        async with _closing(chunks):
+        async with closing(chunks):
             async for chunk in self._until_drained(chunks):
                 items = (convert.feed_event_to_pb(e) for e in chunk)
                 for group in split_by_size(items, chunk_size, self._stream_budget):
@@ -259,7 +199,7 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
                 with contextlib.suppress(BaseException):
                     await following
 
-    @_unary
+    @unary("store")
     async def GetArtifacts(
         self, request: store_pb2.GetArtifactsRequest, context: Context
     ) -> store_pb2.GetArtifactsResponse:
@@ -269,7 +209,7 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
 
     # -- branches, prunes, snapshots ---------------------------------------------------------
 
-    @_unary
+    @unary("store")
     async def CreateBranch(
         self, request: store_pb2.CreateBranchRequest, context: Context
     ) -> store_pb2.CreateBranchResponse:
@@ -277,7 +217,7 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
         flow, existed = await self.store.create_branch(convert.new_branch(request))
         return convert.create_branch_response(flow, existed)
 
-    @_unary
+    @unary("store")
     async def DeleteBranch(
         self, request: store_pb2.DeleteBranchRequest, context: Context
     ) -> store_pb2.DeleteBranchResponse:
@@ -287,7 +227,7 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
         )
         return convert.delete_branch_response(flow)
 
-    @_unary
+    @unary("store")
     async def PruneFlow(
         self, request: store_pb2.PruneFlowRequest, context: Context
     ) -> store_pb2.PruneFlowResponse:
@@ -295,7 +235,7 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
         flow, duplicate = await self.store.prune(convert.prune(request))
         return convert.prune_response(flow, duplicate)
 
-    @_unary
+    @unary("store")
     async def SaveSnapshot(
         self, request: store_pb2.SaveSnapshotRequest, context: Context
     ) -> store_pb2.SaveSnapshotResponse:
@@ -305,7 +245,7 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
         )
         return store_pb2.SaveSnapshotResponse()
 
-    @_unary
+    @unary("store")
     async def LoadSnapshot(
         self, request: store_pb2.LoadSnapshotRequest, context: Context
     ) -> store_pb2.LoadSnapshotResponse:
@@ -317,7 +257,7 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
 
     # -- versioned definitions ---------------------------------------------------------------
 
-    @_unary
+    @unary("store")
     async def PutDefinitionVersion(
         self, request: store_pb2.PutDefinitionVersionRequest, context: Context
     ) -> store_pb2.PutDefinitionVersionResponse:
@@ -327,7 +267,7 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
         )
         return convert_work.put_definition_version_response(stored, existed)
 
-    @_unary
+    @unary("store")
     async def GetStoredDefinitionVersion(
         self, request: store_pb2.GetStoredDefinitionVersionRequest, context: Context
     ) -> store_pb2.GetStoredDefinitionVersionResponse:
@@ -337,7 +277,7 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
         )
         return convert_work.get_definition_version_response(stored)
 
-    @_unary
+    @unary("store")
     async def ListStoredDefinitionVersions(
         self, request: store_pb2.ListStoredDefinitionVersionsRequest, context: Context
     ) -> store_pb2.ListStoredDefinitionVersionsResponse:
@@ -346,7 +286,7 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
         listed = await self.store.list_definition_versions(request.namespace, name, page)
         return convert_work.list_definition_versions_response(listed)
 
-    @_unary
+    @unary("store")
     async def TransitionDefinitionVersion(
         self, request: store_pb2.TransitionDefinitionVersionRequest, context: Context
     ) -> store_pb2.TransitionDefinitionVersionResponse:
@@ -358,7 +298,7 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
 
     # -- work leases -------------------------------------------------------------------------
 
-    @_unary
+    @unary("store")
     async def ClaimFlows(
         self, request: store_pb2.ClaimFlowsRequest, context: Context
     ) -> store_pb2.ClaimFlowsResponse:
@@ -366,7 +306,7 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
         leases = await self.store.claim_flows(convert_work.claim_request(request))
         return convert_work.claim_flows_response(leases)
 
-    @_unary
+    @unary("store")
     async def RenewLease(
         self, request: store_pb2.RenewLeaseRequest, context: Context
     ) -> store_pb2.RenewLeaseResponse:
@@ -377,7 +317,7 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
         )
         return convert_work.renew_lease_response(lease)
 
-    @_unary
+    @unary("store")
     async def ReleaseLease(
         self, request: store_pb2.ReleaseLeaseRequest, context: Context
     ) -> store_pb2.ReleaseLeaseResponse:
