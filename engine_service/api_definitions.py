@@ -9,6 +9,9 @@ gives the steps a flow ran.
 Lifecycle (the store enforces it atomically, these are the allowed source states):
 publish DRAFT→PUBLISHED, archive DRAFT|PUBLISHED→ARCHIVED, rollback PUBLISHED|ARCHIVED→PUBLISHED
 (again, which makes it the latest published version).
+
+What StartFlow resolves is cached briefly (:mod:`engine_service.definition_cache`, which says
+why that is safe); a transition made here forgets it at once.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from dataclasses import dataclass
 import yaml
 
 from engine_service.definition import FlowDefinition, StepSpec
+from engine_service.definition_cache import DEFAULT_TTL_S, DefinitionCache
 from engine_service.registry import StepRegistry
-from engine_service.stored import definition_of, new_version, startable
+from engine_service.stored import definition_of, new_version
 from flowledger.canonical import JsonValue, parse_json
 from flowledger.errors import FieldViolation, InvalidArgument
 from store_service.domain import (
@@ -57,9 +61,12 @@ _ROLLBACK_FROM = (DefinitionState.PUBLISHED, DefinitionState.ARCHIVED)
 class Definitions:
     """Definition operations over the storage port, validated with the engine's registry."""
 
-    def __init__(self, store: EventStore, registry: StepRegistry) -> None:
+    def __init__(
+        self, store: EventStore, registry: StepRegistry, *, cache_ttl: float = DEFAULT_TTL_S
+    ) -> None:
         self._store = store
         self._registry = registry
+        self._cache = DefinitionCache(cache_ttl)
 
     async def create(
         self,
@@ -101,8 +108,9 @@ class Definitions:
     ) -> tuple[StoredDefinition, FlowDefinition]:
         """The version a flow may start from (0 = latest published) and its definition.
         NotFound when unknown; FailedPrecondition unless PUBLISHED."""
-        stored = await self.get(namespace, name, version)
-        return stored, startable(stored)
+        return await self._cache.startable(
+            namespace, name, version, lambda: self.get(namespace, name, version)
+        )
 
     async def _transition(
         self,
@@ -110,17 +118,22 @@ class Definitions:
         to_state: DefinitionState,
         from_states: tuple[DefinitionState, ...],
     ) -> StoredDefinition:
-        return await self._store.transition_definition_version(
-            DefinitionTransitionCommand(
-                namespace=change.namespace,
-                name=change.name,
-                version=change.version,
-                to_state=to_state,
-                from_states=from_states,
-                change_note=change.change_note,
-                actor=change.actor,
+        # Forgotten before and after: a start racing with the transition re-reads the store.
+        self._cache.forget(change.namespace, change.name)
+        try:
+            return await self._store.transition_definition_version(
+                DefinitionTransitionCommand(
+                    namespace=change.namespace,
+                    name=change.name,
+                    version=change.version,
+                    to_state=to_state,
+                    from_states=from_states,
+                    change_note=change.change_note,
+                    actor=change.actor,
+                )
             )
-        )
+        finally:
+            self._cache.forget(change.namespace, change.name)
 
 
 # -- documents -----------------------------------------------------------------------------------

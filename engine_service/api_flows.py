@@ -118,10 +118,11 @@ class Flows:
 
     async def _run_here(self, run: FlowRun) -> None:
         """Claim the flow on this replica and run it in the background (saves waiting for a
-        work-loop poll); when not claimed here, another replica's loop runs it."""
+        work-loop poll) with the handle that made it (saves re-reading it); when not claimed
+        here, another replica's loop runs it."""
         state = run.current_state
         if self._worker is not None and not (state is not None and state.terminal):
-            await self._worker.run_now(run.namespace, run.flow_id)
+            await self._worker.run_now(run.namespace, run.flow_id, run)
 
     async def describe(self, namespace: str, flow_id: str) -> FlowView:
         flow = await self._store.get_flow(namespace, flow_id)

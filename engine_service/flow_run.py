@@ -8,13 +8,19 @@ Use one handle from one task at a time; its methods serialize on a lock anyway.
 A handle given a fencing token sends it with every append; when the store answers that the
 lease is lost, the handle raises :class:`~engine_service.lease.LeaseLost` and refuses to write
 ever again (reading still works).
+
+A handle may be given an append observer (:attr:`FlowRun.on_append`): it is called, without
+awaiting, with the stored form of the events of every append this handle made that the store
+applied (the engine service feeds WatchFlow with it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from engine_service import decide as plan
@@ -80,6 +86,8 @@ class FlowRun:
         self._generation = flow.generation
         self._fencing_token = fencing_token
         self._lease_lost: LeaseLost | None = None
+        self.on_append: Callable[[tuple[StoredEvent, ...]], None] | None = None
+        """Called with the events of each append this handle made and the store applied."""
         # A branch's own log starts after the parent's prefix, with its params assignment.
         self._fork_version = flow.fork_version if flow.parent_flow_id is not None else None
         self.parent_flow_id = flow.parent_flow_id
@@ -138,6 +146,18 @@ class FlowRun:
     @property
     def fencing_token(self) -> int:
         return self._fencing_token
+
+    def attach_lease(self, fencing_token: int) -> None:
+        """Write from now on under a lease claimed after this handle was made (a flow the
+        caller just started, then claimed): saves attaching a new handle, which re-reads the
+        flow. The cached state stays valid: appends still say which version they expect, so
+        anything another writer did meanwhile is a conflict that re-reads the log. The token
+        may only grow (tokens of a flow increase with every claim)."""
+        if fencing_token <= self._fencing_token:
+            raise InvalidArgument.field(
+                "fencing_token", f"must be greater than the current {self._fencing_token}"
+            )
+        self._fencing_token = fencing_token
 
     @property
     def lease_lost(self) -> bool:
@@ -356,6 +376,8 @@ class FlowRun:
             return False
         versions = range(result.first_version, result.last_version + 1)
         self._state = replay(zip(versions, write.events, strict=True), state)
+        if self.on_append is not None:
+            self.on_append(_stored(cmd, result.seqs, versions))
         await self._maybe_snapshot(self._state)
         return True
 
@@ -372,3 +394,14 @@ class FlowRun:
             log.warning("flow %s: snapshot at %d not saved: %s", self.flow_id, state.version, exc)
             return
         self._snapshot_version = state.version
+
+
+def _stored(cmd: Append, seqs: tuple[int, ...], versions: range) -> tuple[StoredEvent, ...]:
+    """The events of an applied append as the log holds them; ``ts`` is this process's clock
+    (the append's answer does not carry the commit time)."""
+    now = datetime.now(UTC)
+    return tuple(
+        StoredEvent(seq, cmd.flow_id, version, event.type, event.payload_json, now,
+                    cmd.command_id)
+        for seq, version, event in zip(seqs, versions, cmd.events, strict=True)
+    )

@@ -4,7 +4,10 @@
   store for up to ``claim_batch`` runnable flows (``ClaimFlows``: queued or running, lease free
   or expired, ``FOR UPDATE SKIP LOCKED``), never more than its free slots
   (``max_concurrent_flows``). The replica that receives a StartFlow claims that flow by id at
-  once (:meth:`Worker.run_now`), so a new flow does not wait for a poll.
+  once (:meth:`Worker.run_now`), so a new flow does not wait for a poll; its run goes on with
+  the handle that created the flow (given the claim's fencing token) instead of re-reading it.
+* **Watchers.** While a flow runs here, every append it makes is pushed to the flow's local
+  watchers (:class:`~engine_service.watch.FlowNotifier`), who then need not read the store.
 * **Fencing.** Each claim carries a fencing token, larger than any earlier one of the flow; the
   run appends with it, so once another replica has claimed the flow (our lease expired) the
   store refuses our writes (FAILED_PRECONDITION, reason LEASE_LOST).
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -36,7 +40,7 @@ from datetime import UTC, datetime
 from engine_service import metrics
 from engine_service.lease import is_lease_lost
 from engine_service.replay import FlowState, StepState, StepStatus
-from engine_service.runner import Engine
+from engine_service.runner import Engine, FlowRun
 from engine_service.settings import ServiceSettings
 from engine_service.watch import FlowNotifier
 from flowledger.errors import Aborted, DeadlineExceeded, FlowledgerError, Unavailable
@@ -59,6 +63,8 @@ class _Claimed:
     # Monotonic time by which the lease has surely expired unless renewed (measured from when
     # the claim or renewal was *sent*, so it errs early).
     expires_at: float
+    # The handle of a flow this replica just created: run it instead of attaching anew.
+    run: FlowRun | None = None
     task: asyncio.Task[None] | None = None
     lost: bool = False
     abandoned: bool = False
@@ -101,9 +107,10 @@ class Worker:
         if self._loop is None:
             self._loop = asyncio.create_task(self._poll_loop(), name="flowledger-claim-loop")
 
-    async def run_now(self, namespace: str, flow_id: str) -> bool:
-        """Claim a flow this replica just started and run it in the background. False when it
-        was not claimed here (no free slot, another replica holds it, or it already ended)."""
+    async def run_now(self, namespace: str, flow_id: str, run: FlowRun | None = None) -> bool:
+        """Claim a flow this replica just started and run it in the background (with ``run``,
+        the handle that created it, when given). False when it was not claimed here (no free
+        slot, another replica holds it, or it already ended)."""
         if self._stopping or (namespace, flow_id) in self._runs:
             return False
         if self.free_slots() == 0:
@@ -113,6 +120,7 @@ class Worker:
         leases = await self._claim(
             ClaimRequest(self.owner, 1, self._settings.lease_ms, (namespace,), (flow_id,)),
             "start",
+            run,
         )
         return bool(leases)
 
@@ -142,7 +150,9 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), poll_s)
 
-    async def _claim(self, request: ClaimRequest, source: str) -> tuple[FlowLease, ...]:
+    async def _claim(
+        self, request: ClaimRequest, source: str, run: FlowRun | None = None
+    ) -> tuple[FlowLease, ...]:
         self._reserved += request.limit
         sent = time.monotonic()
         try:
@@ -159,11 +169,16 @@ class Worker:
             log.info("claiming flows works again after %d failures", self._claim_errors)
             self._claim_errors = 0
         for lease in leases:
-            self._launch(lease, source, sent)
+            mine = run is not None and (run.namespace, run.flow_id) == (
+                lease.flow.namespace, lease.flow.flow_id
+            )
+            self._launch(lease, source, sent, run if mine else None)
         return leases
 
-    def _launch(self, lease: FlowLease, source: str, sent: float) -> None:
-        entry = _Claimed(lease, expires_at=sent + self._lease_s)
+    def _launch(
+        self, lease: FlowLease, source: str, sent: float, run: FlowRun | None = None
+    ) -> None:
+        entry = _Claimed(lease, expires_at=sent + self._lease_s, run=run)
         metrics.LEASE_CLAIMS.labels(source).inc()
         if self._stopping:
             # Claimed while stopping: give it straight back.
@@ -188,7 +203,8 @@ class Worker:
         heartbeat = asyncio.create_task(self._heartbeat(entry))
         release = False
         try:
-            release = await self._advance(entry)
+            with self._notifier.producing(*entry.key):
+                release = await self._advance(entry)
         except asyncio.CancelledError:
             if not (entry.lost or entry.abandoned):
                 raise  # a hard stop (close): leave the lease to expire
@@ -220,11 +236,18 @@ class Worker:
         """Run the flow to its end (or to the next step boundary once draining); True when
         the lease should be released."""
         flow = entry.lease.flow
-        started = time.perf_counter()
-        run = await self._engine.attach(
-            flow.flow_id, namespace=flow.namespace, fencing_token=entry.lease.fencing_token
-        )
-        metrics.REPLAY_DURATION.observe(time.perf_counter() - started)
+        token = entry.lease.fencing_token
+        run = entry.run
+        entry.run = None  # not kept past this run
+        if run is not None and run.fencing_token < token and run.current_state is not None:
+            run.attach_lease(token)
+        else:
+            started = time.perf_counter()
+            run = await self._engine.attach(
+                flow.flow_id, namespace=flow.namespace, fencing_token=token
+            )
+            metrics.REPLAY_DURATION.observe(time.perf_counter() - started)
+        run.on_append = functools.partial(self._notifier.publish, flow.namespace, flow.flow_id)
         state = run.current_state
         assert state is not None  # attach replays
         if state.terminal:
@@ -240,7 +263,6 @@ class Worker:
             step = await run.next(start_next=not self._draining)
             if step is None:
                 break
-            self._notifier.notify(flow.namespace, flow.flow_id)
             _observe_step(run.current_state, step, time.perf_counter() - step_started)
         final = run.current_state
         if final is not None and final.completed:
