@@ -57,3 +57,11 @@ REPLAY_DURATION = Histogram(
 STORE_UP = Gauge(
     "flowledger_engine_store_up", "1 when the last health probe of the store succeeded, else 0."
 )
+
+# Known label values start at 0 so that rates and alerts see a series before the first event.
+for _kind in ("start", "branch"):
+    FLOWS_STARTED.labels(_kind)
+for _source in ("start", "poll"):
+    LEASE_CLAIMS.labels(_source)
+for _outcome in ("ok", "lost", "error"):
+    LEASE_RENEWALS.labels(_outcome)

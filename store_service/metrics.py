@@ -54,3 +54,22 @@ POOL_SIZE = Gauge("flowledger_db_pool_connections", "Connections currently open 
 POOL_IN_USE = Gauge("flowledger_db_pool_connections_in_use", "Connections lent out of the pool.")
 POOL_WAITING = Gauge("flowledger_db_pool_requests_waiting", "Requests waiting for a connection.")
 SUBSCRIBERS = Gauge("flowledger_feed_subscribers", "Open global-feed subscriptions.")
+FLOWS = Gauge(
+    "flowledger_flows",
+    "Flows in the store by status (deleted flows excluded), counted periodically.",
+    ["status"],
+)
+FLOWS_OVERDUE = Gauge(
+    "flowledger_flows_overdue",
+    "Runnable flows (queued, running) with no live lease for longer than the overdue threshold: "
+    "no engine has taken them up within their deadline.",
+)
+
+# Every known label value starts at 0, so rates and alerts see a series before the first event
+# (Prometheus' "avoid missing metrics" advice); the sets are closed, so cardinality stays bounded.
+for _reason in ("serialization", "deadlock", "connection"):
+    RETRIES.labels(_reason)
+for _outcome in ("inserted", "deduplicated"):
+    ARTIFACTS_WRITTEN.labels(_outcome)
+for _outcome in ("hit", "miss"):
+    SNAPSHOTS_LOADED.labels(_outcome)

@@ -17,6 +17,7 @@ from flowledger.errors import InvalidArgument, Unavailable
 from store_service.adapters.postgres import definitions, feed, flows, leases, lineage, snapshots
 from store_service.adapters.postgres.appender import GroupCommitAppender
 from store_service.adapters.postgres.db import Conn, Database
+from store_service.adapters.postgres.flow_gauges import FlowGauges
 from store_service.adapters.postgres.migrate import apply_migrations
 from store_service.adapters.postgres.retry import RetryPolicy
 from store_service.adapters.postgres.schema_dump import check_schema
@@ -63,6 +64,7 @@ class PostgresEventStore:
         self._notifier = notifier
         self._appender = appender
         self._closed = False
+        self._flow_gauges = FlowGauges(db)
 
     @classmethod
     async def open(
@@ -98,6 +100,7 @@ class PostgresEventStore:
         if self._closed:
             return
         self._closed = True
+        await self._flow_gauges.close()
         await self._appender.close()
         await self._notifier.close()
         await self._db.close()

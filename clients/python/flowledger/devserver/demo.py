@@ -15,78 +15,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 
-import grpc
-import psycopg
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from flowledger.devserver.services import postgres, services
 
-from flowledger.devserver.postgres import LocalPostgres, free_port
-
-DATABASE = "flowledger"
 NAMESPACE = "demo"
-
-
-@contextlib.contextmanager
-def postgres() -> Iterator[str]:
-    """Yield a libpq URL of a database named ``flowledger`` (created when missing)."""
-    url = os.environ.get("DATABASE_URL")
-    if url:
-        print(f"postgres: DATABASE_URL ({_redact(url)})")
-        yield url
-        return
-    with LocalPostgres() as pg:
-        print(f"postgres: throwaway local server on {pg.host}:{pg.port} (DATABASE_URL unset)")
-        with psycopg.connect(pg.admin_url, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{DATABASE}"')
-        yield pg.url(DATABASE)
-
-
-def _redact(url: str) -> str:
-    info = psycopg.conninfo.conninfo_to_dict(url)
-    return f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
-
-
-@contextlib.contextmanager
-def service_process(name: str, module: str, env: dict[str, str], address: str) -> Iterator[None]:
-    """Run ``python -m <module>`` and return once it reports SERVING; SIGTERM it afterwards."""
-    proc = subprocess.Popen([sys.executable, "-m", module], env=dict(os.environ, **env))
-    try:
-        _wait_serving(address, proc, name)
-        yield
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            code = proc.wait()
-        print(f"{name + ':':<9} stopped (exit {code})")
-
-
-def _wait_serving(address: str, proc: subprocess.Popen[bytes], name: str) -> None:
-    deadline = time.monotonic() + 60.0
-    with grpc.insecure_channel(address) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        while True:
-            try:
-                reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            if proc.poll() is not None:
-                raise SystemExit(f"the {name} service exited with {proc.returncode} at start-up")
-            if time.monotonic() > deadline:
-                raise SystemExit(f"the {name} service was not SERVING within 60 s")
-            time.sleep(0.1)
 
 
 CHEM_YAML = """\
@@ -162,29 +95,11 @@ _SHOWN = ("step_id", "fingerprint", "flow_fingerprint", "definition_hash", "para
 
 
 def main() -> int:
-    store_port, engine_port = free_port(), free_port()
-    store_addr, engine_addr = f"127.0.0.1:{store_port}", f"127.0.0.1:{engine_port}"
-    store_metrics, engine_metrics = free_port(), free_port()
-    with postgres() as database_url:
-        store_env = {
-            "DATABASE_URL": database_url,
-            "STORE_LISTEN": store_addr,
-            "STORE_METRICS_LISTEN": f"127.0.0.1:{store_metrics}",
-            "LOG_LEVEL": "WARNING",
-        }
-        engine_env = {
-            "STORE_ADDR": store_addr,
-            "ENGINE_LISTEN": engine_addr,
-            "ENGINE_METRICS_LISTEN": f"127.0.0.1:{engine_metrics}",
-            "LOG_LEVEL": "WARNING",
-        }
-        with service_process("store", "store_service", store_env, store_addr):
-            print(f"store:    {store_addr} (metrics http://127.0.0.1:{store_metrics}/metrics)")
-            with service_process("engine", "engine_service", engine_env, engine_addr):
-                print(
-                    f"engine:   {engine_addr} (metrics http://127.0.0.1:{engine_metrics}/metrics)"
-                )
-                ok = asyncio.run(run_flow(engine_addr))
+    with postgres() as database, services(database.url) as running:
+        store, engine = running.store, running.engine
+        print(f"store:    {store.address} (metrics {store.metrics_url})")
+        print(f"engine:   {engine.address} (metrics {engine.metrics_url})")
+        ok = asyncio.run(run_flow(engine.address))
     print("demo: " + ("flow completed and verified" if ok else "flow did NOT complete and verify"))
     return 0 if ok else 1
 

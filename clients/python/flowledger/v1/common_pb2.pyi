@@ -31,6 +31,7 @@ class _EventType:
 class _EventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventType.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     EVENT_TYPE_UNSPECIFIED: _EventType.ValueType  # 0
+    """Not set; never stored."""
     EVENT_TYPE_FLOW_INITIALIZED: _EventType.ValueType  # 1
     """The flow was created with its definition, input and params. Compact variant "I"."""
     EVENT_TYPE_STEP_STARTED: _EventType.ValueType  # 2
@@ -74,6 +75,7 @@ class EventType(_EventType, metaclass=_EventTypeEnumTypeWrapper):
     """
 
 EVENT_TYPE_UNSPECIFIED: EventType.ValueType  # 0
+"""Not set; never stored."""
 EVENT_TYPE_FLOW_INITIALIZED: EventType.ValueType  # 1
 """The flow was created with its definition, input and params. Compact variant "I"."""
 EVENT_TYPE_STEP_STARTED: EventType.ValueType  # 2
@@ -119,25 +121,37 @@ class _FlowStatus:
 class _FlowStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FlowStatus.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     FLOW_STATUS_UNSPECIFIED: _FlowStatus.ValueType  # 0
+    """Not set (in filters: any; in CreateFlow: QUEUED)."""
     FLOW_STATUS_QUEUED: _FlowStatus.ValueType  # 1
+    """Created, not yet claimed by an engine replica."""
     FLOW_STATUS_RUNNING: _FlowStatus.ValueType  # 2
+    """An engine replica is running its steps."""
     FLOW_STATUS_WAITING: _FlowStatus.ValueType  # 3
     """Waiting for a timer, a signal or an external task; holds no lease."""
     FLOW_STATUS_COMPLETED: _FlowStatus.ValueType  # 4
+    """Every step finished; the flow fingerprint is set. Final."""
     FLOW_STATUS_FAILED: _FlowStatus.ValueType  # 5
+    """A step failed for good. Final."""
     FLOW_STATUS_CANCELLED: _FlowStatus.ValueType  # 6
+    """Cancelled before it finished. Final."""
 
 class FlowStatus(_FlowStatus, metaclass=_FlowStatusEnumTypeWrapper):
     """Lifecycle of a flow: queued -> running -> (waiting <-> running) -> completed | failed | cancelled."""
 
 FLOW_STATUS_UNSPECIFIED: FlowStatus.ValueType  # 0
+"""Not set (in filters: any; in CreateFlow: QUEUED)."""
 FLOW_STATUS_QUEUED: FlowStatus.ValueType  # 1
+"""Created, not yet claimed by an engine replica."""
 FLOW_STATUS_RUNNING: FlowStatus.ValueType  # 2
+"""An engine replica is running its steps."""
 FLOW_STATUS_WAITING: FlowStatus.ValueType  # 3
 """Waiting for a timer, a signal or an external task; holds no lease."""
 FLOW_STATUS_COMPLETED: FlowStatus.ValueType  # 4
+"""Every step finished; the flow fingerprint is set. Final."""
 FLOW_STATUS_FAILED: FlowStatus.ValueType  # 5
+"""A step failed for good. Final."""
 FLOW_STATUS_CANCELLED: FlowStatus.ValueType  # 6
+"""Cancelled before it finished. Final."""
 Global___FlowStatus: _TypeAlias = FlowStatus  # noqa: Y015
 
 @_typing.final
@@ -160,6 +174,7 @@ class Event(_message.Message):
     version: _builtins.int
     """Position in the flow's log as read: 1, 2, 3, ... without gaps."""
     type: Global___EventType.ValueType
+    """The event kind (its payload is `payload_json`)."""
     payload_json: _builtins.str
     """The full event kind as JSON text."""
     command_id: _builtins.str
@@ -196,6 +211,7 @@ class NewEvent(_message.Message):
     TYPE_FIELD_NUMBER: _builtins.int
     PAYLOAD_JSON_FIELD_NUMBER: _builtins.int
     type: Global___EventType.ValueType
+    """The event kind; must match the kind in `payload_json`."""
     payload_json: _builtins.str
     """JSON text; must parse as a JSON object."""
     def __init__(
@@ -264,8 +280,11 @@ class NewArtifact(_message.Message):
     hash: _builtins.str
     """Expected hash. The store recomputes it from the payload and refuses a mismatch."""
     kind: _builtins.str
+    """Free-form kind, for example "json" or "http_response"."""
     payload_json: _builtins.str
+    """JSON text of the payload (the hash covers its canonical form)."""
     metadata_json: _builtins.str
+    """Optional JSON text; not part of the hash."""
     event_index: _builtins.int
     """Index, in the same request's `events`, of the event that produced the artifact
     (normally the StepFinished). Its seq becomes `produced_in_seq`.
@@ -307,25 +326,35 @@ class Flow(_message.Message):
     DELETED_FIELD_NUMBER: _builtins.int
     GENERATION_FIELD_NUMBER: _builtins.int
     flow_id: _builtins.str
+    """Id (UUID) of the flow, unique across namespaces."""
     namespace: _builtins.str
+    """Namespace (tenant) the call acts in; names are unique only within it."""
     name: _builtins.str
+    """Human name of the flow (for engine flows: the definition name)."""
     status: Global___FlowStatus.ValueType
+    """Current lifecycle status."""
     metadata_json: _builtins.str
     """JSON object text."""
     parent_flow_id: _builtins.str
     """For a branch: the flow it was forked from, and the parent version it forks at."""
     fork_version: _builtins.int
+    """For a branch: the parent version it forks at (it inherits events 1..fork_version)."""
     version: _builtins.int
     """Version of the last event in the flow's log (0 for an empty flow)."""
     created_by: _builtins.str
+    """Who created the flow (free text)."""
     deleted: _builtins.bool
     """Set when the branch was deleted (reads then answer NOT_FOUND unless asked to include deleted)."""
     generation: _builtins.int
     """How many times the flow was pruned; bumps when PruneFlow cuts the log."""
     @_builtins.property
-    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was created (database clock)."""
+
     @_builtins.property
-    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    def updated_at(self) -> _timestamp_pb2.Timestamp:
+        """When it last changed (database clock)."""
+
     def __init__(
         self,
         *,
@@ -362,11 +391,15 @@ class Snapshot(_message.Message):
     STATE_JSON_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     flow_id: _builtins.str
+    """The flow the snapshot belongs to."""
     version: _builtins.int
+    """The flow version the state was reduced up to (inclusive)."""
     state_json: _builtins.str
     """JSON text of the reduced state."""
     @_builtins.property
-    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When the snapshot was saved (database clock)."""
+
     def __init__(
         self,
         *,

@@ -41,16 +41,25 @@ class _DefinitionState:
 class _DefinitionStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DefinitionState.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     DEFINITION_STATE_UNSPECIFIED: _DefinitionState.ValueType  # 0
+    """Not set."""
     DEFINITION_STATE_DRAFT: _DefinitionState.ValueType  # 1
+    """Stored, editable by new versions, cannot be started."""
     DEFINITION_STATE_PUBLISHED: _DefinitionState.ValueType  # 2
+    """Immutable and startable."""
     DEFINITION_STATE_ARCHIVED: _DefinitionState.ValueType  # 3
+    """Can no longer be started; may be published again by a rollback."""
 
-class DefinitionState(_DefinitionState, metaclass=_DefinitionStateEnumTypeWrapper): ...
+class DefinitionState(_DefinitionState, metaclass=_DefinitionStateEnumTypeWrapper):
+    """Lifecycle state of a definition version: DRAFT -> PUBLISHED -> ARCHIVED."""
 
 DEFINITION_STATE_UNSPECIFIED: DefinitionState.ValueType  # 0
+"""Not set."""
 DEFINITION_STATE_DRAFT: DefinitionState.ValueType  # 1
+"""Stored, editable by new versions, cannot be started."""
 DEFINITION_STATE_PUBLISHED: DefinitionState.ValueType  # 2
+"""Immutable and startable."""
 DEFINITION_STATE_ARCHIVED: DefinitionState.ValueType  # 3
+"""Can no longer be started; may be published again by a rollback."""
 Global___DefinitionState: _TypeAlias = DefinitionState  # noqa: Y015
 
 class _DefinitionFormat:
@@ -60,17 +69,21 @@ class _DefinitionFormat:
 class _DefinitionFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DefinitionFormat.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     DEFINITION_FORMAT_UNSPECIFIED: _DefinitionFormat.ValueType  # 0
-    """JSON"""
+    """Not set: read as JSON."""
     DEFINITION_FORMAT_JSON: _DefinitionFormat.ValueType  # 1
+    """JSON text."""
     DEFINITION_FORMAT_YAML: _DefinitionFormat.ValueType  # 2
+    """YAML text."""
 
 class DefinitionFormat(_DefinitionFormat, metaclass=_DefinitionFormatEnumTypeWrapper):
     """How a definition document is written."""
 
 DEFINITION_FORMAT_UNSPECIFIED: DefinitionFormat.ValueType  # 0
-"""JSON"""
+"""Not set: read as JSON."""
 DEFINITION_FORMAT_JSON: DefinitionFormat.ValueType  # 1
+"""JSON text."""
 DEFINITION_FORMAT_YAML: DefinitionFormat.ValueType  # 2
+"""YAML text."""
 Global___DefinitionFormat: _TypeAlias = DefinitionFormat  # noqa: Y015
 
 class _StepStatus:
@@ -80,24 +93,39 @@ class _StepStatus:
 class _StepStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StepStatus.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     STEP_STATUS_UNSPECIFIED: _StepStatus.ValueType  # 0
+    """Not set."""
     STEP_STATUS_PENDING: _StepStatus.ValueType  # 1
+    """Not started yet."""
     STEP_STATUS_RUNNING: _StepStatus.ValueType  # 2
+    """An attempt is in progress."""
     STEP_STATUS_FINISHED_OK: _StepStatus.ValueType  # 3
+    """Succeeded; its fingerprint and output hashes are set."""
     STEP_STATUS_FAILED: _StepStatus.ValueType  # 4
+    """Failed for good."""
     STEP_STATUS_SKIPPED: _StepStatus.ValueType  # 5
+    """Skipped by its condition."""
 
-class StepStatus(_StepStatus, metaclass=_StepStatusEnumTypeWrapper): ...
+class StepStatus(_StepStatus, metaclass=_StepStatusEnumTypeWrapper):
+    """Status of one step of a flow, as replayed from its log."""
 
 STEP_STATUS_UNSPECIFIED: StepStatus.ValueType  # 0
+"""Not set."""
 STEP_STATUS_PENDING: StepStatus.ValueType  # 1
+"""Not started yet."""
 STEP_STATUS_RUNNING: StepStatus.ValueType  # 2
+"""An attempt is in progress."""
 STEP_STATUS_FINISHED_OK: StepStatus.ValueType  # 3
+"""Succeeded; its fingerprint and output hashes are set."""
 STEP_STATUS_FAILED: StepStatus.ValueType  # 4
+"""Failed for good."""
 STEP_STATUS_SKIPPED: StepStatus.ValueType  # 5
+"""Skipped by its condition."""
 Global___StepStatus: _TypeAlias = StepStatus  # noqa: Y015
 
 @_typing.final
 class CreateDefinitionVersionRequest(_message.Message):
+    """Request of EngineService.CreateDefinitionVersion."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAMESPACE_FIELD_NUMBER: _builtins.int
@@ -108,13 +136,17 @@ class CreateDefinitionVersionRequest(_message.Message):
     CREATED_BY_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
+    """Namespace (tenant) the call acts in; names are unique only within it."""
     name: _builtins.str
     """Definition name: 1..128 characters of [A-Za-z0-9._-]."""
     document: _builtins.str
     """The definition document: {"steps": [{"id": ..., "type": ..., "config": {...}}, ...]}."""
     format: Global___DefinitionFormat.ValueType
+    """How `document` is written; UNSPECIFIED means JSON."""
     change_note: _builtins.str
+    """Why this version was made (recorded in its history)."""
     created_by: _builtins.str
+    """Who created the version (free text)."""
     request_id: _builtins.str
     """Optional client-chosen id that makes the call idempotent."""
     def __init__(
@@ -138,6 +170,8 @@ Global___CreateDefinitionVersionRequest: _TypeAlias = CreateDefinitionVersionReq
 
 @_typing.final
 class PublishDefinitionVersionRequest(_message.Message):
+    """Request of EngineService.PublishDefinitionVersion."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAMESPACE_FIELD_NUMBER: _builtins.int
@@ -146,10 +180,15 @@ class PublishDefinitionVersionRequest(_message.Message):
     CHANGE_NOTE_FIELD_NUMBER: _builtins.int
     ACTOR_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
+    """Namespace (tenant) the call acts in; names are unique only within it."""
     name: _builtins.str
+    """Name of the definition."""
     version: _builtins.int
+    """The DRAFT version to publish."""
     change_note: _builtins.str
+    """Why the change was made (free text, recorded in the history)."""
     actor: _builtins.str
+    """Who made the change (free text, recorded in the history)."""
     def __init__(
         self,
         *,
@@ -169,11 +208,15 @@ Global___PublishDefinitionVersionRequest: _TypeAlias = PublishDefinitionVersionR
 
 @_typing.final
 class PublishDefinitionVersionResponse(_message.Message):
+    """Response of EngineService.PublishDefinitionVersion."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     VERSION_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def version(self) -> Global___DefinitionVersion: ...
+    def version(self) -> Global___DefinitionVersion:
+        """The version, now PUBLISHED."""
+
     def __init__(
         self,
         *,
@@ -189,6 +232,8 @@ Global___PublishDefinitionVersionResponse: _TypeAlias = PublishDefinitionVersion
 
 @_typing.final
 class ArchiveDefinitionVersionRequest(_message.Message):
+    """Request of EngineService.ArchiveDefinitionVersion."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAMESPACE_FIELD_NUMBER: _builtins.int
@@ -197,10 +242,15 @@ class ArchiveDefinitionVersionRequest(_message.Message):
     CHANGE_NOTE_FIELD_NUMBER: _builtins.int
     ACTOR_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
+    """Namespace (tenant) the call acts in; names are unique only within it."""
     name: _builtins.str
+    """Name of the definition."""
     version: _builtins.int
+    """The version to archive."""
     change_note: _builtins.str
+    """Why the change was made (free text, recorded in the history)."""
     actor: _builtins.str
+    """Who made the change (free text, recorded in the history)."""
     def __init__(
         self,
         *,
@@ -220,11 +270,15 @@ Global___ArchiveDefinitionVersionRequest: _TypeAlias = ArchiveDefinitionVersionR
 
 @_typing.final
 class ArchiveDefinitionVersionResponse(_message.Message):
+    """Response of EngineService.ArchiveDefinitionVersion."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     VERSION_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def version(self) -> Global___DefinitionVersion: ...
+    def version(self) -> Global___DefinitionVersion:
+        """The version, now ARCHIVED."""
+
     def __init__(
         self,
         *,
@@ -240,6 +294,8 @@ Global___ArchiveDefinitionVersionResponse: _TypeAlias = ArchiveDefinitionVersion
 
 @_typing.final
 class RollbackDefinitionRequest(_message.Message):
+    """Request of EngineService.RollbackDefinition."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAMESPACE_FIELD_NUMBER: _builtins.int
@@ -248,11 +304,15 @@ class RollbackDefinitionRequest(_message.Message):
     CHANGE_NOTE_FIELD_NUMBER: _builtins.int
     ACTOR_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
+    """Namespace (tenant) the call acts in; names are unique only within it."""
     name: _builtins.str
+    """Name of the definition."""
     version: _builtins.int
     """The earlier version to publish again."""
     change_note: _builtins.str
+    """Why the change was made (free text, recorded in the history)."""
     actor: _builtins.str
+    """Who made the change (free text, recorded in the history)."""
     def __init__(
         self,
         *,
@@ -272,11 +332,15 @@ Global___RollbackDefinitionRequest: _TypeAlias = RollbackDefinitionRequest  # no
 
 @_typing.final
 class RollbackDefinitionResponse(_message.Message):
+    """Response of EngineService.RollbackDefinition."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     VERSION_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def version(self) -> Global___DefinitionVersion: ...
+    def version(self) -> Global___DefinitionVersion:
+        """The version, published again."""
+
     def __init__(
         self,
         *,
@@ -292,6 +356,8 @@ Global___RollbackDefinitionResponse: _TypeAlias = RollbackDefinitionResponse  # 
 
 @_typing.final
 class CreateDefinitionVersionResponse(_message.Message):
+    """Response of EngineService.CreateDefinitionVersion."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     VERSION_FIELD_NUMBER: _builtins.int
@@ -299,7 +365,9 @@ class CreateDefinitionVersionResponse(_message.Message):
     existed: _builtins.bool
     """True when `request_id` had already created this version."""
     @_builtins.property
-    def version(self) -> Global___DefinitionVersion: ...
+    def version(self) -> Global___DefinitionVersion:
+        """The stored version (DRAFT)."""
+
     def __init__(
         self,
         *,
@@ -316,11 +384,15 @@ Global___CreateDefinitionVersionResponse: _TypeAlias = CreateDefinitionVersionRe
 
 @_typing.final
 class GetDefinitionVersionResponse(_message.Message):
+    """Response of EngineService.GetDefinitionVersion."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     VERSION_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def version(self) -> Global___DefinitionVersion: ...
+    def version(self) -> Global___DefinitionVersion:
+        """The requested version."""
+
     def __init__(
         self,
         *,
@@ -336,13 +408,17 @@ Global___GetDefinitionVersionResponse: _TypeAlias = GetDefinitionVersionResponse
 
 @_typing.final
 class GetDefinitionVersionRequest(_message.Message):
+    """Request of EngineService.GetDefinitionVersion."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAMESPACE_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
+    """Namespace (tenant) the call acts in; names are unique only within it."""
     name: _builtins.str
+    """Name of the definition."""
     version: _builtins.int
     """0 = the latest published version."""
     def __init__(
@@ -370,8 +446,11 @@ class DefinitionStep(_message.Message):
     TYPE_FIELD_NUMBER: _builtins.int
     CONFIG_JSON_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """Step id, unique within the definition."""
     type: _builtins.str
+    """Registered step type that runs the step."""
     config_json: _builtins.str
+    """Canonical JSON text of the step's config (its params)."""
     def __init__(
         self,
         *,
@@ -389,6 +468,8 @@ Global___DefinitionStep: _TypeAlias = DefinitionStep  # noqa: Y015
 
 @_typing.final
 class DefinitionVersion(_message.Message):
+    """One version of a definition with its steps, state and history."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAMESPACE_FIELD_NUMBER: _builtins.int
@@ -403,19 +484,31 @@ class DefinitionVersion(_message.Message):
     PUBLISHED_AT_FIELD_NUMBER: _builtins.int
     HISTORY_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
+    """Namespace of the definition."""
     name: _builtins.str
+    """Name of the definition."""
     version: _builtins.int
+    """Version number of the definition (1, 2, 3, ...)."""
     state: Global___DefinitionState.ValueType
+    """Lifecycle state of the version."""
     definition_hash: _builtins.str
     """sha256 over the ordered step ids (the definition_hash in fingerprints)."""
     change_note: _builtins.str
+    """Note given when the version was created."""
     created_by: _builtins.str
+    """Who created the version."""
     @_builtins.property
-    def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___DefinitionStep]: ...
+    def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___DefinitionStep]:
+        """The steps, in run order."""
+
     @_builtins.property
-    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When the version was created."""
+
     @_builtins.property
-    def published_at(self) -> _timestamp_pb2.Timestamp: ...
+    def published_at(self) -> _timestamp_pb2.Timestamp:
+        """Last time it became the latest published version (unset if never published)."""
+
     @_builtins.property
     def history(self) -> _containers.RepeatedCompositeFieldContainer[Global___DefinitionHistoryEntry]:
         """Transitions of this version, oldest first."""
@@ -445,6 +538,8 @@ Global___DefinitionVersion: _TypeAlias = DefinitionVersion  # noqa: Y015
 
 @_typing.final
 class DefinitionHistoryEntry(_message.Message):
+    """One state transition of a definition version."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     STATE_FIELD_NUMBER: _builtins.int
@@ -452,10 +547,15 @@ class DefinitionHistoryEntry(_message.Message):
     ACTOR_FIELD_NUMBER: _builtins.int
     AT_FIELD_NUMBER: _builtins.int
     state: Global___DefinitionState.ValueType
+    """The state the version moved to."""
     change_note: _builtins.str
+    """Note given with the transition."""
     actor: _builtins.str
+    """Who made the transition."""
     @_builtins.property
-    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def at(self) -> _timestamp_pb2.Timestamp:
+        """When the transition happened (database clock)."""
+
     def __init__(
         self,
         *,
@@ -474,6 +574,8 @@ Global___DefinitionHistoryEntry: _TypeAlias = DefinitionHistoryEntry  # noqa: Y0
 
 @_typing.final
 class ListDefinitionsRequest(_message.Message):
+    """Request of EngineService.ListDefinitions."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAMESPACE_FIELD_NUMBER: _builtins.int
@@ -481,10 +583,13 @@ class ListDefinitionsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
+    """Namespace whose definitions are listed."""
     name: _builtins.str
     """Empty: the latest version of every definition. Set: every version of that definition."""
     page_size: _builtins.int
+    """Items per page; 0 means the server's default."""
     page_token: _builtins.str
+    """Opaque token from a previous response's `next_page_token`; empty for the first page."""
     def __init__(
         self,
         *,
@@ -503,13 +608,18 @@ Global___ListDefinitionsRequest: _TypeAlias = ListDefinitionsRequest  # noqa: Y0
 
 @_typing.final
 class ListDefinitionsResponse(_message.Message):
+    """Response of EngineService.ListDefinitions."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     VERSIONS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
+    """Token of the next page; empty when there are no more pages."""
     @_builtins.property
-    def versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___DefinitionVersion]: ...
+    def versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___DefinitionVersion]:
+        """The definition versions of this page."""
+
     def __init__(
         self,
         *,
@@ -526,6 +636,8 @@ Global___ListDefinitionsResponse: _TypeAlias = ListDefinitionsResponse  # noqa: 
 
 @_typing.final
 class StartFlowRequest(_message.Message):
+    """Request of EngineService.StartFlow."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAMESPACE_FIELD_NUMBER: _builtins.int
@@ -535,7 +647,9 @@ class StartFlowRequest(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     STARTED_BY_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
+    """Namespace (tenant) the call acts in; names are unique only within it."""
     definition_name: _builtins.str
+    """Name of the published definition to run."""
     version: _builtins.int
     """0 = the latest published version."""
     input_json: _builtins.str
@@ -543,6 +657,7 @@ class StartFlowRequest(_message.Message):
     idempotency_key: _builtins.str
     """Optional; the same key returns the same flow (1..128 characters)."""
     started_by: _builtins.str
+    """Who started the flow (free text)."""
     def __init__(
         self,
         *,
@@ -563,11 +678,14 @@ Global___StartFlowRequest: _TypeAlias = StartFlowRequest  # noqa: Y015
 
 @_typing.final
 class StartFlowResponse(_message.Message):
+    """Response of EngineService.StartFlow."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     FLOW_ID_FIELD_NUMBER: _builtins.int
     EXISTED_FIELD_NUMBER: _builtins.int
     flow_id: _builtins.str
+    """Id of the started (or, for a repeated key, the earlier) flow."""
     existed: _builtins.bool
     """True when the idempotency key had already started this flow."""
     def __init__(
@@ -586,12 +704,16 @@ Global___StartFlowResponse: _TypeAlias = StartFlowResponse  # noqa: Y015
 
 @_typing.final
 class DescribeFlowRequest(_message.Message):
+    """Request of EngineService.DescribeFlow."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAMESPACE_FIELD_NUMBER: _builtins.int
     FLOW_ID_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
+    """Namespace (tenant) the call acts in; names are unique only within it."""
     flow_id: _builtins.str
+    """The flow to describe."""
     def __init__(
         self,
         *,
@@ -608,11 +730,15 @@ Global___DescribeFlowRequest: _TypeAlias = DescribeFlowRequest  # noqa: Y015
 
 @_typing.final
 class DescribeFlowResponse(_message.Message):
+    """Response of EngineService.DescribeFlow."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     FLOW_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def flow(self) -> Global___FlowView: ...
+    def flow(self) -> Global___FlowView:
+        """The flow with its replayed state."""
+
     def __init__(
         self,
         *,
@@ -628,6 +754,8 @@ Global___DescribeFlowResponse: _TypeAlias = DescribeFlowResponse  # noqa: Y015
 
 @_typing.final
 class StepView(_message.Message):
+    """One step of a flow as replayed from its log."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     STEP_ID_FIELD_NUMBER: _builtins.int
@@ -636,11 +764,17 @@ class StepView(_message.Message):
     OUTPUT_HASHES_FIELD_NUMBER: _builtins.int
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     step_id: _builtins.str
+    """Id of the step in the definition."""
     status: Global___StepStatus.ValueType
+    """Status of the step in this flow."""
     fingerprint: _builtins.str
+    """The step fingerprint (set once the step finished)."""
     attempts: _builtins.int
+    """Attempts made so far (1 for a step that succeeded first time)."""
     @_builtins.property
-    def output_hashes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def output_hashes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Hashes of the step's output artifacts, in the order it produced them."""
+
     def __init__(
         self,
         *,
@@ -674,8 +808,11 @@ class FlowView(_message.Message):
     VARIANTS_FIELD_NUMBER: _builtins.int
     STARTED_BY_FIELD_NUMBER: _builtins.int
     definition_name: _builtins.str
+    """Name of the definition the flow runs."""
     definition_version: _builtins.int
+    """Version of the definition the flow runs."""
     definition_hash: _builtins.str
+    """Definition hash the flow's fingerprints were computed with."""
     cursor: _builtins.int
     """Index of the next step to run (= number of steps when done)."""
     flow_fingerprint: _builtins.str
@@ -683,10 +820,15 @@ class FlowView(_message.Message):
     variants: _builtins.str
     """Compact variants of the log, e.g. "ISFSFSFC"."""
     started_by: _builtins.str
+    """Who started the flow."""
     @_builtins.property
-    def flow(self) -> _common_pb2.Flow: ...
+    def flow(self) -> _common_pb2.Flow:
+        """The store's record of the flow."""
+
     @_builtins.property
-    def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___StepView]: ...
+    def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___StepView]:
+        """One entry per step of the definition, in step order."""
+
     def __init__(
         self,
         *,
@@ -710,6 +852,8 @@ Global___FlowView: _TypeAlias = FlowView  # noqa: Y015
 
 @_typing.final
 class ListFlowRunsRequest(_message.Message):
+    """Request of EngineService.ListFlowRuns."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAMESPACE_FIELD_NUMBER: _builtins.int
@@ -719,12 +863,19 @@ class ListFlowRunsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
+    """Namespace whose flows are listed."""
     definition_name: _builtins.str
+    """Only flows of this definition; empty matches all."""
     parent_flow_id: _builtins.str
+    """Only branches of this flow; empty matches all."""
     page_size: _builtins.int
+    """Items per page; 0 means the server's default."""
     page_token: _builtins.str
+    """Opaque token from a previous response's `next_page_token`; empty for the first page."""
     @_builtins.property
-    def statuses(self) -> _containers.RepeatedScalarFieldContainer[_common_pb2.FlowStatus.ValueType]: ...
+    def statuses(self) -> _containers.RepeatedScalarFieldContainer[_common_pb2.FlowStatus.ValueType]:
+        """Only flows in one of these statuses; empty matches all."""
+
     def __init__(
         self,
         *,
@@ -745,13 +896,18 @@ Global___ListFlowRunsRequest: _TypeAlias = ListFlowRunsRequest  # noqa: Y015
 
 @_typing.final
 class ListFlowRunsResponse(_message.Message):
+    """Response of EngineService.ListFlowRuns."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     FLOWS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
+    """Token of the next page; empty when there are no more pages."""
     @_builtins.property
-    def flows(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Flow]: ...
+    def flows(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Flow]:
+        """Flows of this page, newest first."""
+
     def __init__(
         self,
         *,
@@ -768,14 +924,19 @@ Global___ListFlowRunsResponse: _TypeAlias = ListFlowRunsResponse  # noqa: Y015
 
 @_typing.final
 class WatchFlowRequest(_message.Message):
+    """Request of EngineService.WatchFlow."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAMESPACE_FIELD_NUMBER: _builtins.int
     FLOW_ID_FIELD_NUMBER: _builtins.int
     AFTER_VERSION_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
+    """Namespace (tenant) the call acts in; names are unique only within it."""
     flow_id: _builtins.str
+    """The flow to watch."""
     after_version: _builtins.int
+    """Stream events after this version (exclusive); 0 streams from the start."""
     def __init__(
         self,
         *,
@@ -793,6 +954,8 @@ Global___WatchFlowRequest: _TypeAlias = WatchFlowRequest  # noqa: Y015
 
 @_typing.final
 class WatchFlowResponse(_message.Message):
+    """Response of EngineService.WatchFlow."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENTS_FIELD_NUMBER: _builtins.int
@@ -800,7 +963,9 @@ class WatchFlowResponse(_message.Message):
     status: _common_pb2.FlowStatus.ValueType
     """The flow's status after these events."""
     @_builtins.property
-    def events(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Event]: ...
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Event]:
+        """The events, in log order."""
+
     def __init__(
         self,
         *,
@@ -817,11 +982,14 @@ Global___WatchFlowResponse: _TypeAlias = WatchFlowResponse  # noqa: Y015
 
 @_typing.final
 class FetchArtifactsRequest(_message.Message):
+    """Request of EngineService.FetchArtifacts."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAMESPACE_FIELD_NUMBER: _builtins.int
     HASHES_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
+    """Namespace (tenant) the call acts in; names are unique only within it."""
     @_builtins.property
     def hashes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """1..1000 hashes."""
@@ -842,14 +1010,20 @@ Global___FetchArtifactsRequest: _TypeAlias = FetchArtifactsRequest  # noqa: Y015
 
 @_typing.final
 class FetchArtifactsResponse(_message.Message):
+    """Response of EngineService.FetchArtifacts."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ARTIFACTS_FIELD_NUMBER: _builtins.int
     MISSING_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def artifacts(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Artifact]: ...
+    def artifacts(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Artifact]:
+        """The artifacts found (in any order)."""
+
     @_builtins.property
-    def missing(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def missing(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Requested hashes that no stored artifact has."""
+
     def __init__(
         self,
         *,
@@ -866,6 +1040,8 @@ Global___FetchArtifactsResponse: _TypeAlias = FetchArtifactsResponse  # noqa: Y0
 
 @_typing.final
 class BranchFlowRequest(_message.Message):
+    """Request of EngineService.BranchFlow."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -895,11 +1071,17 @@ class BranchFlowRequest(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     STARTED_BY_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
+    """Namespace (tenant) the call acts in; names are unique only within it."""
     flow_id: _builtins.str
+    """The finished or failed flow to branch."""
     at_step: _builtins.str
     """The first step the branch re-runs."""
     idempotency_key: _builtins.str
+    """Optional; a repeat with the same key returns the first result and does nothing (1..128
+    characters).
+    """
     started_by: _builtins.str
+    """Who started the branch (free text)."""
     @_builtins.property
     def params_json(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Changed params (JSON object text) by step id, for `at_step` and later steps."""
@@ -924,11 +1106,14 @@ Global___BranchFlowRequest: _TypeAlias = BranchFlowRequest  # noqa: Y015
 
 @_typing.final
 class BranchFlowResponse(_message.Message):
+    """Response of EngineService.BranchFlow."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     FLOW_ID_FIELD_NUMBER: _builtins.int
     EXISTED_FIELD_NUMBER: _builtins.int
     flow_id: _builtins.str
+    """Id of the branch."""
     existed: _builtins.bool
     """True when the idempotency key had already created this branch."""
     def __init__(
@@ -947,12 +1132,16 @@ Global___BranchFlowResponse: _TypeAlias = BranchFlowResponse  # noqa: Y015
 
 @_typing.final
 class VerifyFlowRequest(_message.Message):
+    """Request of EngineService.VerifyFlow."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAMESPACE_FIELD_NUMBER: _builtins.int
     FLOW_ID_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
+    """Namespace (tenant) the call acts in; names are unique only within it."""
     flow_id: _builtins.str
+    """The flow to verify."""
     def __init__(
         self,
         *,
@@ -969,6 +1158,8 @@ Global___VerifyFlowRequest: _TypeAlias = VerifyFlowRequest  # noqa: Y015
 
 @_typing.final
 class Divergence(_message.Message):
+    """The first place where a flow's log and its recomputation disagree."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     VERSION_FIELD_NUMBER: _builtins.int
@@ -980,13 +1171,17 @@ class Divergence(_message.Message):
     version: _builtins.int
     """Version of the event where the log and the recomputation first disagree."""
     step_id: _builtins.str
+    """The step whose values disagree (empty when not about a step)."""
     kind: _builtins.str
     """What disagrees: "artifact_hash", "step_fingerprint", "flow_fingerprint", "definition_hash",
     "missing_artifact" or "event_order".
     """
     recorded: _builtins.str
+    """The value recorded in the log."""
     recomputed: _builtins.str
+    """The value recomputed from the stored artifacts."""
     detail: _builtins.str
+    """Human-readable explanation."""
     def __init__(
         self,
         *,
@@ -1007,6 +1202,8 @@ Global___Divergence: _TypeAlias = Divergence  # noqa: Y015
 
 @_typing.final
 class VerifyFlowResponse(_message.Message):
+    """Response of EngineService.VerifyFlow."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     OK_FIELD_NUMBER: _builtins.int
@@ -1014,9 +1211,11 @@ class VerifyFlowResponse(_message.Message):
     ARTIFACTS_CHECKED_FIELD_NUMBER: _builtins.int
     DIVERGENCE_FIELD_NUMBER: _builtins.int
     ok: _builtins.bool
+    """True when every recorded hash and fingerprint was recomputed equal."""
     events_checked: _builtins.int
-    """Number of events replayed and artifacts re-hashed."""
+    """Number of events replayed."""
     artifacts_checked: _builtins.int
+    """Number of artifacts re-hashed."""
     @_builtins.property
     def divergence(self) -> Global___Divergence:
         """Set when ok is false."""

@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class EngineServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """The engine service: definitions, flows, reading them back, branching and verifying.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -102,7 +103,8 @@ class EngineServiceStub:
 
 
 class EngineServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """The engine service: definitions, flows, reading them back, branching and verifying.
+    """
 
     def CreateDefinitionVersion(self, request, context):
         """Stores a new version of a definition (creating the definition on its first version) in state
@@ -284,7 +286,8 @@ def add_EngineServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class EngineService:
-    """Missing associated documentation comment in .proto file."""
+    """The engine service: definitions, flows, reading them back, branching and verifying.
+    """
 
     @staticmethod
     def CreateDefinitionVersion(request,

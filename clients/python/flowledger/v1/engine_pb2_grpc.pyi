@@ -40,6 +40,8 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class EngineServiceStub:
+    """The engine service: definitions, flows, reading them back, branching and verifying."""
+
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
@@ -92,6 +94,8 @@ class EngineServiceStub:
 
 @_typing.type_check_only
 class EngineServiceAsyncStub(EngineServiceStub):
+    """The engine service: definitions, flows, reading them back, branching and verifying."""
+
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateDefinitionVersion: _aio.UnaryUnaryMultiCallable[_engine_pb2.CreateDefinitionVersionRequest, _engine_pb2.CreateDefinitionVersionResponse]  # type: ignore[assignment]
     """Stores a new version of a definition (creating the definition on its first version) in state
@@ -140,6 +144,8 @@ class EngineServiceAsyncStub(EngineServiceStub):
     """
 
 class EngineServiceServicer(metaclass=_abc_1.ABCMeta):
+    """The engine service: definitions, flows, reading them back, branching and verifying."""
+
     @_abc_1.abstractmethod
     def CreateDefinitionVersion(
         self,

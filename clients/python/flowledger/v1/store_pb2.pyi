@@ -41,20 +41,31 @@ class _StoredDefinitionState:
 class _StoredDefinitionStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StoredDefinitionState.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     STORED_DEFINITION_STATE_UNSPECIFIED: _StoredDefinitionState.ValueType  # 0
+    """Not set."""
     STORED_DEFINITION_STATE_DRAFT: _StoredDefinitionState.ValueType  # 1
+    """Stored, not startable."""
     STORED_DEFINITION_STATE_PUBLISHED: _StoredDefinitionState.ValueType  # 2
+    """Immutable and startable."""
     STORED_DEFINITION_STATE_ARCHIVED: _StoredDefinitionState.ValueType  # 3
+    """No longer startable."""
 
-class StoredDefinitionState(_StoredDefinitionState, metaclass=_StoredDefinitionStateEnumTypeWrapper): ...
+class StoredDefinitionState(_StoredDefinitionState, metaclass=_StoredDefinitionStateEnumTypeWrapper):
+    """Lifecycle state of a stored definition version (mirrors DefinitionState)."""
 
 STORED_DEFINITION_STATE_UNSPECIFIED: StoredDefinitionState.ValueType  # 0
+"""Not set."""
 STORED_DEFINITION_STATE_DRAFT: StoredDefinitionState.ValueType  # 1
+"""Stored, not startable."""
 STORED_DEFINITION_STATE_PUBLISHED: StoredDefinitionState.ValueType  # 2
+"""Immutable and startable."""
 STORED_DEFINITION_STATE_ARCHIVED: StoredDefinitionState.ValueType  # 3
+"""No longer startable."""
 Global___StoredDefinitionState: _TypeAlias = StoredDefinitionState  # noqa: Y015
 
 @_typing.final
 class CreateFlowRequest(_message.Message):
+    """Request of StoreService.CreateFlow."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAMESPACE_FIELD_NUMBER: _builtins.int
@@ -64,12 +75,15 @@ class CreateFlowRequest(_message.Message):
     CREATED_BY_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
+    """Namespace (tenant) the call acts in; names are unique only within it."""
     flow_id: _builtins.str
     """Optional client-chosen UUID, which makes the call idempotent. Empty: the store picks one."""
     name: _builtins.str
+    """Human name of the flow."""
     metadata_json: _builtins.str
     """JSON object text; empty means {}."""
     created_by: _builtins.str
+    """Who created the flow (free text)."""
     status: _common_pb2.FlowStatus.ValueType
     """Initial status; UNSPECIFIED means QUEUED."""
     def __init__(
@@ -92,6 +106,8 @@ Global___CreateFlowRequest: _TypeAlias = CreateFlowRequest  # noqa: Y015
 
 @_typing.final
 class CreateFlowResponse(_message.Message):
+    """Response of StoreService.CreateFlow."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     FLOW_FIELD_NUMBER: _builtins.int
@@ -99,7 +115,9 @@ class CreateFlowResponse(_message.Message):
     existed: _builtins.bool
     """True when the flow already existed (idempotent repeat)."""
     @_builtins.property
-    def flow(self) -> _common_pb2.Flow: ...
+    def flow(self) -> _common_pb2.Flow:
+        """The created (or existing) flow."""
+
     def __init__(
         self,
         *,
@@ -116,14 +134,19 @@ Global___CreateFlowResponse: _TypeAlias = CreateFlowResponse  # noqa: Y015
 
 @_typing.final
 class GetFlowRequest(_message.Message):
+    """Request of StoreService.GetFlow."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAMESPACE_FIELD_NUMBER: _builtins.int
     FLOW_ID_FIELD_NUMBER: _builtins.int
     INCLUDE_DELETED_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
+    """Namespace (tenant) the call acts in; names are unique only within it."""
     flow_id: _builtins.str
+    """The flow to return."""
     include_deleted: _builtins.bool
+    """Also return deleted branches."""
     def __init__(
         self,
         *,
@@ -141,11 +164,15 @@ Global___GetFlowRequest: _TypeAlias = GetFlowRequest  # noqa: Y015
 
 @_typing.final
 class GetFlowResponse(_message.Message):
+    """Response of StoreService.GetFlow."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     FLOW_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def flow(self) -> _common_pb2.Flow: ...
+    def flow(self) -> _common_pb2.Flow:
+        """The flow."""
+
     def __init__(
         self,
         *,
@@ -161,6 +188,8 @@ Global___GetFlowResponse: _TypeAlias = GetFlowResponse  # noqa: Y015
 
 @_typing.final
 class ListFlowsRequest(_message.Message):
+    """Request of StoreService.ListFlows."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAMESPACE_FIELD_NUMBER: _builtins.int
@@ -171,9 +200,13 @@ class ListFlowsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
+    """Namespace whose flows are listed."""
     name: _builtins.str
+    """Only flows of this name; empty matches all."""
     parent_flow_id: _builtins.str
+    """Only branches of this flow; empty matches all."""
     include_deleted: _builtins.bool
+    """Also return deleted branches."""
     page_size: _builtins.int
     """1..1000; 0 means 100."""
     page_token: _builtins.str
@@ -203,6 +236,8 @@ Global___ListFlowsRequest: _TypeAlias = ListFlowsRequest  # noqa: Y015
 
 @_typing.final
 class ListFlowsResponse(_message.Message):
+    """Response of StoreService.ListFlows."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     FLOWS_FIELD_NUMBER: _builtins.int
@@ -210,7 +245,9 @@ class ListFlowsResponse(_message.Message):
     next_page_token: _builtins.str
     """Empty when there are no more pages."""
     @_builtins.property
-    def flows(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Flow]: ...
+    def flows(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Flow]:
+        """Flows of this page, newest first."""
+
     def __init__(
         self,
         *,
@@ -227,6 +264,8 @@ Global___ListFlowsResponse: _TypeAlias = ListFlowsResponse  # noqa: Y015
 
 @_typing.final
 class AppendEventsRequest(_message.Message):
+    """Request of StoreService.AppendEvents."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAMESPACE_FIELD_NUMBER: _builtins.int
@@ -238,7 +277,9 @@ class AppendEventsRequest(_message.Message):
     NEW_STATUS_FIELD_NUMBER: _builtins.int
     FENCING_TOKEN_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
+    """Namespace (tenant) the call acts in; names are unique only within it."""
     flow_id: _builtins.str
+    """The flow to append to."""
     expected_version: _builtins.int
     """The flow's version the caller last saw (0 for an empty flow)."""
     command_id: _builtins.str
@@ -248,9 +289,13 @@ class AppendEventsRequest(_message.Message):
     fencing_token: _builtins.int
     """Optional lease fencing token; when non-zero it must equal the flow's current lease token."""
     @_builtins.property
-    def events(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.NewEvent]: ...
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.NewEvent]:
+        """The events to append, in order (at least one)."""
+
     @_builtins.property
-    def artifacts(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.NewArtifact]: ...
+    def artifacts(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.NewArtifact]:
+        """Artifacts produced by these events (deduplicated by hash)."""
+
     def __init__(
         self,
         *,
@@ -273,6 +318,8 @@ Global___AppendEventsRequest: _TypeAlias = AppendEventsRequest  # noqa: Y015
 
 @_typing.final
 class AppendEventsResponse(_message.Message):
+    """Response of StoreService.AppendEvents."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     FIRST_VERSION_FIELD_NUMBER: _builtins.int
@@ -280,7 +327,9 @@ class AppendEventsResponse(_message.Message):
     SEQS_FIELD_NUMBER: _builtins.int
     DUPLICATE_FIELD_NUMBER: _builtins.int
     first_version: _builtins.int
+    """Version of the first appended event."""
     last_version: _builtins.int
+    """Version of the last appended event (the flow's new version)."""
     duplicate: _builtins.bool
     """True when this command had already been applied; nothing was written by this call."""
     @_builtins.property
@@ -305,6 +354,8 @@ Global___AppendEventsResponse: _TypeAlias = AppendEventsResponse  # noqa: Y015
 
 @_typing.final
 class ReadEventsRequest(_message.Message):
+    """Request of StoreService.ReadEvents."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAMESPACE_FIELD_NUMBER: _builtins.int
@@ -313,7 +364,9 @@ class ReadEventsRequest(_message.Message):
     TO_VERSION_FIELD_NUMBER: _builtins.int
     CHUNK_SIZE_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
+    """Namespace (tenant) the call acts in; names are unique only within it."""
     flow_id: _builtins.str
+    """The flow whose log is read."""
     after_version: _builtins.int
     """Exclusive lower bound (0 reads from the start)."""
     to_version: _builtins.int
@@ -339,11 +392,15 @@ Global___ReadEventsRequest: _TypeAlias = ReadEventsRequest  # noqa: Y015
 
 @_typing.final
 class ReadEventsResponse(_message.Message):
+    """Response of StoreService.ReadEvents."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def events(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Event]: ...
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Event]:
+        """The next chunk of events, in log order."""
+
     def __init__(
         self,
         *,
@@ -359,12 +416,16 @@ Global___ReadEventsResponse: _TypeAlias = ReadEventsResponse  # noqa: Y015
 
 @_typing.final
 class CountStepsRequest(_message.Message):
+    """Request of StoreService.CountSteps."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAMESPACE_FIELD_NUMBER: _builtins.int
     FLOW_ID_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
+    """Namespace (tenant) the call acts in; names are unique only within it."""
     flow_id: _builtins.str
+    """The flow to count."""
     def __init__(
         self,
         *,
@@ -381,14 +442,19 @@ Global___CountStepsRequest: _TypeAlias = CountStepsRequest  # noqa: Y015
 
 @_typing.final
 class CountStepsResponse(_message.Message):
+    """Response of StoreService.CountSteps."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENTS_FIELD_NUMBER: _builtins.int
     STEPS_FINISHED_FIELD_NUMBER: _builtins.int
     STEPS_FAILED_FIELD_NUMBER: _builtins.int
     events: _builtins.int
+    """Number of events in the flow's log."""
     steps_finished: _builtins.int
+    """Number of StepFinished events."""
     steps_failed: _builtins.int
+    """Number of StepFailed events."""
     def __init__(
         self,
         *,
@@ -406,6 +472,8 @@ Global___CountStepsResponse: _TypeAlias = CountStepsResponse  # noqa: Y015
 
 @_typing.final
 class SubscribeRequest(_message.Message):
+    """Request of StoreService.Subscribe."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAMESPACE_FIELD_NUMBER: _builtins.int
@@ -413,6 +481,7 @@ class SubscribeRequest(_message.Message):
     TYPES_FIELD_NUMBER: _builtins.int
     CHUNK_SIZE_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
+    """Namespace whose events are streamed."""
     after_cursor: _builtins.str
     """Opaque cursor from a previous FeedEvent; empty starts from the beginning."""
     chunk_size: _builtins.int
@@ -446,8 +515,11 @@ class FeedEvent(_message.Message):
     EVENT_FIELD_NUMBER: _builtins.int
     CURSOR_FIELD_NUMBER: _builtins.int
     cursor: _builtins.str
+    """Opaque cursor that resumes the feed right after this event."""
     @_builtins.property
-    def event(self) -> _common_pb2.Event: ...
+    def event(self) -> _common_pb2.Event:
+        """The event."""
+
     def __init__(
         self,
         *,
@@ -464,11 +536,15 @@ Global___FeedEvent: _TypeAlias = FeedEvent  # noqa: Y015
 
 @_typing.final
 class SubscribeResponse(_message.Message):
+    """Response of StoreService.Subscribe."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeedEvent]: ...
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeedEvent]:
+        """The next events of the feed, in feed order."""
+
     def __init__(
         self,
         *,
@@ -484,6 +560,8 @@ Global___SubscribeResponse: _TypeAlias = SubscribeResponse  # noqa: Y015
 
 @_typing.final
 class GetArtifactsRequest(_message.Message):
+    """Request of StoreService.GetArtifacts."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAMESPACE_FIELD_NUMBER: _builtins.int
@@ -512,14 +590,20 @@ Global___GetArtifactsRequest: _TypeAlias = GetArtifactsRequest  # noqa: Y015
 
 @_typing.final
 class GetArtifactsResponse(_message.Message):
+    """Response of StoreService.GetArtifacts."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ARTIFACTS_FIELD_NUMBER: _builtins.int
     MISSING_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def artifacts(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Artifact]: ...
+    def artifacts(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Artifact]:
+        """The artifacts found (in any order)."""
+
     @_builtins.property
-    def missing(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def missing(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Requested hashes that no stored artifact has."""
+
     def __init__(
         self,
         *,
@@ -536,6 +620,8 @@ Global___GetArtifactsResponse: _TypeAlias = GetArtifactsResponse  # noqa: Y015
 
 @_typing.final
 class CreateBranchRequest(_message.Message):
+    """Request of StoreService.CreateBranch."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAMESPACE_FIELD_NUMBER: _builtins.int
@@ -547,15 +633,21 @@ class CreateBranchRequest(_message.Message):
     CREATED_BY_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
+    """Namespace (tenant) the call acts in; names are unique only within it."""
     parent_flow_id: _builtins.str
+    """The flow to branch."""
     fork_version: _builtins.int
     """The branch inherits the parent's events 1..fork_version (0..parent version)."""
     flow_id: _builtins.str
     """Optional client-chosen UUID for idempotency."""
     name: _builtins.str
+    """Human name of the branch."""
     metadata_json: _builtins.str
+    """JSON object text of free-form metadata; empty means {}."""
     created_by: _builtins.str
+    """Who created the branch (free text)."""
     status: _common_pb2.FlowStatus.ValueType
+    """Initial status of the branch; UNSPECIFIED means QUEUED."""
     def __init__(
         self,
         *,
@@ -578,13 +670,18 @@ Global___CreateBranchRequest: _TypeAlias = CreateBranchRequest  # noqa: Y015
 
 @_typing.final
 class CreateBranchResponse(_message.Message):
+    """Response of StoreService.CreateBranch."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     FLOW_FIELD_NUMBER: _builtins.int
     EXISTED_FIELD_NUMBER: _builtins.int
     existed: _builtins.bool
+    """True when the branch already existed (idempotent repeat)."""
     @_builtins.property
-    def flow(self) -> _common_pb2.Flow: ...
+    def flow(self) -> _common_pb2.Flow:
+        """The branch."""
+
     def __init__(
         self,
         *,
@@ -601,6 +698,8 @@ Global___CreateBranchResponse: _TypeAlias = CreateBranchResponse  # noqa: Y015
 
 @_typing.final
 class DeleteBranchRequest(_message.Message):
+    """Request of StoreService.DeleteBranch."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAMESPACE_FIELD_NUMBER: _builtins.int
@@ -608,9 +707,13 @@ class DeleteBranchRequest(_message.Message):
     DELETED_BY_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
+    """Namespace (tenant) the call acts in; names are unique only within it."""
     flow_id: _builtins.str
+    """The branch to delete."""
     deleted_by: _builtins.str
+    """Who deleted it (free text, recorded)."""
     reason: _builtins.str
+    """Why it was deleted (free text, recorded)."""
     def __init__(
         self,
         *,
@@ -629,11 +732,15 @@ Global___DeleteBranchRequest: _TypeAlias = DeleteBranchRequest  # noqa: Y015
 
 @_typing.final
 class DeleteBranchResponse(_message.Message):
+    """Response of StoreService.DeleteBranch."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     FLOW_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def flow(self) -> _common_pb2.Flow: ...
+    def flow(self) -> _common_pb2.Flow:
+        """The branch, marked deleted."""
+
     def __init__(
         self,
         *,
@@ -649,6 +756,8 @@ Global___DeleteBranchResponse: _TypeAlias = DeleteBranchResponse  # noqa: Y015
 
 @_typing.final
 class PruneFlowRequest(_message.Message):
+    """Request of StoreService.PruneFlow."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAMESPACE_FIELD_NUMBER: _builtins.int
@@ -659,12 +768,19 @@ class PruneFlowRequest(_message.Message):
     PRUNED_BY_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
+    """Namespace (tenant) the call acts in; names are unique only within it."""
     flow_id: _builtins.str
+    """The flow to prune."""
     keep_through_version: _builtins.int
+    """Last version that stays readable; later events are cut."""
     expected_version: _builtins.int
+    """The flow's version the caller last saw; ABORTED (VERSION_CONFLICT) otherwise."""
     command_id: _builtins.str
+    """Caller-chosen id of this command, unique per flow; makes the call idempotent."""
     pruned_by: _builtins.str
+    """Who pruned it (free text, recorded)."""
     reason: _builtins.str
+    """Why it was pruned (free text, recorded)."""
     def __init__(
         self,
         *,
@@ -686,13 +802,18 @@ Global___PruneFlowRequest: _TypeAlias = PruneFlowRequest  # noqa: Y015
 
 @_typing.final
 class PruneFlowResponse(_message.Message):
+    """Response of StoreService.PruneFlow."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     FLOW_FIELD_NUMBER: _builtins.int
     DUPLICATE_FIELD_NUMBER: _builtins.int
     duplicate: _builtins.bool
+    """True when this command had already been applied; nothing was written by this call."""
     @_builtins.property
-    def flow(self) -> _common_pb2.Flow: ...
+    def flow(self) -> _common_pb2.Flow:
+        """The flow after the prune (with its new generation)."""
+
     def __init__(
         self,
         *,
@@ -709,6 +830,8 @@ Global___PruneFlowResponse: _TypeAlias = PruneFlowResponse  # noqa: Y015
 
 @_typing.final
 class SaveSnapshotRequest(_message.Message):
+    """Request of StoreService.SaveSnapshot."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAMESPACE_FIELD_NUMBER: _builtins.int
@@ -716,9 +839,13 @@ class SaveSnapshotRequest(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     STATE_JSON_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
+    """Namespace (tenant) the call acts in; names are unique only within it."""
     flow_id: _builtins.str
+    """The flow the state belongs to."""
     version: _builtins.int
+    """The flow version the state was reduced up to (inclusive)."""
     state_json: _builtins.str
+    """JSON text of the reduced state."""
     def __init__(
         self,
         *,
@@ -737,6 +864,8 @@ Global___SaveSnapshotRequest: _TypeAlias = SaveSnapshotRequest  # noqa: Y015
 
 @_typing.final
 class SaveSnapshotResponse(_message.Message):
+    """Response of StoreService.SaveSnapshot."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
@@ -752,14 +881,19 @@ Global___SaveSnapshotResponse: _TypeAlias = SaveSnapshotResponse  # noqa: Y015
 
 @_typing.final
 class LoadSnapshotRequest(_message.Message):
+    """Request of StoreService.LoadSnapshot."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAMESPACE_FIELD_NUMBER: _builtins.int
     FLOW_ID_FIELD_NUMBER: _builtins.int
     MAX_VERSION_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
+    """Namespace (tenant) the call acts in; names are unique only within it."""
     flow_id: _builtins.str
+    """The flow whose snapshot is loaded."""
     max_version: _builtins.int
+    """Only snapshots at or below this version; 0 means any."""
     def __init__(
         self,
         *,
@@ -777,13 +911,18 @@ Global___LoadSnapshotRequest: _TypeAlias = LoadSnapshotRequest  # noqa: Y015
 
 @_typing.final
 class LoadSnapshotResponse(_message.Message):
+    """Response of StoreService.LoadSnapshot."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     FOUND_FIELD_NUMBER: _builtins.int
     SNAPSHOT_FIELD_NUMBER: _builtins.int
     found: _builtins.bool
+    """False when no valid snapshot exists."""
     @_builtins.property
-    def snapshot(self) -> _common_pb2.Snapshot: ...
+    def snapshot(self) -> _common_pb2.Snapshot:
+        """The snapshot (set when `found`)."""
+
     def __init__(
         self,
         *,
@@ -800,6 +939,8 @@ Global___LoadSnapshotResponse: _TypeAlias = LoadSnapshotResponse  # noqa: Y015
 
 @_typing.final
 class PutDefinitionVersionRequest(_message.Message):
+    """Request of StoreService.PutDefinitionVersion."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAMESPACE_FIELD_NUMBER: _builtins.int
@@ -810,13 +951,17 @@ class PutDefinitionVersionRequest(_message.Message):
     CREATED_BY_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
+    """Namespace (tenant) the call acts in; names are unique only within it."""
     name: _builtins.str
+    """Name of the definition."""
     definition_json: _builtins.str
     """Canonical JSON text of the validated definition document."""
     definition_hash: _builtins.str
     """sha256 over the ordered step ids."""
     change_note: _builtins.str
+    """Why this version was made (recorded in its history)."""
     created_by: _builtins.str
+    """Who created the version (free text)."""
     request_id: _builtins.str
     """Optional id that makes the call idempotent (a repeat returns the same version)."""
     def __init__(
@@ -840,6 +985,8 @@ Global___PutDefinitionVersionRequest: _TypeAlias = PutDefinitionVersionRequest  
 
 @_typing.final
 class StoredDefinitionTransition(_message.Message):
+    """One state transition of a stored definition version."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     STATE_FIELD_NUMBER: _builtins.int
@@ -847,10 +994,15 @@ class StoredDefinitionTransition(_message.Message):
     ACTOR_FIELD_NUMBER: _builtins.int
     AT_FIELD_NUMBER: _builtins.int
     state: Global___StoredDefinitionState.ValueType
+    """The state the version moved to."""
     change_note: _builtins.str
+    """Note given with the transition."""
     actor: _builtins.str
+    """Who made the transition."""
     @_builtins.property
-    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def at(self) -> _timestamp_pb2.Timestamp:
+        """When the transition happened (database clock)."""
+
     def __init__(
         self,
         *,
@@ -869,6 +1021,8 @@ Global___StoredDefinitionTransition: _TypeAlias = StoredDefinitionTransition  # 
 
 @_typing.final
 class StoredDefinitionVersion(_message.Message):
+    """A definition version as stored (the engine validated its document)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAMESPACE_FIELD_NUMBER: _builtins.int
@@ -883,21 +1037,33 @@ class StoredDefinitionVersion(_message.Message):
     PUBLISHED_AT_FIELD_NUMBER: _builtins.int
     HISTORY_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
+    """Namespace of the definition."""
     name: _builtins.str
+    """Name of the definition."""
     version: _builtins.int
+    """Version number of the definition (1, 2, 3, ...)."""
     state: Global___StoredDefinitionState.ValueType
+    """Lifecycle state of the version."""
     definition_json: _builtins.str
+    """Canonical JSON text of the validated definition document."""
     definition_hash: _builtins.str
+    """sha256 over the ordered step ids (the definition_hash in fingerprints)."""
     change_note: _builtins.str
+    """Note given when the version was created."""
     created_by: _builtins.str
+    """Who created the version."""
     @_builtins.property
-    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When the version was created."""
+
     @_builtins.property
     def published_at(self) -> _timestamp_pb2.Timestamp:
         """Last time it became the latest published version (unset if never published)."""
 
     @_builtins.property
-    def history(self) -> _containers.RepeatedCompositeFieldContainer[Global___StoredDefinitionTransition]: ...
+    def history(self) -> _containers.RepeatedCompositeFieldContainer[Global___StoredDefinitionTransition]:
+        """Transitions of this version, oldest first."""
+
     def __init__(
         self,
         *,
@@ -923,14 +1089,19 @@ Global___StoredDefinitionVersion: _TypeAlias = StoredDefinitionVersion  # noqa: 
 
 @_typing.final
 class GetStoredDefinitionVersionRequest(_message.Message):
+    """Request of StoreService.GetStoredDefinitionVersion."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAMESPACE_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
+    """Namespace (tenant) the call acts in; names are unique only within it."""
     name: _builtins.str
+    """Name of the definition."""
     version: _builtins.int
+    """The version; 0 means the latest published one."""
     def __init__(
         self,
         *,
@@ -948,6 +1119,8 @@ Global___GetStoredDefinitionVersionRequest: _TypeAlias = GetStoredDefinitionVers
 
 @_typing.final
 class ListStoredDefinitionVersionsRequest(_message.Message):
+    """Request of StoreService.ListStoredDefinitionVersions."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAMESPACE_FIELD_NUMBER: _builtins.int
@@ -955,9 +1128,13 @@ class ListStoredDefinitionVersionsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
+    """Namespace whose definitions are listed."""
     name: _builtins.str
+    """Empty: the latest version of every definition. Set: every version of that definition."""
     page_size: _builtins.int
+    """Items per page; 0 means the server's default."""
     page_token: _builtins.str
+    """Opaque token from a previous response's `next_page_token`; empty for the first page."""
     def __init__(
         self,
         *,
@@ -976,13 +1153,18 @@ Global___ListStoredDefinitionVersionsRequest: _TypeAlias = ListStoredDefinitionV
 
 @_typing.final
 class ListStoredDefinitionVersionsResponse(_message.Message):
+    """Response of StoreService.ListStoredDefinitionVersions."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     VERSIONS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
+    """Token of the next page; empty when there are no more pages."""
     @_builtins.property
-    def versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___StoredDefinitionVersion]: ...
+    def versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___StoredDefinitionVersion]:
+        """The definition versions of this page."""
+
     def __init__(
         self,
         *,
@@ -999,6 +1181,8 @@ Global___ListStoredDefinitionVersionsResponse: _TypeAlias = ListStoredDefinition
 
 @_typing.final
 class TransitionDefinitionVersionRequest(_message.Message):
+    """Request of StoreService.TransitionDefinitionVersion."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAMESPACE_FIELD_NUMBER: _builtins.int
@@ -1009,13 +1193,21 @@ class TransitionDefinitionVersionRequest(_message.Message):
     CHANGE_NOTE_FIELD_NUMBER: _builtins.int
     ACTOR_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
+    """Namespace (tenant) the call acts in; names are unique only within it."""
     name: _builtins.str
+    """Name of the definition."""
     version: _builtins.int
+    """The version to move."""
     to_state: Global___StoredDefinitionState.ValueType
+    """The state to move the version to."""
     change_note: _builtins.str
+    """Why (recorded in the history)."""
     actor: _builtins.str
+    """Who made the change (free text, recorded in the history)."""
     @_builtins.property
-    def from_states(self) -> _containers.RepeatedScalarFieldContainer[Global___StoredDefinitionState.ValueType]: ...
+    def from_states(self) -> _containers.RepeatedScalarFieldContainer[Global___StoredDefinitionState.ValueType]:
+        """States the version may currently be in; FAILED_PRECONDITION otherwise."""
+
     def __init__(
         self,
         *,
@@ -1037,6 +1229,8 @@ Global___TransitionDefinitionVersionRequest: _TypeAlias = TransitionDefinitionVe
 
 @_typing.final
 class ClaimFlowsRequest(_message.Message):
+    """Request of StoreService.ClaimFlows."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     OWNER_FIELD_NUMBER: _builtins.int
@@ -1077,6 +1271,8 @@ Global___ClaimFlowsRequest: _TypeAlias = ClaimFlowsRequest  # noqa: Y015
 
 @_typing.final
 class FlowLease(_message.Message):
+    """A work lease on a flow held by one engine replica."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     FLOW_FIELD_NUMBER: _builtins.int
@@ -1084,11 +1280,17 @@ class FlowLease(_message.Message):
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
     fencing_token: _builtins.int
+    """Token to present with every append and renewal while the lease is held."""
     owner: _builtins.str
+    """The replica holding the lease."""
     @_builtins.property
-    def flow(self) -> _common_pb2.Flow: ...
+    def flow(self) -> _common_pb2.Flow:
+        """The claimed flow."""
+
     @_builtins.property
-    def expires_at(self) -> _timestamp_pb2.Timestamp: ...
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When the lease expires unless renewed (database clock)."""
+
     def __init__(
         self,
         *,
@@ -1107,11 +1309,15 @@ Global___FlowLease: _TypeAlias = FlowLease  # noqa: Y015
 
 @_typing.final
 class ClaimFlowsResponse(_message.Message):
+    """Response of StoreService.ClaimFlows."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     LEASES_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def leases(self) -> _containers.RepeatedCompositeFieldContainer[Global___FlowLease]: ...
+    def leases(self) -> _containers.RepeatedCompositeFieldContainer[Global___FlowLease]:
+        """The leases granted (possibly none)."""
+
     def __init__(
         self,
         *,
@@ -1127,6 +1333,8 @@ Global___ClaimFlowsResponse: _TypeAlias = ClaimFlowsResponse  # noqa: Y015
 
 @_typing.final
 class RenewLeaseRequest(_message.Message):
+    """Request of StoreService.RenewLease."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAMESPACE_FIELD_NUMBER: _builtins.int
@@ -1135,10 +1343,15 @@ class RenewLeaseRequest(_message.Message):
     FENCING_TOKEN_FIELD_NUMBER: _builtins.int
     LEASE_MS_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
+    """Namespace (tenant) the call acts in; names are unique only within it."""
     flow_id: _builtins.str
+    """The flow whose lease is renewed."""
     owner: _builtins.str
+    """The replica holding the lease."""
     fencing_token: _builtins.int
+    """The token of the held lease."""
     lease_ms: _builtins.int
+    """New lease duration from now, in milliseconds."""
     def __init__(
         self,
         *,
@@ -1158,14 +1371,19 @@ Global___RenewLeaseRequest: _TypeAlias = RenewLeaseRequest  # noqa: Y015
 
 @_typing.final
 class ReleaseLeaseRequest(_message.Message):
+    """Request of StoreService.ReleaseLease."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAMESPACE_FIELD_NUMBER: _builtins.int
     FLOW_ID_FIELD_NUMBER: _builtins.int
     FENCING_TOKEN_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
+    """Namespace (tenant) the call acts in; names are unique only within it."""
     flow_id: _builtins.str
+    """The flow whose lease is released."""
     fencing_token: _builtins.int
+    """The token of the held lease."""
     def __init__(
         self,
         *,
@@ -1183,6 +1401,8 @@ Global___ReleaseLeaseRequest: _TypeAlias = ReleaseLeaseRequest  # noqa: Y015
 
 @_typing.final
 class ReleaseLeaseResponse(_message.Message):
+    """Response of StoreService.ReleaseLease."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RELEASED_FIELD_NUMBER: _builtins.int
@@ -1203,6 +1423,8 @@ Global___ReleaseLeaseResponse: _TypeAlias = ReleaseLeaseResponse  # noqa: Y015
 
 @_typing.final
 class PutDefinitionVersionResponse(_message.Message):
+    """Response of StoreService.PutDefinitionVersion."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     VERSION_FIELD_NUMBER: _builtins.int
@@ -1210,7 +1432,9 @@ class PutDefinitionVersionResponse(_message.Message):
     existed: _builtins.bool
     """True when `request_id` had already stored this version."""
     @_builtins.property
-    def version(self) -> Global___StoredDefinitionVersion: ...
+    def version(self) -> Global___StoredDefinitionVersion:
+        """The stored version."""
+
     def __init__(
         self,
         *,
@@ -1227,11 +1451,15 @@ Global___PutDefinitionVersionResponse: _TypeAlias = PutDefinitionVersionResponse
 
 @_typing.final
 class GetStoredDefinitionVersionResponse(_message.Message):
+    """Response of StoreService.GetStoredDefinitionVersion."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     VERSION_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def version(self) -> Global___StoredDefinitionVersion: ...
+    def version(self) -> Global___StoredDefinitionVersion:
+        """The requested version."""
+
     def __init__(
         self,
         *,
@@ -1247,11 +1475,15 @@ Global___GetStoredDefinitionVersionResponse: _TypeAlias = GetStoredDefinitionVer
 
 @_typing.final
 class TransitionDefinitionVersionResponse(_message.Message):
+    """Response of StoreService.TransitionDefinitionVersion."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     VERSION_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def version(self) -> Global___StoredDefinitionVersion: ...
+    def version(self) -> Global___StoredDefinitionVersion:
+        """The version after the transition."""
+
     def __init__(
         self,
         *,
@@ -1267,11 +1499,15 @@ Global___TransitionDefinitionVersionResponse: _TypeAlias = TransitionDefinitionV
 
 @_typing.final
 class RenewLeaseResponse(_message.Message):
+    """Response of StoreService.RenewLease."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     LEASE_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def lease(self) -> Global___FlowLease: ...
+    def lease(self) -> Global___FlowLease:
+        """The renewed lease."""
+
     def __init__(
         self,
         *,

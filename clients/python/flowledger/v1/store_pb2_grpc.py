@@ -26,7 +26,9 @@ if _version_not_supported:
 
 
 class StoreServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """The store service: flows, the append-only event log, artifacts, branches, snapshots,
+    definitions and work leases.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -137,7 +139,9 @@ class StoreServiceStub:
 
 
 class StoreServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """The store service: flows, the append-only event log, artifacts, branches, snapshots,
+    definitions and work leases.
+    """
 
     def CreateFlow(self, request, context):
         """Creates a flow. Idempotent when `flow_id` is given: a repeat with the same attributes returns
@@ -421,7 +425,9 @@ def add_StoreServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class StoreService:
-    """Missing associated documentation comment in .proto file."""
+    """The store service: flows, the append-only event log, artifacts, branches, snapshots,
+    definitions and work leases.
+    """
 
     @staticmethod
     def CreateFlow(request,

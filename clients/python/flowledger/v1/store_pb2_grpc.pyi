@@ -40,6 +40,10 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class StoreServiceStub:
+    """The store service: flows, the append-only event log, artifacts, branches, snapshots,
+    definitions and work leases.
+    """
+
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
@@ -133,6 +137,10 @@ class StoreServiceStub:
 
 @_typing.type_check_only
 class StoreServiceAsyncStub(StoreServiceStub):
+    """The store service: flows, the append-only event log, artifacts, branches, snapshots,
+    definitions and work leases.
+    """
+
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateFlow: _aio.UnaryUnaryMultiCallable[_store_pb2.CreateFlowRequest, _store_pb2.CreateFlowResponse]  # type: ignore[assignment]
     """Creates a flow. Idempotent when `flow_id` is given: a repeat with the same attributes returns
@@ -222,6 +230,10 @@ class StoreServiceAsyncStub(StoreServiceStub):
     """
 
 class StoreServiceServicer(metaclass=_abc_1.ABCMeta):
+    """The store service: flows, the append-only event log, artifacts, branches, snapshots,
+    definitions and work leases.
+    """
+
     @_abc_1.abstractmethod
     def CreateFlow(
         self,

@@ -1,0 +1,113 @@
+"""What every flowctl command shares: global options, the SDK call seam, one-line errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import click
+import yaml
+
+from flowledger.client import FlowledgerClient
+from flowledger.errors import FlowledgerError
+
+T = TypeVar("T")
+
+DEFAULT_ENGINE = "127.0.0.1:50052"
+DEFAULT_NAMESPACE = "default"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The global options, stored on the click context for every sub-command."""
+
+    engine: str
+    namespace: str
+    timeout: float
+
+
+def settings(ctx: click.Context) -> Settings:
+    found = ctx.find_object(Settings)
+    assert found is not None, "the root group sets Settings"
+    return found
+
+
+def call(ctx: click.Context, work: Callable[[FlowledgerClient], Awaitable[T]]) -> T:
+    """Run ``work`` with a client of the engine, in a fresh event loop."""
+    opts = settings(ctx)
+
+    async def go() -> T:
+        async with FlowledgerClient(opts.engine, timeout=opts.timeout) as client:
+            return await work(client)
+
+    return asyncio.run(go())
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of an error as one line: what went wrong and, for flowledger errors, its
+    code (the violations appended when the message does not already name them)."""
+    if isinstance(exc, FlowledgerError):
+        text = exc.message
+        extra = [f"{v.field}: {v.description}" for v in exc.violations if v.field not in text]
+        if extra:
+            text = f"{text} ({'; '.join(extra)})"
+        return f"{text} [{exc.code.value}]"
+    if isinstance(exc, yaml.YAMLError):
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        return f"bad YAML{where}: {problem}"
+    if isinstance(exc, json.JSONDecodeError):
+        return f"bad JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+    if isinstance(exc, TimeoutError):
+        return "timed out waiting for the engine"
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+class FlowctlGroup(click.Group):
+    """The root group: turns every expected failure into ``Error: <one line>`` and exit 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (FlowledgerError, yaml.YAMLError, json.JSONDecodeError, OSError) as exc:
+            raise click.ClickException(one_line(exc)) from None
+
+
+@dataclass(frozen=True)
+class DefinitionFile:
+    name: str
+    text: str
+    format: Literal["json", "yaml"]
+    document: dict[str, Any]
+
+
+def load_definition(path: Path, name: str | None = None) -> DefinitionFile:
+    """A YAML/JSON definition file; its name is ``name``, else the document's, else the stem."""
+    text = path.read_text()
+    fmt: Literal["json", "yaml"] = "json" if path.suffix.lower() == ".json" else "yaml"
+    document = json.loads(text) if fmt == "json" else yaml.safe_load(text)
+    if not isinstance(document, dict) or not isinstance(document.get("steps"), list):
+        raise click.ClickException(f"{path}: expected a mapping with a 'steps' list")
+    chosen = name or document.get("name") or path.stem
+    if not isinstance(chosen, str):
+        raise click.ClickException(f"{path}: 'name' must be a string")
+    return DefinitionFile(chosen, text, fmt, document)
+
+
+def parse_json_option(text: str | None, option: str) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise click.ClickException(f"{option}: {one_line(exc)}") from None
+
+
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print JSON (for scripts) instead of a table."
+)

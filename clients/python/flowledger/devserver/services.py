@@ -1,0 +1,185 @@
+"""Postgres, the store and the engine as local child processes (the demo and ``flowctl up``).
+
+::
+
+    with postgres() as url, services(url) as running:
+        print(running.engine.address)   # talk to it; everything stops when the block ends
+
+Services run as ``python -m store_service`` / ``engine_service`` in their own session (so a
+terminal's Ctrl-C reaches only the parent, which then stops them in order: engine, store,
+Postgres); each is SIGTERMed and waited for, then killed if it outlives the grace period.
+Everything listens on loopback, in plaintext.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import psycopg
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from flowledger.devserver.postgres import LocalPostgres, free_port
+
+DATABASE = "flowledger"
+START_DEADLINE_S = 60.0
+STOP_GRACE_S = 30.0
+
+Say = Callable[[str], None]
+
+
+def data_home() -> Path:
+    """The per-user data directory (``$XDG_DATA_HOME/flowledger``, ``~/.local/share/...``)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "flowledger"
+
+
+def redact(url: str) -> str:
+    """host:port/dbname of a libpq URL (no user, no password)."""
+    info = psycopg.conninfo.conninfo_to_dict(url)
+    return f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
+
+
+@dataclass(frozen=True)
+class PostgresInfo:
+    url: str
+    # The postmaster's pid when this process started the server, else None.
+    pid: int | None
+    description: str
+
+
+@contextlib.contextmanager
+def postgres(
+    datadir: Path | None = None, *, fresh: bool = False, say: Say = print
+) -> Iterator[PostgresInfo]:
+    """``DATABASE_URL`` when set, else a local server: in ``datadir`` (kept, reused next time;
+    ``fresh`` empties it first) or in a throwaway temp dir. Yields the URL of a database named
+    ``flowledger`` (created when missing)."""
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        info = PostgresInfo(url, None, f"DATABASE_URL ({redact(url)})")
+        say(f"postgres: {info.description}")
+        yield info
+        return
+    if datadir is not None and fresh and datadir.exists():
+        shutil.rmtree(datadir)
+    with LocalPostgres(datadir) as pg:
+        with psycopg.connect(pg.admin_url, autocommit=True) as conn:
+            found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DATABASE])
+            if found.fetchone() is None:
+                conn.execute(f'CREATE DATABASE "{DATABASE}"')
+        pid = int((pg.datadir / "postmaster.pid").read_text().split()[0])
+        where = f"data in {pg.datadir}" if datadir is not None else "throwaway"
+        info = PostgresInfo(
+            pg.url(DATABASE), pid, f"local server on {pg.host}:{pg.port} ({where}, pid {pid})"
+        )
+        say(f"postgres: {info.description}")
+        yield info
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    address: str
+    metrics_url: str
+    pid: int
+
+
+@dataclass(frozen=True)
+class Services:
+    store: Service
+    engine: Service
+
+
+def loopback(address: str) -> str:
+    """``host:port`` with port 0 replaced by a free port (the services must be told a port
+    so that we can health-check them before they print anything)."""
+    host, _, port = address.rpartition(":")
+    return f"{host}:{free_port(host)}" if port == "0" else address
+
+
+@contextlib.contextmanager
+def service_process(
+    name: str, module: str, env: Mapping[str, str], address: str, *, say: Say = print
+) -> Iterator[int]:
+    """Run ``python -m <module>`` and return its pid once it is SERVING; stop it afterwards."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", module],
+        env=dict(os.environ, **env),
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        _wait_serving(address, proc, name)
+        yield proc.pid
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(timeout=STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = proc.wait()
+        say(f"{name + ':':<9} stopped (exit {code})")
+
+
+def _wait_serving(address: str, proc: subprocess.Popen[bytes], name: str) -> None:
+    deadline = time.monotonic() + START_DEADLINE_S
+    with grpc.insecure_channel(address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            if proc.poll() is not None:
+                raise SystemExit(f"the {name} service exited with {proc.returncode} at start-up")
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the {name} service was not SERVING within 60 s")
+            time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def services(
+    database_url: str,
+    *,
+    store_listen: str = "127.0.0.1:0",
+    engine_listen: str = "127.0.0.1:0",
+    store_metrics: str = "127.0.0.1:0",
+    engine_metrics: str = "127.0.0.1:0",
+    log_level: str = "WARNING",
+    say: Say = print,
+) -> Iterator[Services]:
+    """The store over ``database_url`` and one engine replica in front of it."""
+    store_addr, engine_addr = loopback(store_listen), loopback(engine_listen)
+    store_metrics, engine_metrics = loopback(store_metrics), loopback(engine_metrics)
+    store_env = {
+        "DATABASE_URL": database_url,
+        "STORE_LISTEN": store_addr,
+        "STORE_METRICS_LISTEN": store_metrics,
+        "LOG_LEVEL": log_level,
+    }
+    engine_env = {
+        "STORE_ADDR": store_addr,
+        "ENGINE_LISTEN": engine_addr,
+        "ENGINE_METRICS_LISTEN": engine_metrics,
+        "LOG_LEVEL": log_level,
+    }
+    with service_process("store", "store_service", store_env, store_addr, say=say) as spid:
+        store = Service("store", store_addr, f"http://{store_metrics}/metrics", spid)
+        with service_process(
+            "engine", "engine_service", engine_env, engine_addr, say=say
+        ) as epid:
+            engine = Service("engine", engine_addr, f"http://{engine_metrics}/metrics", epid)
+            yield Services(store, engine)

@@ -1,0 +1,63 @@
+"""Every file in examples/ runs and prints what it promises."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+from tests.cli.live import REPO, Live
+from tests.demo.test_demo import CHEM_ORDER_1_FLOW_FINGERPRINT
+
+EXAMPLES = REPO / "examples"
+# The builder example's flow (its three functions, params and input): pinned so that a change of
+# the fingerprint scheme or of the example shows up here.
+WORDS_FLOW_FINGERPRINT = "0cb172cde1f72e4e539efce12e78e39fbefcc1e237ba8edd2236b2080787d1cc"
+
+
+def run_script(name: str) -> str:
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / name)], cwd=REPO, capture_output=True, text=True,
+        timeout=120, check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def test_every_example_has_a_test() -> None:
+    assert sorted(p.name for p in EXAMPLES.iterdir() if not p.name.startswith(".")) == [
+        "branching.py", "chem.yaml", "hello.yaml", "python_builder.py",
+    ]
+
+
+def test_chem_yaml(live_engine: Live, ns: str) -> None:
+    done = live_engine.run(
+        "run", str(EXAMPLES / "chem.yaml"), "--input", '{"order": 1}', namespace=ns
+    )
+    assert done.code == 0, done.err
+    assert re.search(r"^variants:\s+ISFSFSFC$", done.out, re.M), done.out
+    assert re.search(rf"^flow fingerprint:\s+{CHEM_ORDER_1_FLOW_FINGERPRINT}$", done.out, re.M)
+
+
+def test_hello_yaml(live_engine: Live, ns: str) -> None:
+    done = live_engine.run(
+        "run", str(EXAMPLES / "hello.yaml"), "--input", '{"name": "ana"}', namespace=ns
+    )
+    assert done.code == 0, done.err
+    assert re.search(r"^variants:\s+ISFSFSFC$", done.out, re.M), done.out
+    assert re.search(r"^flow fingerprint:\s+[0-9a-f]{64}$", done.out, re.M), done.out
+
+
+def test_python_builder() -> None:
+    out = run_script("python_builder.py")
+    assert "variants:         ISFSFSFC" in out
+    assert f"flow fingerprint: {WORDS_FLOW_FINGERPRINT}" in out
+
+
+def test_branching() -> None:
+    lines = run_script("branching.py").splitlines()
+    assert re.fullmatch(r"main flow \S+: ISFSFSF", lines[0])
+    assert re.fullmatch(r"branch at v5 \S+: ISFSFSF", lines[1])  # fork at v5, then step3b
+    assert re.fullmatch(r"sub-branch \S+: ISFSFSFSF", lines[2])
+    assert re.fullmatch(r"deleted branch \S+: deleted=True", lines[3])
+    assert lines[4].endswith(": ISFSF (generation 1)")
