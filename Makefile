@@ -48,10 +48,10 @@ demo: $(LOCAL_STAMP)
 bench: bench-store bench-engine
 
 bench-store: setup
-	$(BIN)/python bench/store_bench.py
+	$(BIN)/python -m bench.store_bench
 
 bench-engine: setup
-	$(BIN)/python bench/engine_bench.py
+	$(BIN)/python -m bench.engine_bench
 
 protos: setup
 	PYTHON=$(BIN)/python scripts/gen_protos.sh

@@ -1,6 +1,6 @@
 """Engine benchmark: flowledger against DBOS Transact, in one run, on one Postgres server.
 
-    make bench-engine     # or: .venv/bin/python bench/engine_bench.py [--flows N] [--warmup N]
+    make bench-engine     # or: .venv/bin/python -m bench.engine_bench [--flows N] [--warmup N]
 
 Uses ``DATABASE_URL`` (an admin URL) when set, else starts a throwaway local Postgres (fsync on).
 Each system gets its own database on that server. The workload is the same on both sides: a
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import functools
 import os
 import platform
@@ -35,7 +34,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +44,7 @@ import psycopg
 from dbos import DBOS, DBOSConfig
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench._common import fresh_database, postgres_cpu, postgres_url, process_cpu
 from flowledger.client import FlowledgerClient
 from flowledger.devserver.postgres import free_port
 from flowledger.types import FlowStatus
@@ -86,43 +86,6 @@ class Result:
 # -- CPU accounting (as in store_bench.py) -----------------------------------------------------
 
 
-def process_cpu(pid: int) -> float | None:
-    """CPU seconds (user + system) a process used so far; None where /proc is missing."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def postgres_cpu(admin_url: str) -> Callable[[], float | None]:
-    """CPU seconds of the Postgres server's processes (its postmaster and every child)."""
-    with psycopg.connect(admin_url) as conn:
-        row = conn.execute("SELECT pg_backend_pid()").fetchone()
-    try:
-        with open(f"/proc/{row[0] if row else 0}/stat") as f:
-            postmaster = int(f.read().rsplit(")", 1)[1].split()[1])
-    except OSError:
-        return lambda: None
-
-    def total() -> float | None:
-        seconds = 0.0
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue  # ended meanwhile
-            if int(entry) == postmaster or int(fields[1]) == postmaster:
-                seconds += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        return seconds
-
-    return total
-
-
 Probes = Mapping[str, Callable[[], float | None]]
 
 
@@ -140,26 +103,6 @@ def cpu_per_flow(
 
 
 # -- Postgres ------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def postgres_url() -> Iterator[str]:
-    """The admin URL of the Postgres to measure on."""
-    url = os.environ.get("DATABASE_URL")
-    if url:
-        yield url
-        return
-    from flowledger.devserver.postgres import LocalPostgres
-
-    with LocalPostgres() as pg:
-        yield pg.admin_url
-
-
-def fresh_database(admin_url: str, name: str) -> str:
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return psycopg.conninfo.make_conninfo(admin_url, dbname=name)
 
 
 def as_url(conninfo: str) -> str:

@@ -1,6 +1,6 @@
 """Store benchmark: raw psycopg against the store service, in one run, on one Postgres.
 
-    make bench            # or: .venv/bin/python bench/store_bench.py [--events N] [--read-events N]
+    make bench            # or: .venv/bin/python -m bench.store_bench [--events N] [--read-events N]
 
 Uses ``DATABASE_URL`` when set, else starts a throwaway local Postgres. The store runs as its own
 process (``python -m store_service``) and is called over real gRPC on loopback, so the figures
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import platform
@@ -30,13 +29,14 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
 import psycopg
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench._common import fresh_database, postgres_cpu, postgres_url, process_cpu
 from flowledger.v1 import common_pb2, store_pb2, store_pb2_grpc
 
 NAMESPACE = "bench"
@@ -67,46 +67,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def process_cpu(pid: int) -> float | None:
-    """CPU seconds (user + system) a process used so far; None where /proc is missing."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def postgres_cpu(admin_url: str) -> Callable[[], float | None]:
-    """CPU seconds of the Postgres server's processes (its postmaster and every child)."""
-    with psycopg.connect(admin_url) as conn:
-        row = conn.execute("SELECT pg_backend_pid()").fetchone()
-    try:
-        with open(f"/proc/{row[0] if row else 0}/stat") as f:
-            comm, _, rest = f.read().partition(") ")
-        postmaster = int(rest.split()[1])
-    except (OSError, IndexError, ValueError):
-        return lambda: None
-    if not comm.endswith("(postgres"):
-        return lambda: None  # a server on another machine: its pid means nothing here
-
-    def total() -> float | None:
-        seconds = 0.0
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue  # ended meanwhile
-            if int(entry) == postmaster or int(fields[1]) == postmaster:
-                seconds += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        return seconds
-
-    return total
-
-
 @dataclass(frozen=True)
 class Cpu:
     """CPU microseconds per event: the store process, this process, Postgres (None: unknown)."""
@@ -127,26 +87,6 @@ def measure_cpu(
         for a, b in zip(after, marks, strict=True)
     ]
     return result, Cpu(*per_event)
-
-
-@contextlib.contextmanager
-def postgres_url() -> Iterator[str]:
-    """The admin URL of the Postgres to measure on."""
-    url = os.environ.get("DATABASE_URL")
-    if url:
-        yield url
-        return
-    from flowledger.devserver.postgres import LocalPostgres
-
-    with LocalPostgres() as pg:
-        yield pg.admin_url
-
-
-def fresh_database(admin_url: str, name: str) -> str:
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return psycopg.conninfo.make_conninfo(admin_url, dbname=name)
 
 
 def create_flows(url: str, count: int) -> list[str]:
