@@ -12,23 +12,37 @@ A function registered in the builder's ``registry`` is referred to by its regist
 other function becomes a step type named after it (``module.qualname``) that travels with the
 definition (:attr:`FlowDefinition.bindings`), so a flow built in code runs without registering
 anything; such a definition runs in this process only (another process cannot resolve the
-name). Keyword arguments are the step's params.
+name). Keyword arguments are the step's params; ``.options(...)`` sets the failure handling
+of the step added last, and ``Flow(..., retry=, timeout_ms=)`` the definition's defaults
+(decision 0010).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from engine_service.definition import FlowDefinition, StepSpec
 from engine_service.registry import StepRegistry, StepType
+from engine_service.retry import RetryPolicy
 from engine_service.steps import StepFn, StepKind
 from flowledger.canonical import JsonValue
 
 
 class Flow:
-    def __init__(self, name: str, *, registry: StepRegistry | None = None, version: int = 0):
+    def __init__(
+        self,
+        name: str,
+        *,
+        registry: StepRegistry | None = None,
+        version: int = 0,
+        retry: RetryPolicy | None = None,
+        timeout_ms: int | None = None,
+    ):
         self._name = name
+        self._retry = retry
+        self._timeout_ms = timeout_ms
         self._version = version
         self._registry = registry
         self._steps: list[StepSpec] = []
@@ -51,9 +65,37 @@ class Flow:
         self._steps.append(StepSpec(step_id, type_name, kind, dict(params)))
         return self
 
+    def options(
+        self,
+        *,
+        retry: RetryPolicy | None = None,
+        timeout_ms: int | None = None,
+        continue_on_error: bool = False,
+        when: str | None = None,
+    ) -> Flow:
+        """Failure handling of the step added last (checked by :meth:`build`)."""
+        if not self._steps:
+            raise ValueError("options() applies to the step added last; add a step first")
+        last = self._steps[-1]
+        self._steps[-1] = replace(
+            last,
+            retry=retry,
+            timeout_ms=timeout_ms,
+            continue_on_error=continue_on_error,
+            when=when,
+        )
+        return self
+
     def build(self) -> FlowDefinition:
         """The definition (rules checked: InvalidArgument names the offending step)."""
-        return FlowDefinition(self._name, tuple(self._steps), self._version, dict(self._bindings))
+        return FlowDefinition(
+            self._name,
+            tuple(self._steps),
+            self._version,
+            dict(self._bindings),
+            default_retry=self._retry,
+            default_timeout_ms=self._timeout_ms,
+        )
 
     def _bind(self, fn: Callable[..., Any], kind: StepKind) -> str:
         if self._registry is not None:

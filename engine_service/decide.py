@@ -65,5 +65,5 @@ def decide(state: FlowState) -> Action | None:
             return RunStep(state.cursor, step.attempt)
         case StepStatus.FAILED:
             return FailFlow(state.cursor)
-        case StepStatus.FINISHED_OK:  # pragma: no cover - the cursor moves past finished steps
+        case StepStatus.FINISHED_OK | StepStatus.SKIPPED:  # pragma: no cover - cursor moved on
             raise AssertionError("cursor on a finished step")

@@ -18,13 +18,16 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import yaml
 
+from engine_service.conditions import MAX_EXPRESSION_LENGTH
+from engine_service.conditions import problem as when_problem
 from engine_service.fingerprint import definition_hash
 from engine_service.registry import StepRegistry, StepType
+from engine_service.retry import RETRY_SCHEMA, TIMEOUT_SCHEMA, RetryPolicy
 from engine_service.steps import StepKind
 from engine_service.validation import compile_schema, raise_if_any, violations
 from flowledger.canonical import JsonValue, canonical_bytes, parse_json
@@ -55,8 +58,17 @@ DOCUMENT_SCHEMA: dict[str, Any] = {
                     "type": {"type": "string", "minLength": 1, "maxLength": 128},
                     "kind": {"enum": [kind.value for kind in StepKind]},
                     "config": {"type": "object"},
+                    "retry": RETRY_SCHEMA,
+                    "timeout_ms": TIMEOUT_SCHEMA,
+                    "continue_on_error": {"type": "boolean"},
+                    "when": {"type": "string", "minLength": 1, "maxLength": MAX_EXPRESSION_LENGTH},
                 },
             },
+        },
+        "defaults": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"retry": RETRY_SCHEMA, "timeout_ms": TIMEOUT_SCHEMA},
         },
     },
 }
@@ -65,12 +77,50 @@ _DOCUMENT_VALIDATOR = compile_schema(DOCUMENT_SCHEMA, field="definition")
 
 @dataclass(frozen=True)
 class StepSpec:
-    """One step of a definition. ``params`` is normalized to its canonical JSON value."""
+    """One step of a definition. ``params`` is normalized to its canonical JSON value.
+    ``retry``/``timeout_ms`` (per attempt)/``continue_on_error``: decision 0010."""
 
     id: str
     type: str
     kind: StepKind
     params: Mapping[str, JsonValue] = field(default_factory=dict)
+    retry: RetryPolicy | None = None
+    timeout_ms: int | None = None
+    continue_on_error: bool = False
+    when: str | None = None  # a JMESPath condition; false skips the step
+
+    def to_dict(self) -> dict[str, JsonValue]:
+        """The document form; the failure-handling keys only when set, so that the
+        FlowInitialized payload of a flow that uses none of them is what it always was."""
+        row: dict[str, JsonValue] = {
+            "id": self.id,
+            "type": self.type,
+            "kind": self.kind.value,
+            "config": dict(self.params),
+        }
+        if self.retry is not None:
+            row["retry"] = self.retry.to_dict()
+        if self.timeout_ms is not None:
+            row["timeout_ms"] = self.timeout_ms
+        if self.continue_on_error:
+            row["continue_on_error"] = True
+        if self.when is not None:
+            row["when"] = self.when
+        return row
+
+    @classmethod
+    def from_dict(cls, row: Mapping[str, Any], kind: StepKind | None = None) -> StepSpec:
+        retry = row.get("retry")
+        return cls(
+            row["id"],
+            row["type"],
+            kind if kind is not None else StepKind(row["kind"]),
+            row.get("config", {}),
+            None if retry is None else RetryPolicy.from_dict(retry),
+            row.get("timeout_ms"),
+            bool(row.get("continue_on_error", False)),
+            row.get("when"),
+        )
 
 
 @dataclass(frozen=True)
@@ -86,6 +136,10 @@ class FlowDefinition:
     steps: tuple[StepSpec, ...]
     version: int = 0
     bindings: Mapping[str, StepType] = field(default_factory=dict, compare=False, repr=False)
+    # Per-definition defaults, copied into every step that sets none (so the steps, and
+    # FlowInitialized, carry what applies); not part of the identity beyond that.
+    default_retry: RetryPolicy | None = field(default=None, compare=False)
+    default_timeout_ms: int | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "steps", tuple(self.steps))
@@ -104,7 +158,14 @@ class FlowDefinition:
             params, problem = canonical_params(spec.params)
             if problem:
                 found.append(FieldViolation(f"steps[{index}].config", problem))
-            normalized.append(StepSpec(id=spec.id, type=spec.type, kind=spec.kind, params=params))
+            retry = spec.retry if spec.retry is not None else self.default_retry
+            timeout_ms = spec.timeout_ms if spec.timeout_ms is not None else self.default_timeout_ms
+            found.extend(_policy_violations(f"steps[{index}]", retry, timeout_ms))
+            if spec.when is not None and (why := when_problem(spec.when)):
+                found.append(FieldViolation(f"steps[{index}].when", why))
+            normalized.append(
+                replace(spec, params=params, retry=retry, timeout_ms=timeout_ms)
+            )
         raise_if_any(found, "flow definition")
         object.__setattr__(self, "steps", tuple(normalized))
 
@@ -127,10 +188,7 @@ class FlowDefinition:
         return {
             "name": self.name,
             "version": self.version,
-            "steps": [
-                {"id": s.id, "type": s.type, "kind": s.kind.value, "config": dict(s.params)}
-                for s in self.steps
-            ],
+            "steps": [s.to_dict() for s in self.steps],
         }
 
     def resolve(self, registry: StepRegistry) -> tuple[StepType, ...]:
@@ -170,9 +228,17 @@ class FlowDefinition:
                 found.append(_unknown_type(index, step["type"], registry))
                 continue
             kind = StepKind(step["kind"]) if "kind" in step else step_type.kind
-            specs.append(StepSpec(step["id"], step["type"], kind, step.get("config", {})))
+            specs.append(StepSpec.from_dict(step, kind))
         raise_if_any(found, "flow definition")
-        definition = cls(document["name"], tuple(specs), document.get("version", 0))
+        defaults = document.get("defaults", {})
+        retry = defaults.get("retry")
+        definition = cls(
+            document["name"],
+            tuple(specs),
+            document.get("version", 0),
+            default_retry=None if retry is None else RetryPolicy.from_dict(retry),
+            default_timeout_ms=defaults.get("timeout_ms"),
+        )
         definition.resolve(registry)
         return definition
 
@@ -204,6 +270,17 @@ def _step_rule_violations(index: int, spec: StepSpec, seen: set[str]) -> list[Fi
         found.append(FieldViolation(f"{at}.kind", "the first step must be a source"))
     if index > 0 and spec.kind is StepKind.SOURCE:
         found.append(FieldViolation(f"{at}.kind", "only the first step may be a source"))
+    return found
+
+
+def _policy_violations(
+    at: str, retry: RetryPolicy | None, timeout_ms: int | None
+) -> list[FieldViolation]:
+    found = [] if retry is None else retry.violations(f"{at}.retry")
+    if timeout_ms is not None and not (
+        isinstance(timeout_ms, int) and not isinstance(timeout_ms, bool) and timeout_ms >= 1
+    ):
+        found.append(FieldViolation(f"{at}.timeout_ms", "must be an integer >= 1"))
     return found
 
 
@@ -242,7 +319,4 @@ def definition_from_text(
 
 def steps_from_dicts(rows: Sequence[Mapping[str, Any]]) -> tuple[StepSpec, ...]:
     """StepSpecs from the ``steps`` rows of :meth:`FlowDefinition.to_dict` (kind included)."""
-    return tuple(
-        StepSpec(row["id"], row["type"], StepKind(row["kind"]), row.get("config", {}))
-        for row in rows
-    )
+    return tuple(StepSpec.from_dict(row) for row in rows)

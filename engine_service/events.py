@@ -57,6 +57,30 @@ class StepFailed:
     attempt: int
     reason: str
     error_type: str
+    # Only for a continue_on_error step (the flow goes on): the fingerprint of its failure,
+    # decision 0010. Absent from the payload otherwise.
+    fingerprint: str | None = None
+
+
+@dataclass(frozen=True)
+class StepAttemptFailed:
+    """An attempt failed and the step will be attempted again after ``delay_ms``."""
+
+    step_id: str
+    index: int
+    attempt: int
+    reason: str
+    error_type: str
+    delay_ms: int
+
+
+@dataclass(frozen=True)
+class StepSkipped:
+    """The step's ``when`` condition was false: it did not run (decision 0010)."""
+
+    step_id: str
+    index: int
+    fingerprint: str
 
 
 @dataclass(frozen=True)
@@ -102,6 +126,8 @@ EngineEvent: TypeAlias = (
     | StepStarted
     | StepFinished
     | StepFailed
+    | StepAttemptFailed
+    | StepSkipped
     | StepSignal
     | PropertyPreferenceAssigned
     | FlowCompleted
@@ -114,6 +140,8 @@ EVENT_TYPES: dict[type[Any], EventType] = {
     StepStarted: EventType.STEP_STARTED,
     StepFinished: EventType.STEP_FINISHED,
     StepFailed: EventType.STEP_FAILED,
+    StepAttemptFailed: EventType.STEP_ATTEMPT_FAILED,
+    StepSkipped: EventType.STEP_SKIPPED,
     StepSignal: EventType.STEP_SIGNAL,
     PropertyPreferenceAssigned: EventType.PROPERTY_PREFERENCE_ASSIGNED,
     FlowCompleted: EventType.FLOW_COMPLETED,
@@ -143,10 +171,7 @@ def to_payload(event: EngineEvent) -> dict[str, JsonValue]:
                 "definition_name": event.definition_name,
                 "definition_version": event.definition_version,
                 "definition_hash": event.definition_hash,
-                "steps": [
-                    {"id": s.id, "type": s.type, "kind": s.kind.value, "config": dict(s.params)}
-                    for s in event.steps
-                ],
+                "steps": [s.to_dict() for s in event.steps],
                 "input_hash": event.input_hash,
                 "variables_hash": event.variables_hash,
                 "engine_version": event.engine_version,
@@ -160,6 +185,10 @@ def to_payload(event: EngineEvent) -> dict[str, JsonValue]:
                 "output_hashes": list(event.output_hashes),
                 "fingerprint": event.fingerprint,
             }
+        case StepFailed():
+            body = {k: v for k, v in vars(event).items() if k != "fingerprint"}
+            if event.fingerprint is not None:
+                body["fingerprint"] = event.fingerprint
         case PropertyPreferenceAssigned():
             body = {"params": {k: dict(v) for k, v in event.params.items()}}
         case _:
@@ -223,7 +252,19 @@ def _from_payload(cls: type[Any], p: Mapping[str, Any]) -> EngineEvent:
             _int(p["attempt"]),
             _str(p["reason"]),
             _str(p["error_type"]),
+            None if p.get("fingerprint") is None else _str(p["fingerprint"]),
         )
+    if cls is StepAttemptFailed:
+        return StepAttemptFailed(
+            _str(p["step_id"]),
+            _int(p["index"]),
+            _int(p["attempt"]),
+            _str(p["reason"]),
+            _str(p["error_type"]),
+            _int(p["delay_ms"]),
+        )
+    if cls is StepSkipped:
+        return StepSkipped(_str(p["step_id"]), _int(p["index"]), _str(p["fingerprint"]))
     if cls is StepSignal:
         return StepSignal(_str(p["step_id"]), _int(p["index"]), _str(p["name"]), p["payload"])
     if cls is PropertyPreferenceAssigned:

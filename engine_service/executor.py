@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from engine_service.registry import StepType
+from engine_service.retry import TIMEOUT_ERROR_TYPE
 from engine_service.steps import Signal, StepContext, StepFailure, StepSuccess
 from flowledger.canonical import JsonValue, canonical_bytes
 
@@ -64,6 +65,24 @@ def _has_nul(value: JsonValue) -> bool:
         elif isinstance(item, list):
             stack.extend(item)
     return False
+
+
+async def execute_attempt(
+    step_type: StepType, ctx: StepContext, timeout_ms: int | None
+) -> Outcome:
+    """:func:`execute` bounded by ``timeout_ms``: an overrun is a failure of type ``Timeout``.
+    A threaded step's thread cannot be stopped: it runs on, its result ignored."""
+    if timeout_ms is None:
+        return await execute(step_type, ctx)
+    try:
+        return await asyncio.wait_for(execute(step_type, ctx), timeout_ms / 1000)
+    except TimeoutError:
+        return Outcome(
+            failure=StepFailure(
+                f"attempt {ctx.attempt} exceeded its timeout of {timeout_ms} ms",
+                TIMEOUT_ERROR_TYPE,
+            )
+        )
 
 
 async def execute(step_type: StepType, ctx: StepContext) -> Outcome:

@@ -58,6 +58,52 @@ def step_fingerprint(
     )
 
 
+def failed_step_fingerprint(
+    *,
+    step_id: str,
+    input_hashes: Iterable[str],
+    params: Mapping[str, JsonValue],
+    definition_hash: str,
+    error_type: str,
+    engine_version: str = ENGINE_VERSION,
+) -> str:
+    """The fingerprint of a continue_on_error step that failed for good (decision 0010): the
+    step fingerprint's object plus ``"failed": {"error_type": ...}``. The reason text is left
+    out: messages may carry addresses or timings that differ between equal runs."""
+    return _sha256_canonical(
+        {
+            "engine_version": engine_version,
+            "step_id": step_id,
+            "inputs": sorted(input_hashes),
+            "params": dict(params),
+            "definition_hash": definition_hash,
+            "failed": {"error_type": error_type},
+        }
+    )
+
+
+def skipped_step_fingerprint(
+    *,
+    step_id: str,
+    input_hashes: Iterable[str],
+    params: Mapping[str, JsonValue],
+    definition_hash: str,
+    engine_version: str = ENGINE_VERSION,
+) -> str:
+    """The fingerprint of a step its ``when`` condition skipped (decision 0010): the step
+    fingerprint's object plus ``"skipped": true``."""
+    return _sha256_canonical(
+        {
+            "engine_version": engine_version,
+            "step_id": step_id,
+            "inputs": sorted(input_hashes),
+            "params": dict(params),
+            "definition_hash": definition_hash,
+            "skipped": True,
+        }
+    )
+
+
 def flow_fingerprint(step_fingerprints: Iterable[str]) -> str:
     """sha256 of the canonical JSON array of the step fingerprints, in step order."""
     return _sha256_canonical(list(step_fingerprints))

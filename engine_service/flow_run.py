@@ -99,8 +99,9 @@ class FlowRun:
         self._snapshot_version = 0
         self._lock = asyncio.Lock()
         self._artifacts = ArtifactCache(self._store, self.namespace)
+        defaults = engine.settings.step_defaults
         self._planner = WritePlanner(
-            self.flow_id, self.namespace, definition, engine.registry, self._artifacts
+            self.flow_id, self.namespace, definition, engine.registry, self._artifacts, defaults
         )
 
     # -- reading ---------------------------------------------------------------------------
@@ -236,6 +237,7 @@ class FlowRun:
                 if target is not None and state.steps[target].status in (
                     StepStatus.FINISHED_OK,
                     StepStatus.FAILED,
+                    StepStatus.SKIPPED,
                 ):
                     return state.steps[target]
                 action = plan.decide(state)
@@ -265,6 +267,9 @@ class FlowRun:
                     planned = (action, self._generation, write)
                 if not await self._append(write):
                     progress.failed(state.version)
+                elif write.retry_delay_ms:
+                    # Backoff inside the run, lease held (durable timers: a later slice).
+                    await asyncio.sleep(write.retry_delay_ms / 1000)
 
     async def run_to_end(self) -> FlowState:
         """Advance until the flow completes or fails; returns the final state.

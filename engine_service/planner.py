@@ -12,22 +12,32 @@ from dataclasses import dataclass
 
 from engine_service import decide as plan
 from engine_service.artifacts import ArtifactCache
+from engine_service.conditions import ConditionError, holds
 from engine_service.definition import FlowDefinition
 from engine_service.events import (
     EngineEvent,
     FlowCompleted,
     FlowFailed,
     FlowInitialized,
+    StepAttemptFailed,
     StepFailed,
     StepFinished,
     StepSignal,
+    StepSkipped,
     StepStarted,
 )
-from engine_service.executor import Outcome, execute
-from engine_service.fingerprint import ENGINE_VERSION, flow_fingerprint, step_fingerprint
+from engine_service.executor import Outcome, execute_attempt
+from engine_service.fingerprint import (
+    ENGINE_VERSION,
+    failed_step_fingerprint,
+    flow_fingerprint,
+    skipped_step_fingerprint,
+    step_fingerprint,
+)
 from engine_service.ids import command_id
 from engine_service.registry import StepRegistry, StepType
 from engine_service.replay import FlowState
+from engine_service.retry import StepDefaults
 from engine_service.steps import StepContext
 from flowledger.canonical import JsonValue
 from flowledger.errors import FailedPrecondition, InternalError, InvalidArgument
@@ -43,6 +53,11 @@ class Write:
     artifacts: tuple[NewArtifact, ...] = ()
     new_status: FlowStatus | None = None
 
+    @property
+    def retry_delay_ms(self) -> int:
+        """The backoff to wait after this write (a StepAttemptFailed's delay), else 0."""
+        return sum(e.delay_ms for e in self.events if isinstance(e, StepAttemptFailed))
+
 
 class WritePlanner:
     """Plans the writes of one flow. ``definition`` (optional) supplies step functions bound to
@@ -55,8 +70,10 @@ class WritePlanner:
         definition: FlowDefinition | None,
         registry: StepRegistry,
         artifacts: ArtifactCache,
+        defaults: StepDefaults | None = None,
     ) -> None:
         self.flow_id = flow_id
+        self._defaults = defaults or StepDefaults()
         self.namespace = namespace
         self._definition = definition
         self._registry = registry
@@ -76,6 +93,10 @@ class WritePlanner:
         match action:
             case plan.StartStep(index, attempt):
                 step_id = init.steps[index].id
+                if init.steps[index].when is not None:
+                    skip = await self._condition(state, init, index, attempt, generation, chain)
+                    if skip is not None:
+                        return skip
                 return Write(
                     (StepStarted(step_id, index, attempt),),
                     self._command(generation, index, attempt, "started"),
@@ -108,18 +129,41 @@ class WritePlanner:
     ) -> Write:
         step_type = self._step_types(init)[index]
         spec = init.steps[index]
-        if index == 0:
-            input_hashes: tuple[str, ...] = (init.input_hash,)
-            fingerprint_inputs = input_hashes + (
-                (init.variables_hash,) if init.variables_hash else ()
-            )
-        else:
-            input_hashes = state.steps[index - 1].output_hashes
-            fingerprint_inputs = input_hashes
+        input_hashes, fingerprint_inputs = _inputs(state, init, index)
         ctx = await self._context(state, init, index, attempt, input_hashes)
-        outcome: Outcome = await execute(step_type, ctx)
+        timeout_ms = spec.timeout_ms if spec.timeout_ms is not None else self._defaults.timeout_ms
+        outcome: Outcome = await execute_attempt(step_type, ctx, timeout_ms)
         if outcome.failure is not None:
             failure = outcome.failure
+            policy = spec.retry if spec.retry is not None else self._defaults.retry
+            if policy.retries(attempt, failure.error_type):
+                return Write(
+                    (
+                        StepAttemptFailed(
+                            spec.id,
+                            index,
+                            attempt,
+                            failure.reason,
+                            failure.error_type,
+                            policy.delay_ms(attempt),
+                        ),
+                    ),
+                    self._command(generation, index, attempt, "attempt-failed"),
+                )
+            if spec.continue_on_error:
+                failed_fp = failed_step_fingerprint(
+                    step_id=spec.id,
+                    input_hashes=fingerprint_inputs,
+                    params=state.params_of(index),
+                    definition_hash=init.definition_hash,
+                    error_type=failure.error_type,
+                )
+                failed = StepFailed(
+                    spec.id, index, attempt, failure.reason, failure.error_type, failed_fp
+                )
+                return self._after_step(
+                    state, init, index, attempt, generation, chain, [failed], failed_fp, ()
+                )
             return Write(
                 (
                     StepFailed(spec.id, index, attempt, failure.reason, failure.error_type),
@@ -143,17 +187,6 @@ class WritePlanner:
         events.append(
             StepFinished(spec.id, index, attempt, fingerprint_inputs, output_hashes, fingerprint)
         )
-        new_status = None
-        if index == len(init.steps) - 1:
-            # The last step: completing in the same transaction saves a round trip and leaves
-            # no window in which every step finished but the flow is not completed.
-            events.append(FlowCompleted(flow_fingerprint([*state.step_fingerprints, fingerprint])))
-            new_status = FlowStatus.COMPLETED
-        elif chain:
-            # The command id stays that of the StepFinished: whichever form a writer chose,
-            # step ``index`` attempt ``attempt`` can be recorded finished only once.
-            following = state.steps[index + 1]
-            events.append(StepStarted(following.step_id, index + 1, following.attempt + 1))
         artifacts: dict[str, NewArtifact] = {}
         for output in outcome.outputs:
             self._artifacts.put(output.hash, output.payload)
@@ -162,11 +195,94 @@ class WritePlanner:
                 output.hash,
                 NewArtifact(output.hash, "step_output", output.payload_json, None, finished_at),
             )
+        return self._after_step(
+            state,
+            init,
+            index,
+            attempt,
+            generation,
+            chain,
+            events,
+            fingerprint,
+            tuple(artifacts.values()),
+        )
+
+    def _after_step(
+        self,
+        state: FlowState,
+        init: FlowInitialized,
+        index: int,
+        attempt: int,
+        generation: int,
+        chain: bool,
+        events: list[EngineEvent],
+        fingerprint: str,
+        artifacts: tuple[NewArtifact, ...],
+    ) -> Write:
+        """The step's closing events, then FlowCompleted (last step) or the next StepStarted."""
+        new_status = None
+        if index == len(init.steps) - 1:
+            # The last step: completing in the same transaction saves a round trip and leaves
+            # no window in which every step finished but the flow is not completed.
+            events.append(FlowCompleted(flow_fingerprint([*state.step_fingerprints, fingerprint])))
+            new_status = FlowStatus.COMPLETED
+        elif chain and init.steps[index + 1].when is None:
+            # (A step with a condition is started by StartStep, which evaluates it.)
+            # The command id stays that of the StepFinished: whichever form a writer chose,
+            # step ``index`` attempt ``attempt`` can be recorded finished only once.
+            following = state.steps[index + 1]
+            events.append(StepStarted(following.step_id, index + 1, following.attempt + 1))
         return Write(
             tuple(events),
             self._command(generation, index, attempt, "finished"),
-            tuple(artifacts.values()),
+            artifacts,
             new_status,
+        )
+
+    async def _condition(
+        self,
+        state: FlowState,
+        init: FlowInitialized,
+        index: int,
+        attempt: int,
+        generation: int,
+        chain: bool,
+    ) -> Write | None:
+        """The write of a step whose ``when`` is false (StepSkipped) or fails to evaluate
+        (StepStarted + StepFailed + FlowFailed, error type ``ConditionError``); None when the
+        condition holds and the step is to start."""
+        spec = init.steps[index]
+        assert spec.when is not None
+        input_hashes, fingerprint_inputs = _inputs(state, init, index)
+        ctx = await self._context(state, init, index, attempt, input_hashes)
+        data: JsonValue = {
+            "input": ctx.flow_input,
+            "variables": dict(ctx.variables),
+            "results": {k: [a.payload for a in v] for k, v in ctx.results.items()},
+        }
+        try:
+            if holds(spec.when, data):
+                return None
+        except ConditionError as exc:
+            reason = f"when {spec.when!r}: {exc}"
+            return Write(
+                (
+                    StepStarted(spec.id, index, attempt),
+                    StepFailed(spec.id, index, attempt, reason, "ConditionError"),
+                    FlowFailed(spec.id, index, reason, "ConditionError"),
+                ),
+                self._command(generation, index, attempt, "failed"),
+                new_status=FlowStatus.FAILED,
+            )
+        fingerprint = skipped_step_fingerprint(
+            step_id=spec.id,
+            input_hashes=fingerprint_inputs,
+            params=state.params_of(index),
+            definition_hash=init.definition_hash,
+        )
+        events: list[EngineEvent] = [StepSkipped(spec.id, index, fingerprint)]
+        return self._after_step(
+            state, init, index, attempt, generation, chain, events, fingerprint, ()
         )
 
     async def _context(
@@ -236,6 +352,18 @@ class WritePlanner:
 
     def _command(self, generation: int, index: int, attempt: int, kind: str) -> str:
         return command_id(self.flow_id, generation, index, attempt, kind)
+
+
+def _inputs(
+    state: FlowState, init: FlowInitialized, index: int
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """What step ``index`` receives, and what its fingerprint hashes (the Source's adds the
+    variables)."""
+    if index == 0:
+        received: tuple[str, ...] = (init.input_hash,)
+        return received, received + ((init.variables_hash,) if init.variables_hash else ())
+    received = state.steps[index - 1].output_hashes
+    return received, received
 
 
 def _init_of(state: FlowState) -> FlowInitialized:

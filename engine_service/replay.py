@@ -20,9 +20,11 @@ from engine_service.events import (
     FlowInitialized,
     OpaqueEvent,
     PropertyPreferenceAssigned,
+    StepAttemptFailed,
     StepFailed,
     StepFinished,
     StepSignal,
+    StepSkipped,
     StepStarted,
     decode,
     to_payload,
@@ -41,6 +43,7 @@ class StepStatus(enum.Enum):
     RUNNING = "Running"
     FINISHED_OK = "FinishedOk"
     FAILED = "Failed"
+    SKIPPED = "Skipped"
 
 
 @dataclass(frozen=True)
@@ -205,8 +208,30 @@ def apply(state: FlowState, event: EngineEvent, version: int) -> FlowState:
                 attempt=event.attempt,
                 reason=event.reason,
                 error_type=event.error_type,
+                fingerprint=event.fingerprint,
             )
+            if state.init.steps[event.index].continue_on_error:
+                # The flow goes on with the next step (decision 0010).
+                return replace(_set_step(at, event.index, failed), cursor=event.index + 1)
             return _set_step(at, event.index, failed)
+        case StepAttemptFailed():
+            step = _running(state, event.step_id, event.index)
+            if event.attempt != step.attempt:
+                _corrupt(state, f"attempt {event.attempt} failed while {step.attempt} ran")
+            # Pending again: the next decision starts attempt + 1.
+            retry = replace(
+                step,
+                status=StepStatus.PENDING,
+                reason=event.reason,
+                error_type=event.error_type,
+            )
+            return _set_step(at, event.index, retry)
+        case StepSkipped():
+            step = _step_at(state, event.step_id, event.index)
+            if event.index != state.cursor or step.status is not StepStatus.PENDING:
+                _corrupt(state, f"StepSkipped for step {event.index} at cursor {state.cursor}")
+            skipped = replace(step, status=StepStatus.SKIPPED, fingerprint=event.fingerprint)
+            return replace(_set_step(at, event.index, skipped), cursor=event.index + 1)
         case StepSignal():
             _running(state, event.step_id, event.index)
             return at
@@ -220,7 +245,7 @@ def apply(state: FlowState, event: EngineEvent, version: int) -> FlowState:
                 overrides[step_id] = params
             return replace(at, overrides=overrides)
         case FlowCompleted():
-            if any(s.status is not StepStatus.FINISHED_OK for s in state.steps):
+            if any(not _done(state.init, i, s) for i, s in enumerate(state.steps)):
                 _corrupt(state, "FlowCompleted before every step finished")
             return replace(at, completed=True, flow_fingerprint=event.flow_fingerprint)
         case FlowFailed():
@@ -239,6 +264,13 @@ def replay(events: Iterable[tuple[int, EngineEvent]], start: FlowState | None = 
 def replay_stored(events: Iterable[StoredEvent], start: FlowState | None = None) -> FlowState:
     """:func:`replay` over the store's events, decoding each."""
     return replay(((e.version, decode(e.type, e.payload_json)) for e in events), start)
+
+
+def _done(init: FlowInitialized, index: int, step: StepState) -> bool:
+    """Finished or skipped, or failed for good in a step the flow continues after."""
+    return step.status in (StepStatus.FINISHED_OK, StepStatus.SKIPPED) or (
+        step.status is StepStatus.FAILED and init.steps[index].continue_on_error
+    )
 
 
 def _step_at(state: FlowState, step_id: str, index: int) -> StepState:

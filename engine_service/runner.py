@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from engine_service.branching import branch_flow
 from engine_service.definition import FlowDefinition
@@ -35,6 +35,7 @@ from engine_service.flow_run import FlowRun, LoggedEvent
 from engine_service.ids import flow_id_for_key
 from engine_service.lease import LeaseLost
 from engine_service.registry import StepRegistry, default_registry
+from engine_service.retry import StepDefaults
 from engine_service.stored import startable
 from engine_service.verify import Divergence, VerifyReport, verify_flow
 from flowledger.canonical import JsonValue
@@ -64,6 +65,8 @@ class EngineSettings:
     # events (0 disables). Loading a flow then reads the snapshot and the tail after it.
     snapshot_every: int = 100
     read_chunk_size: int = 1000
+    # Retry policy and per-attempt timeout of steps whose definition sets none (decision 0010).
+    step_defaults: StepDefaults = field(default_factory=StepDefaults)
 
     def __post_init__(self) -> None:
         if self.snapshot_every < 0:

@@ -25,11 +25,21 @@ from dataclasses import dataclass
 from typing import Literal
 
 from engine_service.artifacts import MAX_HASHES_PER_CALL
-from engine_service.events import EngineEvent, FlowCompleted, FlowInitialized, StepFinished, decode
+from engine_service.events import (
+    EngineEvent,
+    FlowCompleted,
+    FlowInitialized,
+    StepFailed,
+    StepFinished,
+    StepSkipped,
+    decode,
+)
 from engine_service.fingerprint import (
     ENGINE_VERSION,
     definition_hash,
+    failed_step_fingerprint,
     flow_fingerprint,
+    skipped_step_fingerprint,
     step_fingerprint,
 )
 from engine_service.replay import FlowState, apply
@@ -124,6 +134,10 @@ class _Verifier:
                 self._initialized(version, event)
             case StepFinished():
                 self._finished(version, event, before)
+            case StepFailed() if event.fingerprint is not None or _continues(before, event):
+                self._failed_continued(version, event, before)
+            case StepSkipped():
+                self._skipped(version, event, before)
             case FlowCompleted():
                 recomputed = flow_fingerprint(before.step_fingerprints)
                 if recomputed != event.flow_fingerprint:
@@ -165,10 +179,7 @@ class _Verifier:
     def _finished(self, version: int, event: StepFinished, before: FlowState) -> None:
         init = before.init
         assert init is not None  # apply() refuses a StepFinished before FlowInitialized
-        if event.index == 0:
-            received = (init.input_hash,) + ((init.variables_hash,) if init.variables_hash else ())
-        else:
-            received = before.steps[event.index - 1].output_hashes
+        received = _received(before, event.index)
         if tuple(event.input_hashes) != received:
             raise _Diverged(
                 Divergence(
@@ -200,6 +211,52 @@ class _Verifier:
             )
         for position, output in enumerate(event.output_hashes):
             self._artifact(version, event.step_id, output, f"output_hashes[{position}]")
+
+    def _failed_continued(self, version: int, event: StepFailed, before: FlowState) -> None:
+        """A continue_on_error step's failure carries the fingerprint of it (decision 0010)."""
+        init = before.init
+        assert init is not None
+        recomputed = failed_step_fingerprint(
+            step_id=event.step_id,
+            input_hashes=_received(before, event.index),
+            params=before.params_of(event.index),
+            definition_hash=init.definition_hash,
+            error_type=event.error_type,
+        )
+        if recomputed != event.fingerprint:
+            raise _Diverged(
+                Divergence(
+                    version,
+                    event.step_id,
+                    "step_fingerprint",
+                    event.fingerprint or "",
+                    recomputed,
+                    "the failed step's fingerprint does not follow from its inputs, params and "
+                    "error type",
+                )
+            )
+
+    def _skipped(self, version: int, event: StepSkipped, before: FlowState) -> None:
+        """The skip's fingerprint (decision 0010); the condition itself is not re-evaluated."""
+        init = before.init
+        assert init is not None
+        recomputed = skipped_step_fingerprint(
+            step_id=event.step_id,
+            input_hashes=_received(before, event.index),
+            params=before.params_of(event.index),
+            definition_hash=init.definition_hash,
+        )
+        if recomputed != event.fingerprint:
+            raise _Diverged(
+                Divergence(
+                    version,
+                    event.step_id,
+                    "step_fingerprint",
+                    event.fingerprint,
+                    recomputed,
+                    "the skipped step's fingerprint does not follow from its inputs and params",
+                )
+            )
 
     def _artifact(self, version: int, step_id: str, artifact_hash: str, what: str) -> None:
         rehashed = self.rehashed[artifact_hash]
@@ -253,6 +310,22 @@ async def verify_flow(
     except _Diverged as diverged:
         return VerifyReport(False, verifier.events, verifier.artifacts_checked, diverged.divergence)
     return VerifyReport(True, verifier.events, verifier.artifacts_checked)
+
+
+def _received(before: FlowState, index: int) -> tuple[str, ...]:
+    """The hashes step ``index`` received (the fingerprint's inputs)."""
+    init = before.init
+    assert init is not None
+    if index == 0:
+        return (init.input_hash,) + ((init.variables_hash,) if init.variables_hash else ())
+    return before.steps[index - 1].output_hashes
+
+
+def _continues(before: FlowState, event: StepFailed) -> bool:
+    init = before.init
+    return init is not None and 0 <= event.index < len(init.steps) and (
+        init.steps[event.index].continue_on_error
+    )
 
 
 def _referenced(event: EngineEvent) -> tuple[str, ...]:
