@@ -10,7 +10,6 @@ read chunks); :meth:`ServiceSettings.engine_settings` derives it.
 
 from __future__ import annotations
 
-import math
 import os
 import socket
 from collections.abc import Mapping
@@ -18,7 +17,7 @@ from dataclasses import dataclass
 
 from engine_service.runner import EngineSettings
 from engine_service.store_retry import StoreClientSettings
-from store_service.settings import SettingsError, parse_address
+from flowledger.server.env import LOG_LEVELS, Env, SettingsError
 
 __all__ = ["ServiceSettings", "SettingsError"]
 
@@ -83,7 +82,7 @@ class ServiceSettings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> ServiceSettings:
         """Build and validate the settings; raises :class:`SettingsError` naming the variable."""
-        env = _Env(environ)
+        env = _EngineEnv(environ)
         lease_ms = env.integer("ENGINE_LEASE_MS", 10_000, *_LEASE_MS_RANGE)
         default_heartbeat = max(50, lease_ms // 3)
         heartbeat_ms = env.integer("ENGINE_HEARTBEAT_MS", default_heartbeat, 10, lease_ms)
@@ -114,9 +113,7 @@ class ServiceSettings:
             max_message_bytes=env.integer(
                 "ENGINE_MAX_MESSAGE_BYTES", 8 * 1024 * 1024, 64 * 1024, 1024 * 1024 * 1024
             ),
-            log_level=env.choice(
-                "LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-            ),
+            log_level=env.choice("LOG_LEVEL", "INFO", LOG_LEVELS),
         )
 
 
@@ -126,66 +123,22 @@ def default_engine_id() -> str:
     return f"{host or 'engine'}-{os.getpid()}"[-_MAX_ID:]
 
 
-class _Env:
-    def __init__(self, environ: Mapping[str, str]) -> None:
-        self._environ = environ
-
-    def _get(self, name: str) -> str | None:
-        value = self._environ.get(name)
-        if value is None:
-            return None
-        return value.strip() or None
-
-    def integer(self, name: str, default: int, minimum: int, maximum: int) -> int:
-        text = self._get(name)
-        if text is None:
-            return default
-        try:
-            value = int(text, 10)
-        except ValueError:
-            raise SettingsError(name, f"{text!r} is not an integer") from None
-        if not minimum <= value <= maximum:
-            raise SettingsError(name, f"{value} is out of range ({minimum}..{maximum})")
-        return value
-
-    def seconds(self, name: str, default: float, *, positive: bool = False) -> float:
-        text = self._get(name)
-        if text is None:
-            return default
-        try:
-            value = float(text)
-        except ValueError:
-            raise SettingsError(name, f"{text!r} is not a number of seconds") from None
-        if not math.isfinite(value) or value < 0 or (positive and value == 0):
-            bound = "> 0" if positive else ">= 0"
-            raise SettingsError(name, f"{text!r} must be a finite number of seconds {bound}")
-        return value
-
-    def address(self, name: str, default: str, *, allow_off: bool = False) -> str:
-        text = self._get(name)
-        if text is None:
-            return default
-        if allow_off and text.lower() == "off":
-            return ""
-        try:
-            parse_address(text)
-        except ValueError as exc:
-            raise SettingsError(name, f"{text!r}: {exc}") from None
-        return text
+class _EngineEnv(Env):
+    """The shared readers plus the engine-only ones (identifiers, step plugins)."""
 
     def identifier(self, name: str, default: str) -> str:
-        text = self._get(name)
+        text = self.optional(name)
         return default if text is None else _identifier(name, text)
 
     def identifiers(self, name: str) -> tuple[str, ...]:
         """A comma-separated list of identifiers (empty: none)."""
-        text = self._get(name)
+        text = self.optional(name)
         if text is None:
             return ()
         return tuple(_identifier(name, part.strip()) for part in text.split(","))
 
     def plugins(self, name: str) -> tuple[str, ...]:
-        text = self._get(name)
+        text = self.optional(name)
         if text is None:
             return ()
         entries = tuple(part.strip() for part in text.split(",") if part.strip())
@@ -198,14 +151,6 @@ class _Env:
                     name, f"{entry!r} is not of the form package.module:attribute"
                 )
         return entries
-
-    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
-        text = self._get(name)
-        if text is None:
-            return default
-        if text.upper() not in choices:
-            raise SettingsError(name, f"{text!r} is not one of {', '.join(choices)}")
-        return text.upper()
 
 
 def _identifier(name: str, text: str) -> str:

@@ -6,11 +6,21 @@ variable instead of failing later (or, worse, running with a silent default).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import psycopg.conninfo
+
+from flowledger.server.env import LOG_LEVELS, Env, SettingsError, parse_address
+
+__all__ = [
+    "MEMORY_URL",
+    "MIB",
+    "Limits",
+    "SettingsError",
+    "StoreSettings",
+    "parse_address",
+]
 
 MEMORY_URL = "memory:"
 """``DATABASE_URL`` value that selects the in-memory backend (development and tests only)."""
@@ -21,14 +31,6 @@ MIB = 1024 * 1024
 _ID_LENGTH_CEILING = 128  # CHECK (length(command_id) BETWEEN 1 AND 128), namespace likewise
 # Room for everything in a ReadEvents/AppendEvents message besides one payload.
 _MESSAGE_OVERHEAD = 64 * 1024
-
-
-class SettingsError(Exception):
-    """A missing or malformed setting; the message names the variable."""
-
-    def __init__(self, variable: str, problem: str) -> None:
-        super().__init__(f"{variable}: {problem}")
-        self.variable = variable
 
 
 @dataclass(frozen=True)
@@ -71,8 +73,12 @@ class StoreSettings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> StoreSettings:
         """Build and validate the settings; raises :class:`SettingsError` naming the variable."""
-        env = _Env(environ)
-        database_url = env.required("DATABASE_URL")
+        env = Env(environ)
+        database_url = env.required(
+            "DATABASE_URL",
+            "a Postgres URL such as postgresql://user@host:5432/db, "
+            f"or '{MEMORY_URL}' for the in-memory development backend",
+        )
         if database_url != MEMORY_URL:
             _check_conninfo(database_url)
         min_conn = env.integer("DATABASE_MIN_CONNECTIONS", 2, minimum=0)
@@ -115,9 +121,7 @@ class StoreSettings:
             limits=limits,
             retry_budget_seconds=env.seconds("STORE_RETRY_BUDGET_SECONDS", 10.0),
             shutdown_grace_seconds=env.seconds("STORE_SHUTDOWN_GRACE_SECONDS", 20.0),
-            log_level=env.choice(
-                "LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-            ),
+            log_level=env.choice("LOG_LEVEL", "INFO", LOG_LEVELS),
         )
 
 
@@ -132,21 +136,6 @@ def _check_limits(limits: Limits) -> None:
         raise SettingsError("STORE_MAX_ID_LENGTH", f"must be 1..{_ID_LENGTH_CEILING}")
 
 
-def parse_address(value: str) -> tuple[str, int]:
-    """``host:port`` (``[v6]:port`` for IPv6) → (host, port); port 0 picks a free port."""
-    host, sep, port_text = value.rpartition(":")
-    if not sep or not host or not port_text.isdigit():
-        raise ValueError("expected host:port, for example 127.0.0.1:50051")
-    port = int(port_text)
-    if port > 65535:
-        raise ValueError(f"port {port} is out of range 0..65535")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not host or any(c.isspace() for c in host):
-        raise ValueError("expected host:port, for example 127.0.0.1:50051")
-    return host, port
-
-
 def _check_conninfo(url: str) -> None:
     try:
         psycopg.conninfo.conninfo_to_dict(url)
@@ -157,70 +146,3 @@ def _check_conninfo(url: str) -> None:
             "is not a valid Postgres connection string "
             f"(postgresql://user@host:port/dbname, or '{MEMORY_URL}' for the in-memory backend)",
         ) from None
-
-
-class _Env:
-    def __init__(self, environ: Mapping[str, str]) -> None:
-        self._environ = environ
-
-    def _get(self, name: str) -> str | None:
-        value = self._environ.get(name)
-        if value is None:
-            return None
-        value = value.strip()
-        return value or None
-
-    def required(self, name: str) -> str:
-        value = self._get(name)
-        if value is None:
-            raise SettingsError(
-                name,
-                "is required (a Postgres URL such as postgresql://user@host:5432/db, "
-                f"or '{MEMORY_URL}' for the in-memory development backend)",
-            )
-        return value
-
-    def integer(
-        self, name: str, default: int, *, minimum: int, maximum: int | None = None
-    ) -> int:
-        text = self._get(name)
-        if text is None:
-            return default
-        try:
-            value = int(text, 10)
-        except ValueError:
-            raise SettingsError(name, f"{text!r} is not an integer") from None
-        if value < minimum or (maximum is not None and value > maximum):
-            bound = f"{minimum}..{maximum}" if maximum is not None else f">= {minimum}"
-            raise SettingsError(name, f"{value} is out of range ({bound})")
-        return value
-
-    def seconds(self, name: str, default: float) -> float:
-        text = self._get(name)
-        if text is None:
-            return default
-        try:
-            value = float(text)
-        except ValueError:
-            raise SettingsError(name, f"{text!r} is not a number of seconds") from None
-        if not math.isfinite(value) or value < 0:
-            raise SettingsError(name, f"{text!r} must be a finite number of seconds >= 0")
-        return value
-
-    def address(self, name: str, default: str) -> str:
-        text = self._get(name)
-        if text is None:
-            return default
-        try:
-            parse_address(text)
-        except ValueError as exc:
-            raise SettingsError(name, f"{text!r}: {exc}") from None
-        return text
-
-    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
-        text = self._get(name)
-        if text is None:
-            return default
-        if text.upper() not in choices:
-            raise SettingsError(name, f"{text!r} is not one of {', '.join(choices)}")
-        return text.upper()

@@ -6,6 +6,9 @@ Lifecycle: :meth:`GrpcServer.start` binds and serves with health NOT_SERVING; th
 :meth:`GrpcServer.set_serving` once its backend is ready; :meth:`GrpcServer.stop` turns health
 NOT_SERVING, stops accepting calls, lets in-flight calls finish within the grace period and stops
 the metrics endpoint.
+
+:func:`run_service` and :func:`stop_on_signal` are the ``python -m <service>`` part: exit codes,
+logging set-up and the signal-driven graceful stop.
 """
 
 from __future__ import annotations
@@ -14,9 +17,11 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -26,6 +31,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from flowledger.server.env import SettingsError
 from flowledger.server.interceptors import ServerMetricsInterceptor
 
 log = logging.getLogger("flowledger.server")
@@ -190,3 +196,74 @@ class ShutdownSignals:
             return
         self.signal = sig
         self.first.set()
+
+
+class Stoppable(Protocol):
+    async def stop(self, grace: float | None = None) -> None: ...
+
+
+async def stop_on_signal(
+    server: Stoppable,
+    signals: ShutdownSignals,
+    *,
+    log: logging.Logger,
+    in_flight: str,
+    grace: float,
+) -> None:
+    """Wait for the first signal, then stop ``server`` with its grace; a second signal cuts it
+    short. ``in_flight`` names what the grace is for, in the log line."""
+    await signals.first.wait()
+    log.info(
+        "received %s: draining, %s get %.1fs",
+        signals.signal.name if signals.signal else "signal", in_flight, grace,
+    )
+    stopping = asyncio.ensure_future(server.stop())
+    again = asyncio.ensure_future(signals.again.wait())
+    await asyncio.wait((stopping, again), return_when=asyncio.FIRST_COMPLETED)
+    if not stopping.done():
+        await server.stop(0)  # shortens the first stop's grace
+    again.cancel()
+    await stopping
+
+
+def metrics_url(metrics_listen: str, port: int | None) -> str:
+    """For the start-up log line: the ``/metrics`` URL, or ``off``."""
+    if port is None:
+        return "off"
+    return f"http://{metrics_listen.rpartition(':')[0]}:{port}/metrics"
+
+
+_Loaded = TypeVar("_Loaded")
+
+
+def run_service(
+    prog: str,
+    load: Callable[[], _Loaded],
+    run: Callable[[_Loaded], Coroutine[Any, Any, None]],
+    *,
+    log_level: Callable[[_Loaded], str],
+    log: logging.Logger,
+    start_errors: tuple[type[Exception], ...] = (BindError,),
+) -> int:
+    """``main`` of a service; returns the exit code.
+
+    2 when ``load`` (reading the settings) raises :class:`SettingsError`: one line on stderr
+    naming the variable, before logging is set up. 1 when ``run`` raises one of
+    ``start_errors`` (the service cannot start), logged. 0 after ``run`` returns (a clean stop).
+    """
+    try:
+        loaded = load()
+    except SettingsError as exc:
+        print(f"{prog}: bad setting: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=log_level(loaded),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        asyncio.run(run(loaded))
+    except start_errors as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    return 0
