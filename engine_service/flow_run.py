@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from engine_service import decide as plan
+from engine_service import snapshots
 from engine_service.artifacts import ArtifactCache
 from engine_service.definition import FlowDefinition
 from engine_service.events import (
@@ -42,7 +43,6 @@ from engine_service.replay import FlowState, StepState, StepStatus, replay, repl
 from flowledger.canonical import JsonValue
 from flowledger.errors import (
     FailedPrecondition,
-    FlowledgerError,
     InvalidArgument,
     VersionConflict,
 )
@@ -324,23 +324,8 @@ class FlowRun:
         """The latest usable snapshot, else the empty state (then the whole log is read)."""
         flow = await self._store.get_flow(self.namespace, self.flow_id)
         self._generation = flow.generation
-        snapshot = await self._store.load_snapshot(self.namespace, self.flow_id)
-        if snapshot is None:
-            return FlowState()
-        try:
-            state = FlowState.from_json(snapshot.state_json)
-        except FlowledgerError as exc:
-            log.warning("flow %s: ignoring snapshot at %d: %s", self.flow_id, snapshot.version, exc)
-            return FlowState()
-        if state.version != snapshot.version:
-            log.warning(
-                "flow %s: snapshot at %d holds state of %d; ignored",
-                self.flow_id,
-                snapshot.version,
-                state.version,
-            )
-            return FlowState()
-        self._snapshot_version = snapshot.version
+        state = await snapshots.load_latest(self._store, self.namespace, self.flow_id)
+        self._snapshot_version = state.version
         return state
 
     async def _append(self, write: Write) -> bool:
@@ -387,18 +372,14 @@ class FlowRun:
         return True
 
     async def _maybe_snapshot(self, state: FlowState) -> None:
-        every = self._engine.settings.snapshot_every
-        if every <= 0 or state.version // every <= self._snapshot_version // every:
-            return
-        try:
-            await self._store.save_snapshot(
-                self.namespace, self.flow_id, state.version, state.to_json()
-            )
-        except FlowledgerError as exc:
-            # A snapshot only saves replay time; the log stays the truth. Try again next time.
-            log.warning("flow %s: snapshot at %d not saved: %s", self.flow_id, state.version, exc)
-            return
-        self._snapshot_version = state.version
+        self._snapshot_version = await snapshots.save_if_due(
+            self._store,
+            self.namespace,
+            self.flow_id,
+            state,
+            self._engine.settings.snapshot_every,
+            self._snapshot_version,
+        )
 
 
 def _stored(cmd: Append, seqs: tuple[int, ...], versions: range) -> tuple[StoredEvent, ...]:
