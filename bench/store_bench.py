@@ -163,6 +163,7 @@ def start_store(url: str) -> tuple[subprocess.Popen[bytes], str]:
         DATABASE_URL=url,
         STORE_LISTEN=f"127.0.0.1:{port}",
         STORE_METRICS_LISTEN=f"127.0.0.1:{free_port()}",
+        FLOWLEDGER_INSECURE="1",  # loopback plaintext, explicitly
     )
     proc = subprocess.Popen([sys.executable, "-m", "store_service"], env=env)
     addr = f"127.0.0.1:{port}"

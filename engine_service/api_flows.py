@@ -11,7 +11,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from engine_service import metrics
+from engine_service import interventions, metrics
 from engine_service.api_definitions import Definitions
 from engine_service.branching import OVERRIDES_FIELD
 from engine_service.flow_run import FlowRun
@@ -57,11 +57,19 @@ class FlowView:
 
 
 class Flows:
-    def __init__(self, engine: Engine, definitions: Definitions, worker: Worker | None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        definitions: Definitions,
+        worker: Worker | None,
+        *,
+        max_pending_signals: int = 1000,
+    ) -> None:
         self._engine = engine
         self._store = engine.store
         self._definitions = definitions
         self._worker = worker
+        self._max_pending_signals = max_pending_signals
 
     async def start(self, req: StartRequest) -> tuple[str, bool]:
         """Start a flow of a published version; (flow id, existed). The flow is initialized
@@ -112,6 +120,40 @@ class Flows:
             metrics.FLOWS_STARTED.labels("branch").inc()
         await self._run_here(run)
         return run.flow_id, existed
+
+    async def signal(
+        self,
+        namespace: str,
+        flow_id: str,
+        name: str,
+        payload: JsonValue,
+        request_id: str,
+        sent_by: str,
+    ) -> interventions.SignalResult:
+        """Record a signal; when a step waited for it, run the flow on this replica now."""
+        run = await self._engine.attach(flow_id, namespace=namespace)
+        result = await interventions.signal(
+            run, name, payload, request_id=request_id, sent_by=sent_by,
+            max_pending=self._max_pending_signals,
+        )  # fmt: skip
+        if result.resumed:
+            await self._resume(namespace, flow_id)
+        return result
+
+    async def cancel(
+        self, namespace: str, flow_id: str, reason: str, cancelled_by: str
+    ) -> interventions.CancelResult:
+        """Record the cancel; the flow's compensations then run (here, if it is not running
+        elsewhere: a running engine sees the cancel at its next append)."""
+        run = await self._engine.attach(flow_id, namespace=namespace)
+        result = await interventions.cancel(run, reason=reason, requested_by=cancelled_by)
+        if not result.already:
+            await self._resume(namespace, flow_id)
+        return result
+
+    async def _resume(self, namespace: str, flow_id: str) -> None:
+        if self._worker is not None:
+            await self._worker.run_now(namespace, flow_id)
 
     async def verify(self, namespace: str, flow_id: str) -> VerifyReport:
         return await self._engine.verify(namespace, flow_id)

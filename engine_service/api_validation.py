@@ -296,3 +296,51 @@ def check_branch_flow(req: BranchFlowRequest) -> None:
     _key(c, req.idempotency_key, "idempotency_key")
     c.text(req.started_by, "started_by", MAX_TEXT)
     c.done("BranchFlow")
+
+
+class SignalFlowRequest(Protocol):
+    @property
+    def namespace(self) -> str: ...
+    @property
+    def flow_id(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def payload_json(self) -> str: ...
+    @property
+    def request_id(self) -> str: ...
+    @property
+    def sent_by(self) -> str: ...
+
+
+def check_signal_flow(req: SignalFlowRequest) -> None:
+    c = _checks()
+    c.namespace(req.namespace)
+    c.uuid(req.flow_id, "flow_id")
+    if not re.fullmatch(r"[A-Za-z0-9._:-]{1,128}", req.name):
+        c.bad("name", "must be 1..128 characters of letters, digits and . _ : -")
+    c.json(req.payload_json, "payload_json", require_object=False, optional=True)
+    if req.request_id and not re.fullmatch(r"[A-Za-z0-9._:-]{1,100}", req.request_id):
+        c.bad("request_id", "must be 1..100 characters of letters, digits and . _ : -")
+    c.text(req.sent_by, "sent_by", MAX_TEXT)
+    c.done("SignalFlow")
+
+
+class CancelFlowRequest(Protocol):
+    @property
+    def namespace(self) -> str: ...
+    @property
+    def flow_id(self) -> str: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def cancelled_by(self) -> str: ...
+
+
+def check_cancel_flow(req: CancelFlowRequest) -> None:
+    c = _checks()
+    c.namespace(req.namespace)
+    c.uuid(req.flow_id, "flow_id")
+    c.text(req.reason, "reason", MAX_TEXT)
+    c.text(req.cancelled_by, "cancelled_by", MAX_TEXT)
+    c.done("CancelFlow")

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from engine_service.definition import FlowDefinition, canonical_params
-from engine_service.events import PropertyPreferenceAssigned, StepFinished, decode
+from engine_service.event_codec import decode
+from engine_service.events import PropertyPreferenceAssigned, StepFinished
 from engine_service.fingerprint import ENGINE_VERSION
 from engine_service.flow_run import FlowRun
 from engine_service.ids import flow_id_for_key

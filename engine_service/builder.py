@@ -23,7 +23,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from engine_service.definition import FlowDefinition, StepSpec
+from engine_service.builtin_steps import SIGNAL, TASK, WAIT
+from engine_service.definition import Compensation, FlowDefinition, StepSpec
 from engine_service.registry import StepRegistry, StepType
 from engine_service.retry import RetryPolicy
 from engine_service.steps import StepFn, StepKind
@@ -65,6 +66,39 @@ class Flow:
         self._steps.append(StepSpec(step_id, type_name, kind, dict(params)))
         return self
 
+    def wait(self, step_id: str, seconds: float, reason: str = "") -> Flow:
+        """A durable timer (up to 3600 s): the flow waits holding no worker; the step passes
+        its inputs through."""
+        params: dict[str, JsonValue] = {"seconds": seconds}
+        if reason:
+            params["reason"] = reason
+        return self._builtin(step_id, WAIT, params)
+
+    def signal(
+        self,
+        step_id: str,
+        name: str,
+        *,
+        timeout_seconds: float | None = None,
+        default: JsonValue = None,
+        on_timeout: str = "fail",
+    ) -> Flow:
+        """Wait for the signal ``name`` (SignalFlow); its payload is the step's output."""
+        params: dict[str, JsonValue] = {"name": name}
+        if timeout_seconds is not None:
+            params["timeout_seconds"] = timeout_seconds
+            params["on_timeout"] = on_timeout
+            if on_timeout == "default":
+                params["default"] = default
+        return self._builtin(step_id, SIGNAL, params)
+
+    def task(self, step_id: str, queue: str, *, timeout_seconds: float | None = None) -> Flow:
+        """Hand the step to external workers polling ``queue`` (worker.proto)."""
+        params: dict[str, JsonValue] = {"queue": queue}
+        if timeout_seconds is not None:
+            params["timeout_seconds"] = timeout_seconds
+        return self._builtin(step_id, TASK, params)
+
     def options(
         self,
         *,
@@ -72,18 +106,38 @@ class Flow:
         timeout_ms: int | None = None,
         continue_on_error: bool = False,
         when: str | None = None,
+        compensate: str | StepFn | None = None,
+        compensate_params: dict[str, JsonValue] | None = None,
+        commit: bool = False,
     ) -> Flow:
-        """Failure handling of the step added last (checked by :meth:`build`)."""
+        """Failure handling of the step added last (checked by :meth:`build`):
+        ``compensate`` undoes it if the flow later fails or is cancelled (saga); ``commit``
+        makes its side effect at-most-once."""
         if not self._steps:
             raise ValueError("options() applies to the step added last; add a step first")
         last = self._steps[-1]
+        compensation = None
+        if compensate is not None:
+            name = (
+                compensate
+                if isinstance(compensate, str)
+                else self._bind(compensate, StepKind.TRANSFORM)
+            )
+            compensation = Compensation(name, compensate_params or {})
         self._steps[-1] = replace(
             last,
             retry=retry,
             timeout_ms=timeout_ms,
             continue_on_error=continue_on_error,
             when=when,
+            compensate=compensation,
+            commit=commit,
         )
+        return self
+
+    def _builtin(self, step_id: str, type_name: str, params: dict[str, JsonValue]) -> Flow:
+        kind = StepKind.SOURCE if not self._steps else StepKind.TRANSFORM
+        self._steps.append(StepSpec(step_id, type_name, kind, params))
         return self
 
     def build(self) -> FlowDefinition:

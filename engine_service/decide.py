@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TypeAlias
 
-from engine_service.replay import FlowState, StepStatus
+from engine_service.replay import CompensationStatus, FlowState, StepStatus
 
 
 @dataclass(frozen=True)
@@ -41,12 +41,42 @@ class CompleteFlow:
 
 @dataclass(frozen=True)
 class FailFlow:
-    """A step failed but FlowFailed is missing."""
+    """A step failed for good and every compensation has run: FlowFailed."""
 
     index: int
 
 
-Action: TypeAlias = Initialize | StartStep | RunStep | CompleteFlow | FailFlow
+@dataclass(frozen=True)
+class StartCompensation:
+    """Record CompensationStarted for the finished step ``index`` (saga, reverse order)."""
+
+    index: int
+    attempt: int
+
+
+@dataclass(frozen=True)
+class RunCompensation:
+    """Execute a started compensation (again, after a crash: at least once)."""
+
+    index: int
+    attempt: int
+
+
+@dataclass(frozen=True)
+class FinishCancel:
+    """Cancelling was asked for and every compensation has run: FlowCancelled."""
+
+
+Action: TypeAlias = (
+    Initialize
+    | StartStep
+    | RunStep
+    | CompleteFlow
+    | FailFlow
+    | StartCompensation
+    | RunCompensation
+    | FinishCancel
+)
 
 
 def decide(state: FlowState) -> Action | None:
@@ -55,6 +85,12 @@ def decide(state: FlowState) -> Action | None:
         return Initialize()
     if state.terminal:
         return None
+    if state.cancel_requested or state.failing:
+        # No step starts any more: undo the finished ones, latest first, then end the flow.
+        compensation = _next_compensation(state)
+        if compensation is not None:
+            return compensation
+        return FinishCancel() if state.cancel_requested else FailFlow(state.cursor)
     if state.cursor >= len(state.steps):
         return CompleteFlow()
     step = state.steps[state.cursor]
@@ -63,7 +99,19 @@ def decide(state: FlowState) -> Action | None:
             return StartStep(state.cursor, step.attempt + 1)
         case StepStatus.RUNNING:
             return RunStep(state.cursor, step.attempt)
-        case StepStatus.FAILED:
-            return FailFlow(state.cursor)
-        case StepStatus.FINISHED_OK | StepStatus.SKIPPED:  # pragma: no cover - cursor moved on
-            raise AssertionError("cursor on a finished step")
+        case StepStatus.FAILED | StepStatus.FINISHED_OK | StepStatus.SKIPPED:  # pragma: no cover
+            raise AssertionError("cursor on an ended step")
+
+
+def _next_compensation(state: FlowState) -> StartCompensation | RunCompensation | None:
+    assert state.init is not None
+    for index in range(len(state.steps) - 1, -1, -1):
+        step = state.steps[index]
+        if step.status is not StepStatus.FINISHED_OK or state.init.steps[index].compensate is None:
+            continue
+        match step.compensation:
+            case CompensationStatus.RUNNING:
+                return RunCompensation(index, step.compensation_attempt)
+            case CompensationStatus.NONE | CompensationStatus.RETRYING:
+                return StartCompensation(index, step.compensation_attempt + 1)
+    return None

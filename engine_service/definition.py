@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from engine_service.builtin_steps import BUILTIN_TYPES
 from engine_service.conditions import MAX_EXPRESSION_LENGTH
 from engine_service.conditions import problem as when_problem
 from engine_service.fingerprint import definition_hash
@@ -62,6 +63,16 @@ DOCUMENT_SCHEMA: dict[str, Any] = {
                     "timeout_ms": TIMEOUT_SCHEMA,
                     "continue_on_error": {"type": "boolean"},
                     "when": {"type": "string", "minLength": 1, "maxLength": MAX_EXPRESSION_LENGTH},
+                    "compensate": {
+                        "type": "object",
+                        "required": ["type"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "type": {"type": "string", "minLength": 1, "maxLength": 128},
+                            "config": {"type": "object"},
+                        },
+                    },
+                    "commit": {"type": "boolean"},
                 },
             },
         },
@@ -73,6 +84,17 @@ DOCUMENT_SCHEMA: dict[str, Any] = {
     },
 }
 _DOCUMENT_VALIDATOR = compile_schema(DOCUMENT_SCHEMA, field="definition")
+
+
+@dataclass(frozen=True)
+class Compensation:
+    """The step type (and its params) that undoes a finished step (saga, decision 0014)."""
+
+    type: str
+    params: Mapping[str, JsonValue] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, JsonValue]:
+        return {"type": self.type, "config": dict(self.params)}
 
 
 @dataclass(frozen=True)
@@ -88,6 +110,11 @@ class StepSpec:
     timeout_ms: int | None = None
     continue_on_error: bool = False
     when: str | None = None  # a JMESPath condition; false skips the step
+    # Saga: what undoes this step once it finished, when the flow fails or is cancelled.
+    compensate: Compensation | None = None
+    # A commit step's side effect happens at most once: an attempt interrupted by a crash is
+    # not run again but fails (CommitInterrupted), and the step is never retried.
+    commit: bool = False
 
     def to_dict(self) -> dict[str, JsonValue]:
         """The document form; the failure-handling keys only when set, so that the
@@ -106,11 +133,16 @@ class StepSpec:
             row["continue_on_error"] = True
         if self.when is not None:
             row["when"] = self.when
+        if self.compensate is not None:
+            row["compensate"] = self.compensate.to_dict()
+        if self.commit:
+            row["commit"] = True
         return row
 
     @classmethod
     def from_dict(cls, row: Mapping[str, Any], kind: StepKind | None = None) -> StepSpec:
         retry = row.get("retry")
+        compensate = row.get("compensate")
         return cls(
             row["id"],
             row["type"],
@@ -120,6 +152,10 @@ class StepSpec:
             row.get("timeout_ms"),
             bool(row.get("continue_on_error", False)),
             row.get("when"),
+            None
+            if compensate is None
+            else Compensation(compensate["type"], compensate.get("config", {})),
+            bool(row.get("commit", False)),
         )
 
 
@@ -163,8 +199,20 @@ class FlowDefinition:
             found.extend(_policy_violations(f"steps[{index}]", retry, timeout_ms))
             if spec.when is not None and (why := when_problem(spec.when)):
                 found.append(FieldViolation(f"steps[{index}].when", why))
+            compensate = spec.compensate
+            if compensate is not None:
+                comp_params, problem = canonical_params(compensate.params)
+                if problem:
+                    found.append(FieldViolation(f"steps[{index}].compensate.config", problem))
+                compensate = replace(compensate, params=comp_params)
+            if spec.commit and spec.retry is not None and spec.retry.max_attempts > 1:
+                found.append(
+                    FieldViolation(f"steps[{index}].retry", "a commit step is never retried")
+                )
             normalized.append(
-                replace(spec, params=params, retry=retry, timeout_ms=timeout_ms)
+                replace(
+                    spec, params=params, retry=retry, timeout_ms=timeout_ms, compensate=compensate
+                )
             )
         raise_if_any(found, "flow definition")
         object.__setattr__(self, "steps", tuple(normalized))
@@ -197,11 +245,13 @@ class FlowDefinition:
         found: list[FieldViolation] = []
         resolved: list[StepType] = []
         for index, spec in enumerate(self.steps):
-            step_type = self.bindings.get(spec.type) or registry.find(spec.type)
+            step_type = self._find(spec.type, registry)
             if step_type is None:
                 found.append(_unknown_type(index, spec.type, registry))
                 continue
-            if step_type.kind is not spec.kind:
+            if spec.compensate is not None:
+                found.extend(self._compensation_violations(index, spec.compensate, registry))
+            if not step_type.allows(spec.kind) and spec.type not in BUILTIN_TYPES:
                 found.append(
                     FieldViolation(
                         f"steps[{index}].kind",
@@ -214,6 +264,35 @@ class FlowDefinition:
         raise_if_any(found, f"flow definition {self.name!r}")
         return tuple(resolved)
 
+    def compensation_types(self, registry: StepRegistry) -> dict[int, StepType]:
+        """The step type of each step's compensation, by step index (after :meth:`resolve`)."""
+        found: dict[int, StepType] = {}
+        for index, spec in enumerate(self.steps):
+            if spec.compensate is not None:
+                step_type = self._find(spec.compensate.type, registry)
+                if step_type is None:
+                    raise InvalidArgument.field(
+                        f"steps[{index}].compensate.type",
+                        f"unknown step type {spec.compensate.type!r}",
+                    )
+                found[index] = step_type
+        return found
+
+    def _find(self, name: str, registry: StepRegistry) -> StepType | None:
+        # Built-in names are reserved: nothing may stand in for the engine's own steps.
+        return BUILTIN_TYPES.get(name) or self.bindings.get(name) or registry.find(name)
+
+    def _compensation_violations(
+        self, index: int, compensate: Compensation, registry: StepRegistry
+    ) -> list[FieldViolation]:
+        at = f"steps[{index}].compensate"
+        step_type = self._find(compensate.type, registry)
+        if step_type is None:
+            return [FieldViolation(f"{at}.type", f"unknown step type {compensate.type!r}")]
+        if compensate.type in BUILTIN_TYPES:
+            return [FieldViolation(f"{at}.type", "a compensation must be a step function")]
+        return step_type.config_violations(dict(compensate.params), f"{at}.config")
+
     @classmethod
     def from_dict(cls, document: JsonValue, registry: StepRegistry) -> FlowDefinition:
         """Validate a declarative document (shape, rules, each config against its type's
@@ -223,11 +302,13 @@ class FlowDefinition:
         found: list[FieldViolation] = []
         specs: list[StepSpec] = []
         for index, step in enumerate(document["steps"]):
-            step_type = registry.find(step["type"])
+            step_type = BUILTIN_TYPES.get(step["type"]) or registry.find(step["type"])
             if step_type is None:
                 found.append(_unknown_type(index, step["type"], registry))
                 continue
-            kind = StepKind(step["kind"]) if "kind" in step else step_type.kind
+            kind = StepKind(step["kind"]) if "kind" in step else step_type.default_kind(index == 0)
+            if "kind" not in step and step["type"] in BUILTIN_TYPES and index == 0:
+                kind = StepKind.SOURCE  # a flow may begin by waiting
             specs.append(StepSpec.from_dict(step, kind))
         raise_if_any(found, "flow definition")
         defaults = document.get("defaults", {})
@@ -298,7 +379,7 @@ def canonical_params(params: object) -> tuple[dict[str, JsonValue], str]:
 
 
 def _unknown_type(index: int, name: str, registry: StepRegistry) -> FieldViolation:
-    known = ", ".join(registry.names()) or "none"
+    known = ", ".join(sorted({*registry.names(), *BUILTIN_TYPES})) or "none"
     return FieldViolation(f"steps[{index}].type", f"unknown step type {name!r} (known: {known})")
 
 

@@ -30,13 +30,19 @@ class PreparedArtifact:
     payload: JsonValue
 
 
+COMMIT_INTERRUPTED = "CommitInterrupted"
+
+
 @dataclass(frozen=True)
 class Outcome:
-    """A step's result, validated: outputs and signals ready to record, or a failure."""
+    """A step's result, validated: outputs and signals ready to record, or a failure.
+    ``output_hashes`` (instead of ``outputs``) names outputs already stored: a wait passing
+    its inputs through, a signal's payload."""
 
     outputs: tuple[PreparedArtifact, ...] = ()
     signals: tuple[Signal, ...] = ()
     failure: StepFailure | None = None
+    output_hashes: tuple[str, ...] = ()
 
 
 def prepare(value: JsonValue) -> PreparedArtifact:

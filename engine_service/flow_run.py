@@ -17,29 +17,25 @@ applied (the engine service feeds WatchFlow with it).
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from engine_service import decide as plan
 from engine_service import snapshots
 from engine_service.artifacts import ArtifactCache
 from engine_service.definition import FlowDefinition
-from engine_service.events import (
-    EngineEvent,
-    FlowInitialized,
-    PropertyPreferenceAssigned,
-    decode,
-    encode,
-    variant,
-)
+from engine_service.event_codec import encode
+from engine_service.events import FlowInitialized, PropertyPreferenceAssigned
+from engine_service.flow_log import FlowLog, stored_events
 from engine_service.ids import branch_command_id, init_command_id
 from engine_service.lease import LeaseLost, is_lease_lost
-from engine_service.planner import Write, WritePlanner
+from engine_service.planner import WritePlanner
 from engine_service.progress import Progress
 from engine_service.replay import FlowState, StepState, StepStatus, replay, replay_stored
+from engine_service.writes import Suspend, Write
 from flowledger.canonical import JsonValue
 from flowledger.errors import (
     FailedPrecondition,
@@ -54,20 +50,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class LoggedEvent:
-    """An event of the flow's log, typed, with what the store recorded about it."""
-
-    version: int
-    event: EngineEvent
-    stored: StoredEvent
-
-    @property
-    def variant(self) -> str:
-        return variant(self.event)
+class Appended(enum.Enum):
+    APPLIED = "applied"  # written now
+    STALE = "stale"  # refused (conflict) or applied by someone else: re-read and decide again
+    DUPLICATE = "duplicate"  # this very command was applied earlier
 
 
-class FlowRun:
+class FlowRun(FlowLog):
     """One flow, seen through its log. Made by :meth:`Engine.start` / :meth:`Engine.attach`."""
 
     def __init__(
@@ -99,10 +88,15 @@ class FlowRun:
         self._snapshot_version = 0
         self._lock = asyncio.Lock()
         self._artifacts = ArtifactCache(self._store, self.namespace)
-        defaults = engine.settings.step_defaults
+        self._chunk_size = engine.settings.read_chunk_size
+        settings = engine.settings
         self._planner = WritePlanner(
-            self.flow_id, self.namespace, definition, engine.registry, self._artifacts, defaults
-        )
+            self.flow_id, self.namespace, definition, engine.registry, self._artifacts,
+            settings.step_defaults, clock=settings.clock, inline_wait_ms=settings.inline_wait_ms,
+        )  # fmt: skip
+        self.suspension: Suspend | None = None
+        """Set when the last ``next`` stopped because the flow waits (a timer, a signal, a
+        task); the flow is WAITING in the store and this run writes nothing more for now."""
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -111,32 +105,6 @@ class FlowRun:
         async with self._lock:
             self._stale = True
             return await self._sync()
-
-    async def events(self) -> list[LoggedEvent]:
-        out: list[LoggedEvent] = []
-        async for chunk in self._store.read_events(
-            self.namespace, self.flow_id, chunk_size=self._engine.settings.read_chunk_size
-        ):
-            out.extend(LoggedEvent(e.version, decode(e.type, e.payload_json), e) for e in chunk)
-        return out
-
-    async def event_variants(self) -> str:
-        """The compact form of the log, e.g. ``ISFSFSFC``."""
-        return "".join(e.variant for e in await self.events())
-
-    async def flow_fingerprint(self) -> str | None:
-        """The fingerprint FlowCompleted recorded, or None while the flow has not completed."""
-        return (await self.state()).flow_fingerprint
-
-    async def last_step_output(self, step_id: str) -> list[JsonValue] | None:
-        """The output payloads of ``step_id``'s StepFinished, or None if it has not finished."""
-        state = await self.state()
-        step = state.step(step_id)
-        if step is None:
-            raise InvalidArgument.field("step_id", f"flow {self.flow_id} has no step {step_id!r}")
-        if step.status is not StepStatus.FINISHED_OK:
-            return None
-        return [a.payload for a in await self._artifacts.values(step.output_hashes)]
 
     def remember(self, artifact_hash: str, payload: JsonValue) -> None:
         """Seed the artifact cache with a payload this process already holds."""
@@ -147,6 +115,16 @@ class FlowRun:
     @property
     def fencing_token(self) -> int:
         return self._fencing_token
+
+    @property
+    def planner(self) -> WritePlanner:
+        """What plans this flow's writes (for outcomes that arrive from outside the run: an
+        external worker's task result)."""
+        return self._planner
+
+    @property
+    def generation(self) -> int:
+        return self._generation
 
     def attach_lease(self, fencing_token: int) -> None:
         """Write from now on under a lease claimed after this handle was made (a flow the
@@ -169,22 +147,17 @@ class FlowRun:
         self, init: FlowInitialized, artifacts: tuple[NewArtifact, ...]
     ) -> FlowInitialized:
         """Append FlowInitialized unless the log has one; returns the one recorded."""
-        async with self._lock:
-            self._check_lease()
-            progress = Progress(self.flow_id)
-            while True:
-                state = await self._sync()
-                progress.check(state.version)
-                if state.init is not None:
-                    return state.init
-                write = Write(
-                    (init,),
-                    init_command_id(self.flow_id, self._generation),
-                    artifacts,
-                    FlowStatus.RUNNING,
-                )
-                if not await self._append(write):
-                    progress.failed(state.version)
+
+        async def build(state: FlowState) -> Write | None:
+            if state.init is not None:
+                return None
+            command = init_command_id(self.flow_id, self._generation)
+            return Write((init,), command, artifacts, FlowStatus.RUNNING)
+
+        await self.append_planned(build)
+        recorded = (await self._current()).init
+        assert recorded is not None  # appended now, or found
+        return recorded
 
     async def assign_branch_params(
         self, event: PropertyPreferenceAssigned
@@ -194,22 +167,16 @@ class FlowRun:
         fork = self._fork_version
         if fork is None:
             raise FailedPrecondition(f"flow {self.flow_id} is not a branch", reason="NOT_A_BRANCH")
-        async with self._lock:
-            self._check_lease()
-            progress = Progress(self.flow_id)
-            while True:
-                state = await self._sync()
-                progress.check(state.version)
-                if state.version > fork:
-                    first = await self._event_at(fork + 1)
-                    return first if isinstance(first, PropertyPreferenceAssigned) else None
-                write = Write(
-                    (event,),
-                    branch_command_id(self.flow_id, self._generation),
-                    new_status=FlowStatus.RUNNING,
-                )
-                if not await self._append(write):
-                    progress.failed(state.version)
+
+        async def build(state: FlowState) -> Write | None:
+            if state.version > fork:
+                return None
+            command = branch_command_id(self.flow_id, self._generation)
+            return Write((event,), command, new_status=FlowStatus.RUNNING)
+
+        await self.append_planned(build)
+        first = await self._event_at(fork + 1)
+        return first if isinstance(first, PropertyPreferenceAssigned) else None
 
     async def next(self, *, start_next: bool = False) -> StepState | None:
         """Run the next step to its end (finished or failed, by this or another engine) and
@@ -225,6 +192,7 @@ class FlowRun:
     async def _next(self, *, chain: bool) -> StepState | None:
         async with self._lock:
             self._check_lease()
+            self.suspension = None
             target: int | None = None
             progress = Progress(self.flow_id)
             # The step outcome planned last, kept across a refused append: when the re-read
@@ -263,24 +231,77 @@ class FlowRun:
                 if planned is not None and planned[:2] == (action, self._generation):
                     write = planned[2]
                 else:
-                    write = await self._planner.plan(state, action, self._generation, chain=chain)
+                    planned_now = await self._planner.plan(
+                        state, action, self._generation, chain=chain
+                    )
+                    if isinstance(planned_now, Suspend):
+                        if await self._wait_inline(planned_now.until):
+                            continue
+                        self.suspension = planned_now
+                        return state.steps[target] if target is not None else None
+                    write = planned_now
                     planned = (action, self._generation, write)
-                if not await self._append(write):
+                if await self._append(write) is not Appended.APPLIED:
                     progress.failed(state.version)
+                elif write.suspends:
+                    if not await self._wait_inline(write.wake_at):
+                        self.suspension = Suspend(write.wake_at)
+                        after = await self._sync()  # the append just applied: cached
+                        return after.steps[target] if target is not None else None
                 elif write.retry_delay_ms:
-                    # Backoff inside the run, lease held (durable timers: a later slice).
+                    # A short backoff waits inside the run, lease held; a longer one suspends.
                     await asyncio.sleep(write.retry_delay_ms / 1000)
 
-    async def run_to_end(self) -> FlowState:
-        """Advance until the flow completes or fails; returns the final state.
+    async def run_to_end(self, *, wait_timers: bool = True) -> FlowState:
+        """Advance until the flow completes, fails or is cancelled, or waits for a signal or
+        an external worker (then ``suspension`` is set); returns the state. Timers (wait
+        steps, long retry backoffs) are slept through here unless ``wait_timers`` is False.
 
         Each step's StepFinished goes out with the next step's StepStarted in one append (the
         run is going on anyway): the log is the one ``next()`` would write, in fewer round trips.
         """
         while await self._next(chain=True) is not None:
-            pass
+            if self.suspension is None:
+                continue
+            until = self.suspension.until
+            if until is None or not wait_timers:
+                break  # waits for a signal or a worker: the caller resumes it later
+            await asyncio.sleep(max(0.0, (until - self._engine.settings.clock()).total_seconds()))
         async with self._lock:
             return await self._sync()
+
+    async def append_planned(
+        self, build: Callable[[FlowState], Awaitable[Write | None]]
+    ) -> tuple[Write | None, Appended]:
+        """Append what ``build`` plans from the flow's current state (None: nothing to write),
+        reading the log again and re-planning after a conflict. For writes made on behalf of a
+        caller rather than by running the flow: a signal, a cancel, a worker's task outcome."""
+        async with self._lock:
+            self._check_lease()
+            progress = Progress(self.flow_id)
+            while True:
+                state = await self._sync()
+                progress.check(state.version)
+                write = await build(state)
+                if write is None:
+                    return None, Appended.STALE
+                outcome = await self._append(write)
+                if outcome is not Appended.STALE:
+                    return write, outcome
+                progress.failed(state.version)
+
+    async def _wait_inline(self, until: datetime | None) -> bool:
+        """Sleep through a wait that ends within ``inline_wait_ms`` (cheaper than letting go of
+        the flow and claiming it again); False when the wait is longer (or has no end)."""
+        if until is None:
+            return False
+        settings = self._engine.settings
+        remaining = (until - settings.clock()).total_seconds()
+        if remaining * 1000 > settings.inline_wait_ms:
+            return False
+        await asyncio.sleep(max(0.0, remaining))
+        self._stale = True  # the wait may have been ended by someone else meanwhile
+        return True
 
     @property
     def current_state(self) -> FlowState | None:
@@ -289,17 +310,13 @@ class FlowRun:
 
     # -- internals -------------------------------------------------------------------------
 
+    async def _current(self) -> FlowState:
+        async with self._lock:
+            return await self._sync()
+
     def _check_lease(self) -> None:
         if self._lease_lost is not None:
             raise self._lease_lost
-
-    async def _event_at(self, version: int) -> EngineEvent | None:
-        found: list[StoredEvent] = []
-        async for chunk in self._store.read_events(
-            self.namespace, self.flow_id, after_version=version - 1, to_version=version
-        ):
-            found.extend(chunk)
-        return decode(found[0].type, found[0].payload_json) if found else None
 
     async def _sync(self) -> FlowState:
         """The cached state, brought up to date from the store if it may be behind."""
@@ -328,8 +345,8 @@ class FlowRun:
         self._snapshot_version = state.version
         return state
 
-    async def _append(self, write: Write) -> bool:
-        """True when ``write`` was applied now; False when the log must be re-read first."""
+    async def _append(self, write: Write) -> Appended:
+        """Whether ``write`` was applied now; otherwise the log must be re-read first."""
         state = self._state
         assert state is not None
         assert not self._stale
@@ -342,6 +359,8 @@ class FlowRun:
             artifacts=write.artifacts,
             new_status=write.new_status,
             fencing_token=self._fencing_token,
+            wake_at=write.wake_at,
+            task_queue=write.task_queue,
         )
         try:
             result = await self._store.append(cmd)
@@ -356,20 +375,24 @@ class FlowRun:
             if conflict.current_version < state.version:
                 self._state = None  # the log was cut (pruned): reload from scratch
             self._stale = True
-            return False
+            return Appended.STALE
         except BaseException:
             # The append may or may not have been applied: find out before deciding again.
             self._stale = True
             raise
         if result.duplicate or result.first_version != state.version + 1:
             self._stale = True
-            return False
+            return Appended.DUPLICATE if result.duplicate else Appended.STALE
         versions = range(result.first_version, result.last_version + 1)
         self._state = replay(zip(versions, write.events, strict=True), state)
+        self._planner.applied(write)
         if self.on_append is not None:
-            self.on_append(_stored(cmd, result.seqs, versions))
+            self.on_append(stored_events(cmd, result.seqs, versions))
+        if self._engine.hooks:
+            versioned = list(zip(versions, write.events, strict=True))
+            await self._engine.hooks.dispatch(self.namespace, self.flow_id, versioned)
         await self._maybe_snapshot(self._state)
-        return True
+        return Appended.APPLIED
 
     async def _maybe_snapshot(self, state: FlowState) -> None:
         self._snapshot_version = await snapshots.save_if_due(
@@ -380,14 +403,3 @@ class FlowRun:
             self._engine.settings.snapshot_every,
             self._snapshot_version,
         )
-
-
-def _stored(cmd: Append, seqs: tuple[int, ...], versions: range) -> tuple[StoredEvent, ...]:
-    """The events of an applied append as the log holds them; ``ts`` is this process's clock
-    (the append's answer does not carry the commit time)."""
-    now = datetime.now(UTC)
-    return tuple(
-        StoredEvent(seq, cmd.flow_id, version, event.type, event.payload_json, now,
-                    cmd.command_id)
-        for seq, version, event in zip(seqs, versions, cmd.events, strict=True)
-    )

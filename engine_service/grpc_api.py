@@ -1,6 +1,6 @@
 """The EngineService over gRPC: validate → convert → call the API layer → convert back.
 
-Errors leave through one place, :func:`_fail`: a :class:`~flowledger.errors.FlowledgerError`
+Errors leave through one place, :func:`fail`: a :class:`~flowledger.errors.FlowledgerError`
 (the store's errors arrive as the same classes through the store client) becomes its rich status
 through :func:`flowledger.rpc_status.abort`; anything else is logged and answered INTERNAL with a
 generic message. A request is validated whole before anything is written, so a failed call
@@ -27,6 +27,7 @@ from engine_service.api_definitions import Definitions
 from engine_service.api_flows import Flows
 from engine_service.watch import FlowNotifier, watch_flow
 from flowledger import rpc_status
+from flowledger.canonical import parse_json
 from flowledger.errors import FlowledgerError, InternalError
 from flowledger.v1 import engine_pb2, engine_pb2_grpc
 from store_service.ports import EventStore
@@ -39,7 +40,7 @@ Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
 
-async def _fail(context: Context, method: str, exc: Exception) -> None:
+async def fail(context: Context, method: str, exc: Exception) -> None:
     """The one place where an exception becomes the call's status."""
     if isinstance(exc, grpc.aio.AbortError):
         raise exc  # already a status
@@ -59,8 +60,8 @@ def _unary(
         try:
             return await fn(self, request, context)
         except Exception as exc:
-            await _fail(context, fn.__name__, exc)
-            raise AssertionError("unreachable: _fail aborts") from exc
+            await fail(context, fn.__name__, exc)
+            raise AssertionError("unreachable: fail aborts") from exc
 
     return wrapper
 
@@ -77,7 +78,7 @@ def _stream(
             async for response in responses:
                 yield response
         except Exception as exc:
-            await _fail(context, fn.__name__, exc)
+            await fail(context, fn.__name__, exc)
         finally:
             await responses.aclose()  # type: ignore[attr-defined]
 
@@ -236,3 +237,27 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
         validation.check_flow_ref(request, "VerifyFlow")
         report = await self._flows.verify(request.namespace, request.flow_id)
         return convert.verify_response(report)
+
+    @_unary
+    async def SignalFlow(
+        self, request: engine_pb2.SignalFlowRequest, context: Context
+    ) -> engine_pb2.SignalFlowResponse:
+        validation.check_signal_flow(request)
+        payload = parse_json(request.payload_json) if request.payload_json else None
+        result = await self._flows.signal(
+            request.namespace, request.flow_id, request.name, payload, request.request_id,
+            request.sent_by,
+        )  # fmt: skip
+        return engine_pb2.SignalFlowResponse(
+            version=result.version, duplicate=result.duplicate, resumed=result.resumed
+        )
+
+    @_unary
+    async def CancelFlow(
+        self, request: engine_pb2.CancelFlowRequest, context: Context
+    ) -> engine_pb2.CancelFlowResponse:
+        validation.check_cancel_flow(request)
+        result = await self._flows.cancel(
+            request.namespace, request.flow_id, request.reason, request.cancelled_by
+        )
+        return engine_pb2.CancelFlowResponse(version=result.version, already=result.already)

@@ -7,11 +7,13 @@ the replayed state and the flow's artifacts, and its outcome becomes StepSignal/
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta
 
+from engine_service import compensation, waits
 from engine_service import decide as plan
 from engine_service.artifacts import ArtifactCache
+from engine_service.builtin_steps import is_builtin
 from engine_service.conditions import ConditionError, holds
 from engine_service.definition import FlowDefinition
 from engine_service.events import (
@@ -26,7 +28,7 @@ from engine_service.events import (
     StepSkipped,
     StepStarted,
 )
-from engine_service.executor import Outcome, execute_attempt
+from engine_service.executor import COMMIT_INTERRUPTED, Outcome, execute_attempt
 from engine_service.fingerprint import (
     ENGINE_VERSION,
     failed_step_fingerprint,
@@ -36,27 +38,13 @@ from engine_service.fingerprint import (
 )
 from engine_service.ids import command_id
 from engine_service.registry import StepRegistry, StepType
-from engine_service.replay import FlowState
+from engine_service.replay import FlowState, replay
 from engine_service.retry import StepDefaults
-from engine_service.steps import StepContext
+from engine_service.steps import StepContext, StepFailure
+from engine_service.writes import Suspend, Write, utc_now
 from flowledger.canonical import JsonValue
 from flowledger.errors import FailedPrecondition, InternalError, InvalidArgument
 from store_service.domain import FlowStatus, NewArtifact
-
-
-@dataclass(frozen=True)
-class Write:
-    """One append: all or nothing."""
-
-    events: tuple[EngineEvent, ...]
-    command_id: str
-    artifacts: tuple[NewArtifact, ...] = ()
-    new_status: FlowStatus | None = None
-
-    @property
-    def retry_delay_ms(self) -> int:
-        """The backoff to wait after this write (a StepAttemptFailed's delay), else 0."""
-        return sum(e.delay_ms for e in self.events if isinstance(e, StepAttemptFailed))
 
 
 class WritePlanner:
@@ -71,6 +59,9 @@ class WritePlanner:
         registry: StepRegistry,
         artifacts: ArtifactCache,
         defaults: StepDefaults | None = None,
+        *,
+        clock: Callable[[], datetime] = utc_now,
+        inline_wait_ms: int = 1000,
     ) -> None:
         self.flow_id = flow_id
         self._defaults = defaults or StepDefaults()
@@ -79,13 +70,26 @@ class WritePlanner:
         self._registry = registry
         self._artifacts = artifacts
         self._types: tuple[StepType, ...] | None = None
+        self._compensations: dict[int, StepType] = {}
+        self.clock = clock
+        self.inline_wait_ms = inline_wait_ms
+        # Attempts whose StepStarted this planner's writes recorded: a commit step runs only
+        # in the run that started it (decision 0014).
+        self.started_here: set[tuple[int, int]] = set()
+
+    def applied(self, write: Write) -> None:
+        """Note a write the store applied."""
+        for event in write.events:
+            if isinstance(event, StepStarted):
+                self.started_here.add((event.index, event.attempt))
 
     async def plan(
         self, state: FlowState, action: plan.Action, generation: int, *, chain: bool = False
-    ) -> Write:
-        """The write for ``action``. With ``chain``, a step that finishes and is not the last
-        also starts the next one in the same append (StepFinished + StepStarted): one round
-        trip less per step, and the log is the same as two appends would leave."""
+    ) -> Write | Suspend:
+        """The write for ``action`` (or Suspend: nothing to write, the flow waits). With
+        ``chain``, a step that finishes and is not the last also starts the next one in the
+        same append (StepFinished + StepStarted): one round trip less per step, and the log is
+        the same as two appends would leave."""
         init = _init_of(state)
         # Checked before any write, StepStarted included: a run that cannot execute the flow
         # faithfully (other scheme, other definition, missing types) must not touch its log.
@@ -99,23 +103,27 @@ class WritePlanner:
                         return skip
                 return Write(
                     (StepStarted(step_id, index, attempt),),
-                    self._command(generation, index, attempt, "started"),
+                    self.command(generation, index, attempt, "started"),
                 )
             case plan.RunStep(index, attempt):
+                if is_builtin(init.steps[index].type):
+                    return await waits.plan_wait(self, state, index, attempt, generation, chain)
                 return await self._run_step(state, init, index, attempt, generation, chain)
             case plan.CompleteFlow():
                 return Write(
                     (FlowCompleted(flow_fingerprint(state.step_fingerprints)),),
-                    self._command(generation, len(state.steps), 0, "completed"),
+                    self.command(generation, len(state.steps), 0, "completed"),
                     new_status=FlowStatus.COMPLETED,
                 )
             case plan.FailFlow(index):
                 step = state.steps[index]
                 return Write(
                     (FlowFailed(step.step_id, index, step.reason or "", step.error_type or ""),),
-                    self._command(generation, index, step.attempt, "flow-failed"),
+                    self.command(generation, index, step.attempt, "flow-failed"),
                     new_status=FlowStatus.FAILED,
                 )
+            case plan.StartCompensation() | plan.RunCompensation() | plan.FinishCancel():
+                return await compensation.plan_compensation(self, state, action, generation)
         raise InternalError(f"no write planned for {action!r}")
 
     async def _run_step(
@@ -129,27 +137,58 @@ class WritePlanner:
     ) -> Write:
         step_type = self._step_types(init)[index]
         spec = init.steps[index]
-        input_hashes, fingerprint_inputs = _inputs(state, init, index)
-        ctx = await self._context(state, init, index, attempt, input_hashes)
+        if spec.commit and (index, attempt) not in self.started_here:
+            # Started by a run that is gone: its side effect may have happened. Never again.
+            interrupted = StepFailure(
+                f"commit step {spec.id!r} attempt {attempt} was interrupted; it is not run again",
+                COMMIT_INTERRUPTED,
+            )
+            return self.outcome_write(state, index, attempt, generation, chain,
+                                      Outcome(failure=interrupted))
+        input_hashes, _ = _inputs(state, init, index)
+        ctx = await self.context(state, index, attempt, input_hashes)
         timeout_ms = spec.timeout_ms if spec.timeout_ms is not None else self._defaults.timeout_ms
         outcome: Outcome = await execute_attempt(step_type, ctx, timeout_ms)
+        return self.outcome_write(state, index, attempt, generation, chain, outcome)
+
+    def outcome_write(
+        self,
+        state: FlowState,
+        index: int,
+        attempt: int,
+        generation: int,
+        chain: bool,
+        outcome: Outcome,
+        prefix: Sequence[EngineEvent] = (),
+        extra_inputs: tuple[str, ...] = (),
+    ) -> Write:
+        """The write recording ``outcome`` of step ``index`` attempt ``attempt`` (a function's,
+        an external worker's or a wait's), after the ``prefix`` events. ``extra_inputs`` join
+        the hashes the step fingerprint covers (a signal's payload)."""
+        init = _init_of(state)
+        spec = init.steps[index]
+        was_waiting = state.steps[index].waiting
+        _, fingerprint_inputs = _inputs(state, init, index)
+        fingerprint_inputs += extra_inputs
+        events: list[EngineEvent] = list(prefix)
         if outcome.failure is not None:
             failure = outcome.failure
             policy = spec.retry if spec.retry is not None else self._defaults.retry
-            if policy.retries(attempt, failure.error_type):
-                return Write(
-                    (
-                        StepAttemptFailed(
-                            spec.id,
-                            index,
-                            attempt,
-                            failure.reason,
-                            failure.error_type,
-                            policy.delay_ms(attempt),
-                        ),
-                    ),
-                    self._command(generation, index, attempt, "attempt-failed"),
+            if policy.retries(attempt, failure.error_type) and not spec.commit:
+                delay_ms = policy.delay_ms(attempt)
+                events.append(
+                    StepAttemptFailed(
+                        spec.id, index, attempt, failure.reason, failure.error_type, delay_ms
+                    )
                 )
+                command = self.command(generation, index, attempt, "attempt-failed")
+                if delay_ms > self.inline_wait_ms:
+                    # A long backoff is a durable timer: the flow waits, holding no lease.
+                    wake = self.clock() + timedelta(milliseconds=delay_ms)
+                    return Write(tuple(events), command, new_status=FlowStatus.WAITING,
+                                 wake_at=wake)
+                status = FlowStatus.RUNNING if was_waiting else None
+                return Write(tuple(events), command, new_status=status)
             if spec.continue_on_error:
                 failed_fp = failed_step_fingerprint(
                     step_id=spec.id,
@@ -158,20 +197,21 @@ class WritePlanner:
                     definition_hash=init.definition_hash,
                     error_type=failure.error_type,
                 )
-                failed = StepFailed(
-                    spec.id, index, attempt, failure.reason, failure.error_type, failed_fp
+                events.append(
+                    StepFailed(spec.id, index, attempt, failure.reason, failure.error_type,
+                               failed_fp)
                 )
                 return self._after_step(
-                    state, init, index, attempt, generation, chain, [failed], failed_fp, ()
+                    state, init, index, attempt, generation, chain, events, failed_fp, (),
+                    was_waiting,
                 )
-            return Write(
-                (
-                    StepFailed(spec.id, index, attempt, failure.reason, failure.error_type),
-                    FlowFailed(spec.id, index, failure.reason, failure.error_type),
-                ),
-                self._command(generation, index, attempt, "failed"),
-                new_status=FlowStatus.FAILED,
-            )
+            events.append(StepFailed(spec.id, index, attempt, failure.reason, failure.error_type))
+            command = self.command(generation, index, attempt, "failed")
+            if compensation.pending_after_failure(state, index):
+                # The flow compensates before it fails (decision 0014).
+                return Write(tuple(events), command, new_status=FlowStatus.RUNNING)
+            events.append(FlowFailed(spec.id, index, failure.reason, failure.error_type))
+            return Write(tuple(events), command, new_status=FlowStatus.FAILED)
         fingerprint = step_fingerprint(
             step_id=spec.id,
             input_hashes=fingerprint_inputs,
@@ -179,11 +219,9 @@ class WritePlanner:
             definition_hash=init.definition_hash,
             engine_version=ENGINE_VERSION,
         )
-        events: list[EngineEvent] = [
-            StepSignal(spec.id, index, s.name, s.payload) for s in outcome.signals
-        ]
+        events.extend(StepSignal(spec.id, index, s.name, s.payload) for s in outcome.signals)
         finished_at = len(events)
-        output_hashes = tuple(o.hash for o in outcome.outputs)
+        output_hashes = outcome.output_hashes or tuple(o.hash for o in outcome.outputs)
         events.append(
             StepFinished(spec.id, index, attempt, fingerprint_inputs, output_hashes, fingerprint)
         )
@@ -196,15 +234,8 @@ class WritePlanner:
                 NewArtifact(output.hash, "step_output", output.payload_json, None, finished_at),
             )
         return self._after_step(
-            state,
-            init,
-            index,
-            attempt,
-            generation,
-            chain,
-            events,
-            fingerprint,
-            tuple(artifacts.values()),
+            state, init, index, attempt, generation, chain, events, fingerprint,
+            tuple(artifacts.values()), was_waiting,
         )
 
     def _after_step(
@@ -218,9 +249,11 @@ class WritePlanner:
         events: list[EngineEvent],
         fingerprint: str,
         artifacts: tuple[NewArtifact, ...],
+        was_waiting: bool = False,
     ) -> Write:
         """The step's closing events, then FlowCompleted (last step) or the next StepStarted."""
-        new_status = None
+        # A step that waited leaves the flow RUNNING again (clearing its wake time and queue).
+        new_status = FlowStatus.RUNNING if was_waiting else None
         if index == len(init.steps) - 1:
             # The last step: completing in the same transaction saves a round trip and leaves
             # no window in which every step finished but the flow is not completed.
@@ -234,7 +267,7 @@ class WritePlanner:
             events.append(StepStarted(following.step_id, index + 1, following.attempt + 1))
         return Write(
             tuple(events),
-            self._command(generation, index, attempt, "finished"),
+            self.command(generation, index, attempt, "finished"),
             artifacts,
             new_status,
         )
@@ -254,7 +287,7 @@ class WritePlanner:
         spec = init.steps[index]
         assert spec.when is not None
         input_hashes, fingerprint_inputs = _inputs(state, init, index)
-        ctx = await self._context(state, init, index, attempt, input_hashes)
+        ctx = await self.context(state, index, attempt, input_hashes)
         data: JsonValue = {
             "input": ctx.flow_input,
             "variables": dict(ctx.variables),
@@ -265,14 +298,10 @@ class WritePlanner:
                 return None
         except ConditionError as exc:
             reason = f"when {spec.when!r}: {exc}"
-            return Write(
-                (
-                    StepStarted(spec.id, index, attempt),
-                    StepFailed(spec.id, index, attempt, reason, "ConditionError"),
-                    FlowFailed(spec.id, index, reason, "ConditionError"),
-                ),
-                self._command(generation, index, attempt, "failed"),
-                new_status=FlowStatus.FAILED,
+            started = StepStarted(spec.id, index, attempt)
+            return self.outcome_write(
+                replay([(state.version + 1, started)], state), index, attempt, generation,
+                chain, Outcome(failure=StepFailure(reason, "ConditionError")), prefix=[started],
             )
         fingerprint = skipped_step_fingerprint(
             step_id=spec.id,
@@ -285,14 +314,17 @@ class WritePlanner:
             state, init, index, attempt, generation, chain, events, fingerprint, ()
         )
 
-    async def _context(
+    async def context(
         self,
         state: FlowState,
-        init: FlowInitialized,
         index: int,
         attempt: int,
         input_hashes: Sequence[str],
+        params: Mapping[str, JsonValue] | None = None,
+        phase: str = "",
     ) -> StepContext:
+        """What step ``index`` sees (a compensation passes its own ``params`` and ``phase``)."""
+        init = _init_of(state)
         earlier = state.steps[:index]
         wanted = [init.input_hash, *input_hashes]
         if init.variables_hash:
@@ -311,11 +343,30 @@ class WritePlanner:
             index=index,
             attempt=attempt,
             inputs=await self._artifacts.values(input_hashes),
-            params=state.params_of(index),
+            params=state.params_of(index) if params is None else params,
             flow_input=flow_input,
             variables=variables if isinstance(variables, dict) else {},
             results={s.step_id: await self._artifacts.values(s.output_hashes) for s in earlier},
+            phase=phase,
         )
+
+    async def payloads(self, hashes: Sequence[str]) -> list[JsonValue]:
+        return [a.payload for a in await self._artifacts.values(hashes)]
+
+    def remember(self, artifact_hash: str, payload: JsonValue) -> None:
+        self._artifacts.put(artifact_hash, payload)
+
+    @property
+    def defaults(self) -> StepDefaults:
+        return self._defaults
+
+    def compensation_type(self, init: FlowInitialized, index: int) -> StepType:
+        if not self._compensations:
+            definition = self._definition or FlowDefinition(
+                init.definition_name, init.steps, init.definition_version
+            )
+            self._compensations = definition.compensation_types(self._registry)
+        return self._compensations[index]
 
     def _step_types(self, init: FlowInitialized) -> tuple[StepType, ...]:
         """Resolved when a step first runs, so that reading a flow never needs its types."""
@@ -350,7 +401,7 @@ class WritePlanner:
             ) from exc
         return self._types
 
-    def _command(self, generation: int, index: int, attempt: int, kind: str) -> str:
+    def command(self, generation: int, index: int, attempt: int, kind: str) -> str:
         return command_id(self.flow_id, generation, index, attempt, kind)
 
 
@@ -364,6 +415,11 @@ def _inputs(
         return received, received + ((init.variables_hash,) if init.variables_hash else ())
     received = state.steps[index - 1].output_hashes
     return received, received
+
+
+def inputs_of(state: FlowState, index: int) -> tuple[str, ...]:
+    """The hashes step ``index`` receives."""
+    return _inputs(state, _init_of(state), index)[0]
 
 
 def _init_of(state: FlowState) -> FlowInitialized:

@@ -10,16 +10,23 @@ Types are registered with a decorator::
 and deployments add their own without forking through the ``flowledger.steps`` entry-point
 group: each entry point names either a :class:`StepType` or a callable that takes the registry
 and registers into it (``my_pkg.steps:install``).
+
+A type may hold resources (an HTTP connection pool): its ``cleanup`` is called by
+:meth:`StepRegistry.aclose` when whoever owns the registry shuts down. Registries are layered
+and the default one is shared by every engine in the process, so a cleanup releases what is held
+*now* and the type stays usable (it acquires again, lazily, when next used).
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata
+import inspect
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 from jsonschema.protocols import Validator
 
@@ -40,6 +47,11 @@ ENTRY_POINT_GROUP = "flowledger.steps"
 
 F = TypeVar("F", bound=StepFn)
 
+# Checks a config beyond its JSON Schema (e.g. template syntax): violations under the path given.
+ConfigCheck: TypeAlias = Callable[[Mapping[str, JsonValue], str], list[FieldViolation]]
+# Releases what a step type holds; may return an awaitable (awaited by StepRegistry.aclose).
+Cleanup: TypeAlias = Callable[[], "Awaitable[None] | None"]
+
 
 @dataclass(frozen=True)
 class StepType:
@@ -52,20 +64,37 @@ class StepType:
     config_schema: Mapping[str, Any] | None = None
     description: str = ""
     threaded: bool = False
+    # Kinds a definition may give this type besides ``kind`` (an HTTP call can be the Source).
+    also_kinds: frozenset[StepKind] = frozenset()
+    # Run after the schema passed: what JSON Schema cannot say (template syntax, ...).
+    config_check: ConfigCheck | None = None
+    # Called by StepRegistry.aclose/close; must leave the type usable (see the module docstring).
+    cleanup: Cleanup | None = None
     _validator: Validator | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.name or len(self.name) > 128:
             raise InvalidArgument.field("name", "a step type name has 1..128 characters")
+        object.__setattr__(self, "also_kinds", frozenset(self.also_kinds))
         if self.config_schema is not None:
             object.__setattr__(self, "_validator", compile_schema(self.config_schema))
+
+    def allows(self, kind: StepKind) -> bool:
+        """Whether a step of this type may stand in a definition as ``kind``."""
+        return kind is self.kind or kind in self.also_kinds
+
+    def default_kind(self, first: bool) -> StepKind:
+        """The kind a document step without ``kind`` gets: the Source when it comes first and
+        this type may be one, else the type's own kind."""
+        return StepKind.SOURCE if first and self.allows(StepKind.SOURCE) else self.kind
 
     def config_violations(self, config: JsonValue, path: str = "config") -> list[FieldViolation]:
         if not isinstance(config, dict):
             return [FieldViolation(path, "must be a JSON object")]
-        if self._validator is None:
-            return []
-        return violations(self._validator, config, path)
+        found = [] if self._validator is None else violations(self._validator, config, path)
+        if not found and self.config_check is not None:
+            found = self.config_check(config, path)
+        return found
 
     def validate_config(self, config: JsonValue, path: str = "config") -> None:
         """InvalidArgument naming each offending field under ``path``."""
@@ -90,6 +119,9 @@ class StepRegistry:
         config_schema: Mapping[str, Any] | None = None,
         description: str = "",
         threaded: bool = False,
+        also_kinds: frozenset[StepKind] = frozenset(),
+        config_check: ConfigCheck | None = None,
+        cleanup: Cleanup | None = None,
     ) -> Callable[[F], F]:
         """Decorator registering a step function under ``name``; returns the function unchanged."""
 
@@ -102,6 +134,9 @@ class StepRegistry:
                     config_schema=config_schema,
                     description=description or (fn.__doc__ or "").strip().split("\n")[0],
                     threaded=threaded,
+                    also_kinds=also_kinds,
+                    config_check=config_check,
+                    cleanup=cleanup,
                 )
             )
             return fn
@@ -159,6 +194,45 @@ class StepRegistry:
     def child(self) -> StepRegistry:
         return StepRegistry(parent=self)
 
+    def cleanups(self) -> list[tuple[str, Cleanup]]:
+        """(type name, cleanup) of every type this registry resolves, its own first, then its
+        parent's; a cleanup shared by several types (one connection pool) appears once."""
+        seen: list[Cleanup] = []
+        found: list[tuple[str, Cleanup]] = []
+        registry: StepRegistry | None = self
+        while registry is not None:
+            with registry._lock:
+                types = list(registry._types.values())
+            for step_type in types:
+                if step_type.cleanup is not None and step_type.cleanup not in seen:
+                    seen.append(step_type.cleanup)
+                    found.append((step_type.name, step_type.cleanup))
+            registry = registry._parent
+        return found
+
+    async def aclose(self) -> None:
+        """Call every type's cleanup once (see :meth:`cleanups`), awaiting those that return an
+        awaitable. A failing cleanup is logged and the others still run: shutting down must not
+        stop half-way. Parents are included, because the types they lend are in use here too;
+        closing again later is fine (cleanups leave their types usable)."""
+        for name, cleanup in self.cleanups():
+            try:
+                result = cleanup()
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.exception("cleanup of step type %r failed", name)
+
+    def close(self) -> None:
+        """:meth:`aclose` for code without a running event loop (it runs one to completion).
+        Inside an event loop, await :meth:`aclose` instead."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            asyncio.run(self.aclose())
+            return
+        raise RuntimeError("StepRegistry.close() inside a running event loop: await aclose()")
+
     def load_plugins(self, group: str = ENTRY_POINT_GROUP) -> list[str]:
         """Load every entry point of ``group`` once; returns the names of those loaded now.
 
@@ -204,12 +278,17 @@ _default_lock = threading.Lock()
 
 
 def default_registry() -> StepRegistry:
-    """The process-wide registry, with the ``flowledger.steps`` plugins loaded on first use
-    (not at import, so importing the engine has no side effects)."""
+    """The process-wide registry: the built-in runners (``http``, ``field_update``), then the
+    ``flowledger.steps`` plugins, loaded on first use (not at import, so importing the engine has
+    no side effects)."""
     global _default
     with _default_lock:
         if _default is None:
+            # Imported here: the runners import this module.
+            from engine_service.runners import install as install_runners
+
             registry = StepRegistry()
+            install_runners(registry)  # http, field_update (engine_service/runners/)
             registry.load_plugins()
             _default = registry
         return _default

@@ -13,29 +13,56 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, NoReturn
 
+from engine_service.builtin_steps import SIGNAL
+from engine_service.event_codec import decode
 from engine_service.events import (
+    CompensationFailed,
+    CompensationFinished,
+    CompensationStarted,
     EngineEvent,
+    FlowCancelled,
+    FlowCancelRequested,
     FlowCompleted,
     FlowFailed,
     FlowInitialized,
     OpaqueEvent,
     PropertyPreferenceAssigned,
+    SignalReceived,
     StepAttemptFailed,
     StepFailed,
     StepFinished,
     StepSignal,
     StepSkipped,
     StepStarted,
-    decode,
-    to_payload,
+    TaskScheduled,
+    TimerFired,
+    TimerStarted,
 )
-from flowledger.canonical import JsonValue, canonical_bytes, parse_json
+from flowledger.canonical import JsonValue
 from flowledger.errors import InternalError
-from store_service.domain import EventType, StoredEvent
+from store_service.domain import StoredEvent
 
-STATE_SCHEMA = "flowledger.flow-state/2"
+STATE_SCHEMA = "flowledger.flow-state/3"
 """Tag of the snapshot JSON; a snapshot with another tag is ignored and the log replayed.
-(/2 added ``overrides``: an engine that knew only /1 must not resume from a /2 snapshot.)"""
+(/2 added ``overrides``, /3 waits, signals, compensations and cancels: an engine must not
+resume from a snapshot of a later schema.)"""
+
+
+class CompensationStatus(enum.Enum):
+    NONE = ""
+    RUNNING = "Running"
+    RETRYING = "Retrying"  # an attempt failed; the next one is due
+    DONE = "Done"
+    FAILED = "Failed"  # for good; the other compensations still ran
+
+
+@dataclass(frozen=True)
+class PendingSignal:
+    """A delivered signal no step has consumed yet."""
+
+    name: str
+    payload_hash: str
+    request_id: str
 
 
 class StepStatus(enum.Enum):
@@ -56,6 +83,19 @@ class StepState:
     fingerprint: str | None = None
     reason: str | None = None
     error_type: str | None = None
+    # The current attempt's wait (TimerStarted / TaskScheduled): deadline, fired, task.
+    waiting: bool = False
+    fire_at: str | None = None
+    timer_fired: bool = False
+    task_id: str | None = None
+    task_queue: str | None = None
+    compensation: CompensationStatus = CompensationStatus.NONE
+    compensation_attempt: int = 0
+
+
+_NOT_WAITING: dict[str, Any] = {
+    "waiting": False, "fire_at": None, "timer_fired": False, "task_id": None, "task_queue": None
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -73,10 +113,25 @@ class FlowState:
     # Params assigned by PropertyPreferenceAssigned events, by step id (they replace those of
     # FlowInitialized): what the step runs with and what its fingerprint hashes.
     overrides: Mapping[str, Mapping[str, JsonValue]] = field(default_factory=dict)
+    signals: tuple[PendingSignal, ...] = ()
+    cancel_requested: bool = False
+    cancel_reason: str = ""
+    cancelled: bool = False
 
     @property
     def terminal(self) -> bool:
-        return self.completed or self.failed
+        return self.completed or self.failed or self.cancelled
+
+    @property
+    def failing(self) -> bool:
+        """A step failed for good (not continued after): the flow compensates, then fails."""
+        return self.cursor < len(self.steps) and self.steps[self.cursor].status is StepStatus.FAILED
+
+    def pending_signal(self, name: str) -> PendingSignal | None:
+        for signal in self.signals:
+            if signal.name == name:
+                return signal
+        return None
 
     @property
     def step_fingerprints(self) -> tuple[str, ...]:
@@ -98,70 +153,16 @@ class FlowState:
 
     def to_json(self) -> str:
         """Canonical JSON of the state (what a snapshot stores)."""
-        document: dict[str, Any] = {
-            "schema": STATE_SCHEMA,
-            "version": self.version,
-            "init": None if self.init is None else to_payload(self.init),
-            "steps": [
-                {
-                    "step_id": s.step_id,
-                    "status": s.status.value,
-                    "attempt": s.attempt,
-                    "input_hashes": list(s.input_hashes),
-                    "output_hashes": list(s.output_hashes),
-                    "fingerprint": s.fingerprint,
-                    "reason": s.reason,
-                    "error_type": s.error_type,
-                }
-                for s in self.steps
-            ],
-            "cursor": self.cursor,
-            "completed": self.completed,
-            "failed": self.failed,
-            "flow_fingerprint": self.flow_fingerprint,
-            "overrides": {k: dict(v) for k, v in self.overrides.items()},
-        }
-        return canonical_bytes(document).decode("utf-8")
+        from engine_service.state_json import state_to_json
+
+        return state_to_json(self)
 
     @classmethod
     def from_json(cls, text: str) -> FlowState:
         """InternalError (reason BAD_SNAPSHOT) when the text is not a state of this schema."""
-        try:
-            d = parse_json(text)
-            if d.get("schema") != STATE_SCHEMA:
-                raise ValueError(f"schema is {d.get('schema')!r}, expected {STATE_SCHEMA!r}")
-            init: FlowInitialized | None = None
-            if d["init"] is not None:
-                decoded = decode(EventType.FLOW_INITIALIZED, canonical_bytes(d["init"]).decode())
-                assert isinstance(decoded, FlowInitialized)
-                init = decoded
-            steps = tuple(
-                StepState(
-                    step_id=s["step_id"],
-                    status=StepStatus(s["status"]),
-                    attempt=int(s["attempt"]),
-                    input_hashes=tuple(s["input_hashes"]),
-                    output_hashes=tuple(s["output_hashes"]),
-                    fingerprint=s["fingerprint"],
-                    reason=s["reason"],
-                    error_type=s["error_type"],
-                )
-                for s in d["steps"]
-            )
-            return cls(
-                version=int(d["version"]),
-                init=init,
-                steps=steps,
-                cursor=int(d["cursor"]),
-                completed=bool(d["completed"]),
-                failed=bool(d["failed"]),
-                flow_fingerprint=d["flow_fingerprint"],
-                overrides={str(k): dict(v) for k, v in d["overrides"].items()},
-            )
-        except (KeyError, TypeError, ValueError, AttributeError, AssertionError) as exc:
-            raise InternalError(
-                f"unusable flow state snapshot: {exc}", reason="BAD_SNAPSHOT"
-            ) from exc
+        from engine_service.state_json import state_from_json
+
+        return state_from_json(text)
 
 
 def apply(state: FlowState, event: EngineEvent, version: int) -> FlowState:
@@ -187,7 +188,9 @@ def apply(state: FlowState, event: EngineEvent, version: int) -> FlowState:
                 StepStatus.RUNNING,
             ):
                 _corrupt(state, f"StepStarted for step {event.index} at cursor {state.cursor}")
-            running = replace(step, status=StepStatus.RUNNING, attempt=event.attempt)
+            running = replace(
+                step, status=StepStatus.RUNNING, attempt=event.attempt, **_NOT_WAITING
+            )
             return _set_step(at, event.index, running)
         case StepFinished():
             step = _running(state, event.step_id, event.index)
@@ -198,8 +201,20 @@ def apply(state: FlowState, event: EngineEvent, version: int) -> FlowState:
                 input_hashes=event.input_hashes,
                 output_hashes=event.output_hashes,
                 fingerprint=event.fingerprint,
+                **_NOT_WAITING,
             )
-            return replace(_set_step(at, event.index, done), cursor=event.index + 1)
+            at = replace(_set_step(at, event.index, done), cursor=event.index + 1)
+            spec = state.init.steps[event.index]
+            if spec.type == SIGNAL and not step.timer_fired:
+                # The step consumed the first pending signal of its name (its one output).
+                name = str(state.params_of(event.index).get("name"))
+                consumed = state.pending_signal(name)
+                if consumed is None or event.output_hashes != (consumed.payload_hash,):
+                    _corrupt(state, f"signal step {event.step_id!r} finished without signal")
+                remaining = list(state.signals)
+                remaining.remove(consumed)
+                at = replace(at, signals=tuple(remaining))
+            return at
         case StepFailed():
             step = _running(state, event.step_id, event.index)
             failed = replace(
@@ -209,6 +224,7 @@ def apply(state: FlowState, event: EngineEvent, version: int) -> FlowState:
                 reason=event.reason,
                 error_type=event.error_type,
                 fingerprint=event.fingerprint,
+                **_NOT_WAITING,
             )
             if state.init.steps[event.index].continue_on_error:
                 # The flow goes on with the next step (decision 0010).
@@ -224,6 +240,7 @@ def apply(state: FlowState, event: EngineEvent, version: int) -> FlowState:
                 status=StepStatus.PENDING,
                 reason=event.reason,
                 error_type=event.error_type,
+                **_NOT_WAITING,
             )
             return _set_step(at, event.index, retry)
         case StepSkipped():
@@ -250,6 +267,52 @@ def apply(state: FlowState, event: EngineEvent, version: int) -> FlowState:
             return replace(at, completed=True, flow_fingerprint=event.flow_fingerprint)
         case FlowFailed():
             return replace(at, failed=True)
+        case TimerStarted() | TaskScheduled():
+            step = _running(state, event.step_id, event.index)
+            if event.attempt != step.attempt or step.waiting:
+                _corrupt(state, f"a second wait for step {event.step_id!r} attempt {event.attempt}")
+            task = event if isinstance(event, TaskScheduled) else None
+            waiting = replace(
+                step,
+                waiting=True,
+                fire_at=event.fire_at,
+                task_id=task.task_id if task else None,
+                task_queue=task.queue if task else None,
+            )
+            return _set_step(at, event.index, waiting)
+        case TimerFired():
+            step = _running(state, event.step_id, event.index)
+            if not step.waiting or step.fire_at is None or step.timer_fired:
+                _corrupt(state, f"TimerFired for step {event.step_id!r} with no timer running")
+            return _set_step(at, event.index, replace(step, timer_fired=True))
+        case SignalReceived():
+            pending = PendingSignal(event.name, event.payload_hash, event.request_id)
+            return replace(at, signals=(*state.signals, pending))
+        case FlowCancelRequested():
+            return replace(at, cancel_requested=True, cancel_reason=event.reason)
+        case CompensationStarted():
+            step = _step_at(state, event.step_id, event.index)
+            if step.status is not StepStatus.FINISHED_OK or step.compensation not in (
+                CompensationStatus.NONE, CompensationStatus.RETRYING
+            ) or state.init.steps[event.index].compensate is None:
+                _corrupt(state, f"CompensationStarted for step {event.step_id!r}")
+            comp = replace(
+                step, compensation=CompensationStatus.RUNNING, compensation_attempt=event.attempt
+            )
+            return _set_step(at, event.index, comp)
+        case CompensationFinished() | CompensationFailed():
+            step = _step_at(state, event.step_id, event.index)
+            if step.compensation is not CompensationStatus.RUNNING:
+                _corrupt(state, f"{type(event).__name__} for step {event.step_id!r}")
+            if isinstance(event, CompensationFinished):
+                status = CompensationStatus.DONE
+            elif event.delay_ms is None:
+                status = CompensationStatus.FAILED
+            else:
+                status = CompensationStatus.RETRYING
+            return _set_step(at, event.index, replace(step, compensation=status))
+        case FlowCancelled():
+            return replace(at, cancelled=True)
     _corrupt(state, f"unexpected event {event!r}")
 
 

@@ -23,21 +23,25 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from engine_service.branching import branch_flow
 from engine_service.definition import FlowDefinition
 from engine_service.events import FlowInitialized
 from engine_service.executor import PreparedArtifact, prepare
 from engine_service.fingerprint import ENGINE_VERSION
-from engine_service.flow_run import FlowRun, LoggedEvent
+from engine_service.flow_log import LoggedEvent
+from engine_service.flow_run import FlowRun
+from engine_service.hooks import Hooks
 from engine_service.ids import flow_id_for_key
 from engine_service.lease import LeaseLost
 from engine_service.registry import StepRegistry, default_registry
 from engine_service.retry import StepDefaults
 from engine_service.stored import startable
 from engine_service.verify import Divergence, VerifyReport, verify_flow
+from engine_service.writes import utc_now
 from flowledger.canonical import JsonValue
 from flowledger.errors import AlreadyExists, InvalidArgument
 from store_service.domain import FlowStatus, NewArtifact, NewFlow, StoredDefinition
@@ -67,12 +71,19 @@ class EngineSettings:
     read_chunk_size: int = 1000
     # Retry policy and per-attempt timeout of steps whose definition sets none (decision 0010).
     step_defaults: StepDefaults = field(default_factory=StepDefaults)
+    # Waits (timers, retry backoffs) this short are slept through inside the run, lease held;
+    # longer ones make the flow WAITING and let go of it (decision 0013).
+    inline_wait_ms: int = 1000
+    # The time waits are measured against (recorded in the log, never re-read on replay).
+    clock: Callable[[], datetime] = field(default=utc_now, compare=False)
 
     def __post_init__(self) -> None:
         if self.snapshot_every < 0:
             raise InvalidArgument.field("snapshot_every", "must be >= 0")
         if not 1 <= self.read_chunk_size <= 10_000:
             raise InvalidArgument.field("read_chunk_size", "must be 1..10000")
+        if not 0 <= self.inline_wait_ms <= 60_000:
+            raise InvalidArgument.field("inline_wait_ms", "must be 0..60000")
 
 
 class Engine:
@@ -85,10 +96,13 @@ class Engine:
         *,
         registry: StepRegistry | None = None,
         settings: EngineSettings | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
         self.store = store
         self.registry = registry if registry is not None else default_registry()
         self.settings = settings or EngineSettings()
+        self.hooks = hooks if hooks is not None else Hooks()
+        """In-process lifecycle hooks (:mod:`engine_service.hooks`)."""
 
     async def start(
         self,

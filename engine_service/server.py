@@ -14,11 +14,14 @@ from __future__ import annotations
 import logging
 import time
 
+import grpc.aio
 from grpc_health.v1 import health_pb2
 
 from engine_service.api_definitions import Definitions
 from engine_service.api_flows import Flows
 from engine_service.grpc_api import SERVICE_NAME, EngineServicer
+from engine_service.grpc_worker import SERVICE_NAME as WORKER_SERVICE_NAME
+from engine_service.grpc_worker import WorkerServicer
 from engine_service.plugins import build_registry
 from engine_service.registry import StepRegistry
 from engine_service.runner import Engine
@@ -28,7 +31,14 @@ from engine_service.store_probe import StoreProbe
 from engine_service.watch import FlowNotifier
 from engine_service.worker import Worker
 from flowledger.server import GrpcServer, ServerConfig
-from flowledger.v1 import engine_pb2_grpc
+from flowledger.server.auth_interceptor import auth_interceptors
+from flowledger.server.tls import (
+    ClientNameInterceptor,
+    channel_credentials,
+    channel_options,
+    server_credentials,
+)
+from flowledger.v1 import engine_pb2_grpc, worker_pb2_grpc
 from store_service.ports import EventStore
 
 log = logging.getLogger("engine_service")
@@ -46,6 +56,7 @@ class EngineServer:
         probe: StoreProbe,
         store: EventStore,
         owns_store: bool,
+        registry: StepRegistry | None = None,
     ) -> None:
         self.settings = settings
         self.grpc = grpc_server
@@ -54,6 +65,7 @@ class EngineServer:
         self.probe = probe
         self.store = store
         self._owns_store = owns_store
+        self._registry = registry
         self._stopped = False
 
     @property
@@ -90,6 +102,8 @@ class EngineServer:
         left = max(0.0, grace - (time.monotonic() - started))
         await self.grpc.stop(left)
         await self.probe.close()
+        if self._registry is not None:
+            await self._registry.aclose()  # step runners' resources (HTTP connections)
         if self._owns_store:
             await self.store.close()
 
@@ -99,6 +113,8 @@ class EngineServer:
         await self.worker.close()
         await self.grpc.stop(0)
         await self.probe.close()
+        if self._registry is not None:
+            await self._registry.aclose()
         if self._owns_store:
             await self.store.close()
 
@@ -107,7 +123,38 @@ class EngineServer:
 
 
 def _store_client(settings: ServiceSettings) -> EventStore:
-    return GrpcEventStore(settings.store_addr, settings.store_client_settings())
+    tls = settings.store_tls
+    if tls is None:
+        return GrpcEventStore(settings.store_addr, settings.store_client_settings())
+    return GrpcEventStore(
+        settings.store_addr, settings.store_client_settings(),
+        credentials=channel_credentials(tls), options=channel_options(tls),
+    )
+
+
+def _security_interceptors(settings: ServiceSettings) -> list[grpc.aio.ServerInterceptor]:
+    """Client-certificate names first (when configured), then tokens, roles and namespaces."""
+    names = settings.tls.client_names if settings.tls is not None else ()
+    interceptors: list[grpc.aio.ServerInterceptor] = (
+        [ClientNameInterceptor(names)] if names else []
+    )
+    return interceptors + auth_interceptors(settings.auth)
+
+
+def _log_security(settings: ServiceSettings) -> None:
+    """One line each for the clients' side and the store's side (docs/security.md)."""
+    if settings.tls is None:
+        log.warning("clients connect in PLAINTEXT (FLOWLEDGER_INSECURE=1)")
+    else:
+        log.info("clients connect with %s", settings.tls.describe())
+    if settings.auth is None:
+        log.warning("authentication is DISABLED (ENGINE_AUTH_DISABLED=1): every caller is admin")
+    else:
+        log.info("clients authenticate with %s", settings.auth.describe())
+    if settings.store_tls is None:
+        log.warning("the store is reached in PLAINTEXT (FLOWLEDGER_INSECURE=1)")
+    else:
+        log.info("the store is reached with %s", settings.store_tls.describe())
 
 
 async def serve(
@@ -127,17 +174,29 @@ async def serve(
     notifier = FlowNotifier()
     worker = Worker(engine, settings, notifier)
     definitions = Definitions(store, registry)
-    flows = Flows(engine, definitions, worker)
+    flows = Flows(
+        engine, definitions, worker, max_pending_signals=settings.max_pending_signals
+    )
     servicer = EngineServicer(store, definitions, flows, notifier)
+    worker_servicer = WorkerServicer(engine, worker, settings.lease_ms)
+
+    def add_services(server: grpc.aio.Server) -> None:
+        engine_pb2_grpc.add_EngineServiceServicer_to_server(servicer, server)
+        worker_pb2_grpc.add_WorkerServiceServicer_to_server(worker_servicer, server)
+
+    _log_security(settings)
     try:
         grpc_server = await GrpcServer.start(
             ServerConfig(
                 listen=settings.listen,
                 metrics_listen=settings.metrics_listen or None,
                 max_message_bytes=settings.max_message_bytes,
-                service_names=(SERVICE_NAME,),
+                service_names=(SERVICE_NAME, WORKER_SERVICE_NAME),
+                credentials=server_credentials(settings.tls)[0] if settings.tls else None,
+                health_listen=settings.health_listen or None,
             ),
-            lambda server: engine_pb2_grpc.add_EngineServiceServicer_to_server(servicer, server),
+            add_services,
+            _security_interceptors(settings),
         )
     except BaseException:
         if owns_store:
@@ -153,7 +212,13 @@ async def serve(
         for name in ("", SERVICE_NAME):
             await grpc_server.health.set(name, status)
 
-    probe = StoreProbe(settings.store_addr, settings.store_probe_seconds, follow_store)
+    probe = StoreProbe(
+        settings.store_addr, settings.store_probe_seconds, follow_store,
+        credentials=channel_credentials(settings.store_tls) if settings.store_tls else None,
+        options=channel_options(settings.store_tls) if settings.store_tls else (),
+    )
     probe.start()
     worker.start()
-    return EngineServer(settings, grpc_server, servicer, worker, probe, store, owns_store)
+    return EngineServer(
+        settings, grpc_server, servicer, worker, probe, store, owns_store, registry
+    )

@@ -14,10 +14,14 @@ import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from engine_service.runner import EngineSettings
 from engine_service.store_retry import StoreClientSettings
+from flowledger.server.auth_settings import AuthSettings, read_auth
+from flowledger.server.auth_tokens import Authenticator, FileError
 from flowledger.server.env import LOG_LEVELS, Env, SettingsError
+from flowledger.server.tls import ClientTLS, ServerTLS, read_client_tls, read_server_tls
 
 __all__ = ["ServiceSettings", "SettingsError"]
 
@@ -44,6 +48,8 @@ class ServiceSettings:
     poll_ms: int = 500
     # Flows this replica runs at once (each holds a lease).
     max_concurrent_flows: int = 64
+    # Unconsumed signals a flow may hold; SignalFlow past it is RESOURCE_EXHAUSTED.
+    max_pending_signals: int = 1000
     # Only flows of these namespaces (empty: all).
     namespaces: tuple[str, ...] = ()
     snapshot_every: int = 100
@@ -59,10 +65,22 @@ class ServiceSettings:
     shutdown_grace_seconds: float = 20.0
     max_message_bytes: int = 8 * 1024 * 1024
     log_level: str = "INFO"
+    # Security (docs/security.md). Plaintext and unauthenticated access are never defaults:
+    # ``insecure`` allows plaintext wherever no TLS is configured (clients, the store channel),
+    # ``auth_disabled`` accepts every caller; from_env sets them only from FLOWLEDGER_INSECURE=1
+    # and ENGINE_AUTH_DISABLED=1.
+    insecure: bool = False
+    tls: ServerTLS | None = None
+    store_tls: ClientTLS | None = None
+    auth: AuthSettings | None = None
+    auth_disabled: bool = False
+    # A plaintext health-only port (kubelet probes cannot speak TLS); "" runs none.
+    health_listen: str = ""
 
     def __post_init__(self) -> None:
         if not self.engine_id:
             object.__setattr__(self, "engine_id", default_engine_id())
+        _check_security(self)
         if self.heartbeat_ms * 2 > self.lease_ms:
             raise SettingsError(
                 "ENGINE_HEARTBEAT_MS",
@@ -103,6 +121,7 @@ class ServiceSettings:
             claim_batch=env.integer("ENGINE_CLAIM_BATCH", 16, 1, _MAX_CLAIM_BATCH),
             poll_ms=env.integer("ENGINE_POLL_MS", 500, 10, 60_000),
             max_concurrent_flows=env.integer("ENGINE_MAX_CONCURRENT_FLOWS", 64, 1, 10_000),
+            max_pending_signals=env.integer("ENGINE_MAX_PENDING_SIGNALS", 1000, 1, 1_000_000),
             namespaces=env.identifiers("ENGINE_NAMESPACES"),
             snapshot_every=env.integer("ENGINE_SNAPSHOT_EVERY", 100, 0, 1_000_000),
             store_call_timeout_seconds=call_timeout,
@@ -114,7 +133,60 @@ class ServiceSettings:
                 "ENGINE_MAX_MESSAGE_BYTES", 8 * 1024 * 1024, 64 * 1024, 1024 * 1024 * 1024
             ),
             log_level=env.choice("LOG_LEVEL", "INFO", LOG_LEVELS),
+            **_security(env),
         )
+
+
+def _security(env: Env) -> dict[str, Any]:
+    auth, auth_disabled = read_auth(env)
+    if auth is not None:
+        try:
+            Authenticator(auth)  # reads the token, key or JWKS file now
+        except FileError as exc:
+            name = "ENGINE_AUTH_TOKEN_FILE" if auth.jwt is None else "ENGINE_AUTH_JWT_KEY_FILE"
+            if auth.jwt is not None and auth.jwt.jwks_file is not None:
+                name = "ENGINE_AUTH_JWKS_FILE"
+            if auth.token_file is not None and str(auth.token_file) in str(exc):
+                name = "ENGINE_AUTH_TOKEN_FILE"
+            raise SettingsError(name, str(exc)) from None
+    store_tls = read_client_tls(env, "ENGINE_STORE")
+    if store_tls is not None and store_tls.cert_file is None:
+        raise SettingsError(
+            "ENGINE_STORE_TLS_CERT_FILE",
+            "is required with ENGINE_STORE_TLS_CA_FILE: the store accepts only clients with a "
+            "certificate (mutual TLS); set it and ENGINE_STORE_TLS_KEY_FILE",
+        )
+    return {
+        "insecure": env.flag("FLOWLEDGER_INSECURE"),
+        "tls": read_server_tls(env, "ENGINE", mutual=False),
+        "store_tls": store_tls,
+        "auth": auth,
+        "auth_disabled": auth_disabled,
+        "health_listen": env.address("ENGINE_HEALTH_LISTEN", ""),
+    }
+
+
+def _check_security(s: ServiceSettings) -> None:
+    if s.tls is None and not s.insecure:
+        raise SettingsError(
+            "ENGINE_TLS_CERT_FILE",
+            "clients would connect in plaintext: set ENGINE_TLS_CERT_FILE and "
+            "ENGINE_TLS_KEY_FILE, or FLOWLEDGER_INSECURE=1 to allow plaintext",
+        )
+    if s.store_tls is None and not s.insecure:
+        raise SettingsError(
+            "ENGINE_STORE_TLS_CA_FILE",
+            "the store would be reached in plaintext: set ENGINE_STORE_TLS_CA_FILE, "
+            "ENGINE_STORE_TLS_CERT_FILE and ENGINE_STORE_TLS_KEY_FILE, or FLOWLEDGER_INSECURE=1",
+        )
+    if s.auth is None and not s.auth_disabled:
+        raise SettingsError(
+            "ENGINE_AUTH_TOKEN_FILE",
+            "no authentication is configured: set ENGINE_AUTH_TOKEN_FILE and/or the "
+            "ENGINE_AUTH_JWT_* settings, or ENGINE_AUTH_DISABLED=1 to accept every caller",
+        )
+    if s.auth is not None and s.auth_disabled:
+        raise SettingsError("ENGINE_AUTH_DISABLED", "is set together with a token source")
 
 
 def default_engine_id() -> str:

@@ -47,6 +47,9 @@ class StepContext:
     variables: Mapping[str, JsonValue]
     # Outputs of every earlier step, by step id.
     results: Mapping[str, tuple[ArtifactValue, ...]]
+    # "" for the step itself, "compensate" when it runs as the compensation of step_id (its
+    # inputs are then that step's outputs).
+    phase: str = ""
 
     @property
     def input_payloads(self) -> list[JsonValue]:
@@ -56,6 +59,8 @@ class StepContext:
     def idempotency_key(self) -> str:
         """Stable across re-executions of the same attempt (after a crash): hand it to any
         side-effecting call so that the far side can deduplicate."""
+        if self.phase:
+            return f"{self.flow_id}:{self.step_id}:{self.phase}:{self.attempt}"
         return f"{self.flow_id}:{self.step_id}:{self.attempt}"
 
 

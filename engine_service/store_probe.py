@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -25,16 +26,28 @@ Listener = Callable[[bool], Awaitable[None]]
 
 
 class StoreProbe:
-    def __init__(self, address: str, interval: float, on_change: Listener) -> None:
+    def __init__(
+        self,
+        address: str,
+        interval: float,
+        on_change: Listener,
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        """``credentials``/``options``: the store channel's TLS (the probe is a client too)."""
         self._interval = interval
         self._on_change = on_change
-        self._channel = grpc.aio.insecure_channel(
-            address,
-            options=[
-                # Notice a store that came back within about one probe interval.
-                ("grpc.initial_reconnect_backoff_ms", 100),
-                ("grpc.max_reconnect_backoff_ms", max(100, int(interval * 1000))),
-            ],
+        opts = [
+            # Notice a store that came back within about one probe interval.
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", max(100, int(interval * 1000))),
+            *options,
+        ]
+        self._channel = (
+            grpc.aio.insecure_channel(address, options=opts)
+            if credentials is None
+            else grpc.aio.secure_channel(address, credentials, options=opts)
         )
         self._stub = health_pb2_grpc.HealthStub(self._channel)
         self._up: bool | None = None

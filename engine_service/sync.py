@@ -16,7 +16,8 @@ from collections.abc import Mapping
 from types import TracebackType
 
 from engine_service.definition import FlowDefinition
-from engine_service.flow_run import FlowRun, LoggedEvent
+from engine_service.flow_log import LoggedEvent
+from engine_service.flow_run import FlowRun
 from engine_service.registry import StepRegistry
 from engine_service.replay import FlowState, StepState
 from engine_service.runner import DEFAULT_NAMESPACE, Engine, EngineSettings

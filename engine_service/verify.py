@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from engine_service.artifacts import MAX_HASHES_PER_CALL
+from engine_service.event_codec import decode
 from engine_service.events import (
     EngineEvent,
     FlowCompleted,
@@ -32,7 +33,6 @@ from engine_service.events import (
     StepFailed,
     StepFinished,
     StepSkipped,
-    decode,
 )
 from engine_service.fingerprint import (
     ENGINE_VERSION,

@@ -263,6 +263,8 @@ class Worker:
             step = await run.next(start_next=not self._draining)
             if step is None:
                 break
+            if run.suspension is not None:
+                break  # the flow waits (WAITING in the store, wake_at set): let go of it
             _observe_step(run.current_state, step, time.perf_counter() - step_started)
         final = run.current_state
         if final is not None and final.completed:

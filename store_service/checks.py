@@ -14,6 +14,8 @@ from typing import Any
 
 from flowledger.canonical import parse_json
 from flowledger.errors import FieldViolation, InvalidArgument, ResourceExhausted
+from store_service.adapters.wait_rules import MAX_TASK_QUEUE_LENGTH
+from store_service.adapters.wait_rules import TASK_QUEUE as _TASK_QUEUE
 from store_service.convert import (
     event_type_from_number,
     event_type_name,
@@ -31,6 +33,8 @@ _ID = re.compile(r"[A-Za-z0-9._:-]+\Z")
 _HASH = re.compile(r"[0-9a-f]{64}\Z")
 _DEFINITION_NAME = re.compile(r"[A-Za-z0-9._-]+\Z")
 MAX_DEFINITION_NAME_LENGTH = 128  # definitions.name CHECK
+# Timestamp's range (google/protobuf/timestamp.proto): 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59Z.
+_MIN_SECONDS, _MAX_SECONDS = -62_135_596_800, 253_402_300_799
 
 
 class FieldChecks:
@@ -94,6 +98,11 @@ class FieldChecks:
         elif not _DEFINITION_NAME.match(value):
             self.bad(field, "may contain only letters, digits and . _ -")
 
+    def task_queue(self, value: str, field: str) -> None:
+        if not _TASK_QUEUE.match(value):
+            self.bad(field, f"must be 1..{MAX_TASK_QUEUE_LENGTH} characters of letters, digits "
+                     "and . _ : -")
+
     def uuid(self, value: str, field: str, *, optional: bool = False) -> None:
         if not value:
             if not optional:
@@ -130,6 +139,11 @@ class FieldChecks:
         """A required number in [low, high] (no zero default)."""
         if not low <= value <= high:
             self.bad(field, f"must be {low}..{high}, got {value}")
+
+    def timestamp(self, seconds: int, nanos: int, field: str) -> None:
+        """A google.protobuf.Timestamp in its documented range (years 1..9999)."""
+        if not _MIN_SECONDS <= seconds <= _MAX_SECONDS or not 0 <= nanos < 1_000_000_000:
+            self.bad(field, "must be a timestamp between 0001-01-01 and 9999-12-31 UTC")
 
     def event_type(self, value: int, field: str) -> None:
         if event_type_from_number(value) is None:

@@ -123,6 +123,8 @@ def append(req: store_pb2.AppendEventsRequest) -> domain.Append:
         ),
         new_status=flow_status_from_number(req.new_status),
         fencing_token=req.fencing_token,
+        wake_at=req.wake_at.ToDatetime(tzinfo=UTC) if req.HasField("wake_at") else None,
+        task_queue=req.task_queue or None,
     )
 
 
@@ -167,7 +169,7 @@ def prune(req: store_pb2.PruneFlowRequest) -> domain.Prune:
 
 
 def flow_to_pb(flow: domain.Flow) -> common_pb2.Flow:
-    return common_pb2.Flow(
+    pb = common_pb2.Flow(
         flow_id=flow.flow_id,
         namespace=flow.namespace,
         name=flow.name,
@@ -181,7 +183,11 @@ def flow_to_pb(flow: domain.Flow) -> common_pb2.Flow:
         updated_at=_timestamp(flow.updated_at),
         deleted=flow.deleted,
         generation=flow.generation,
+        task_queue=flow.task_queue or "",
     )
+    if flow.wake_at is not None:
+        pb.wake_at.CopyFrom(_timestamp(flow.wake_at))
+    return pb
 
 
 def event_to_pb(event: domain.StoredEvent) -> common_pb2.Event:

@@ -41,6 +41,12 @@ def _datetime(ts: timestamp_pb2.Timestamp) -> datetime:
     return ts.ToDatetime(tzinfo=UTC)
 
 
+def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
 def create_flow_request(new: domain.NewFlow) -> store_pb2.CreateFlowRequest:
     return store_pb2.CreateFlowRequest(
         namespace=new.namespace,
@@ -88,6 +94,8 @@ def append_request(cmd: domain.Append) -> store_pb2.AppendEventsRequest:
         if cmd.new_status
         else common_pb2.FLOW_STATUS_UNSPECIFIED,
         fencing_token=cmd.fencing_token,
+        wake_at=None if cmd.wake_at is None else _timestamp(cmd.wake_at),
+        task_queue=cmd.task_queue or "",
     )
 
 
@@ -143,6 +151,8 @@ def flow_from_pb(flow: common_pb2.Flow) -> domain.Flow:
         created_at=_datetime(flow.created_at),
         updated_at=_datetime(flow.updated_at),
         deleted=flow.deleted,
+        wake_at=_datetime(flow.wake_at) if flow.HasField("wake_at") else None,
+        task_queue=flow.task_queue or None,
     )
 
 

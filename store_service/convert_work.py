@@ -84,6 +84,7 @@ def claim_request(req: store_pb2.ClaimFlowsRequest) -> domain.ClaimRequest:
         lease_ms=req.lease_ms,
         namespaces=tuple(req.namespaces),
         flow_ids=tuple(req.flow_ids),
+        task_queues=tuple(req.task_queues),
     )
 
 
@@ -208,6 +209,7 @@ def claim_flows_request(req: domain.ClaimRequest) -> store_pb2.ClaimFlowsRequest
         lease_ms=req.lease_ms,
         namespaces=list(req.namespaces),
         flow_ids=list(req.flow_ids),
+        task_queues=list(req.task_queues),
     )
 
 

@@ -34,6 +34,7 @@ class EventType(enum.Enum):
     COMPENSATION_FINISHED = "compensation_finished"
     COMPENSATION_FAILED = "compensation_failed"
     TASK_SCHEDULED = "task_scheduled"
+    FLOW_CANCEL_REQUESTED = "flow_cancel_requested"
 
     @property
     def variant(self) -> str:
@@ -60,6 +61,7 @@ _VARIANTS: dict[EventType, str] = {
     EventType.COMPENSATION_FINISHED: "V",
     EventType.COMPENSATION_FAILED: "U",
     EventType.TASK_SCHEDULED: "Q",
+    EventType.FLOW_CANCEL_REQUESTED: "A",
 }
 
 
@@ -131,6 +133,10 @@ class Flow:
     updated_at: datetime
     deleted: bool = False
     lease_token: int = 0
+    # While WAITING: when engines may claim the flow again (None: only an append moves it on),
+    # and the task queue it waits on, if any (task workers claim it from there).
+    wake_at: datetime | None = None
+    task_queue: str | None = None
 
 
 @dataclass(frozen=True)
@@ -167,6 +173,10 @@ class Append:
     artifacts: tuple[NewArtifact, ...] = ()
     new_status: FlowStatus | None = None
     fencing_token: int = 0
+    # Only with new_status (which then replaces both on the flow, None clearing them): when a
+    # WAITING flow becomes claimable by engines again, and the task queue it waits on.
+    wake_at: datetime | None = None
+    task_queue: str | None = None
 
 
 @dataclass(frozen=True)
@@ -312,6 +322,9 @@ class ClaimRequest:
     lease_ms: int
     namespaces: tuple[str, ...] = ()
     flow_ids: tuple[str, ...] = ()
+    # Empty (engines): QUEUED/RUNNING flows and WAITING ones whose wake_at passed. Set (task
+    # workers): only WAITING flows on one of these queues, whatever their wake_at.
+    task_queues: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

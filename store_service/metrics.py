@@ -64,6 +64,19 @@ FLOWS_OVERDUE = Gauge(
     "Runnable flows (queued, running) with no live lease for longer than the overdue threshold: "
     "no engine has taken them up within their deadline.",
 )
+FLOWS_WAITING_DUE = Gauge(
+    "flowledger_flows_waiting_due",
+    "Waiting flows whose wake_at has passed and that no engine holds yet (a backlog of timers), "
+    "counted periodically.",
+)
+# Labelled by namespace and queue: both are names operators choose (flows carry no free-form
+# queue), and a queue's series is removed once it has no waiting flow left.
+TASK_QUEUE_DEPTH = Gauge(
+    "flowledger_task_queue_depth",
+    "Flows waiting on a task queue that no task worker holds, by namespace and queue, counted "
+    "periodically.",
+    ["namespace", "queue"],
+)
 
 # Every known label value starts at 0, so rates and alerts see a series before the first event
 # (Prometheus' "avoid missing metrics" advice); the sets are closed, so cardinality stays bounded.

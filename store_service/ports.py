@@ -55,7 +55,9 @@ class EventStore(Protocol):
         returns the first result with duplicate=True and writes nothing; artifacts deduplicated
         by hash, inserted in the same transaction; FailedPrecondition on a deleted flow, or
         when fencing_token != 0 and it is not the flow's current lease token or that lease has
-        expired (reason LEASE_LOST)."""
+        expired (reason LEASE_LOST). A command with ``new_status`` replaces the flow's status,
+        wake_at and task_queue (None clears them); InvalidArgument when wake_at or task_queue
+        come without new_status, or task_queue with another status than WAITING."""
         ...
 
     def read_events(
@@ -142,9 +144,12 @@ class EventStore(Protocol):
     # --- work leases ---
 
     async def claim_flows(self, req: ClaimRequest) -> tuple[FlowLease, ...]:
-        """Lease runnable flows (queued/running, not deleted, lease free or expired), skipping
-        rows other claimers hold (SKIP LOCKED). Every claim takes a new fencing token from one
-        global increasing sequence, so a takeover always has a larger token."""
+        """Lease claimable flows (not deleted, lease free or expired), skipping rows other
+        claimers hold (SKIP LOCKED). Without ``task_queues`` (engines): QUEUED/RUNNING flows and
+        WAITING ones whose wake_at has passed, in the order they became claimable (updated_at,
+        or wake_at for WAITING ones); with them (task workers): WAITING flows on one of those
+        queues, whatever their wake_at, oldest updated_at first. Every claim takes a new fencing
+        token from one global increasing sequence, so a takeover always has a larger token."""
         ...
 
     async def renew_lease(

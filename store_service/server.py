@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import logging
 
+import grpc.aio
+
 from flowledger.server import GrpcServer, ServerConfig
+from flowledger.server.tls import ClientNameInterceptor, server_credentials
 from flowledger.v1 import store_pb2_grpc
 from store_service.grpc_api import SERVICE_NAME, StoreServicer
 from store_service.ports import EventStore
@@ -96,14 +99,26 @@ async def serve(settings: StoreSettings, store: EventStore | None = None) -> Sto
     """Start the service; with ``store`` given, serve it (the caller keeps ownership and closes
     it), else open the backend the settings name (closed by :meth:`StoreServer.stop`)."""
     servicer = StoreServicer(store, settings.limits)
+    tls = settings.tls
+    interceptors: list[grpc.aio.ServerInterceptor] = []
+    if tls is None:
+        log.warning("the store accepts PLAINTEXT calls from anyone (FLOWLEDGER_INSECURE=1)")
+    else:
+        log.info("the store accepts %s", tls.describe())
+        if tls.client_names:
+            interceptors.append(ClientNameInterceptor(tls.client_names))
     grpc_server = await GrpcServer.start(
         ServerConfig(
             listen=settings.listen,
             metrics_listen=settings.metrics_listen or None,
             max_message_bytes=settings.limits.max_message_bytes,
             service_names=(SERVICE_NAME,),
+            # Mutual TLS is the store's authentication: the engine is its only client.
+            credentials=server_credentials(tls)[0] if tls is not None else None,
+            health_listen=settings.health_listen or None,
         ),
         lambda server: store_pb2_grpc.add_StoreServiceServicer_to_server(servicer, server),
+        interceptors,
     )
     owns_store = store is None
     try:

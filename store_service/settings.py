@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import psycopg.conninfo
 
 from flowledger.server.env import LOG_LEVELS, Env, SettingsError, parse_address
+from flowledger.server.tls import ServerTLS, read_server_tls
 
 __all__ = [
     "MEMORY_URL",
@@ -64,6 +65,25 @@ class StoreSettings:
     # terminationGracePeriodSeconds, which defaults to 30).
     shutdown_grace_seconds: float = 20.0
     log_level: str = "INFO"
+    # Security (docs/security.md): mutual TLS is the store's authentication (the engine is its
+    # only client); plaintext only with ``insecure`` (FLOWLEDGER_INSECURE=1), never by default.
+    insecure: bool = False
+    tls: ServerTLS | None = None
+    # A plaintext health-only port (kubelet probes cannot speak TLS); "" runs none.
+    health_listen: str = ""
+
+    def __post_init__(self) -> None:
+        if self.tls is None and not self.insecure:
+            raise SettingsError(
+                "STORE_TLS_CERT_FILE",
+                "the store would accept plaintext calls from anyone who can reach it: set "
+                "STORE_TLS_CERT_FILE, STORE_TLS_KEY_FILE and STORE_TLS_CLIENT_CA_FILE, or "
+                "FLOWLEDGER_INSECURE=1 to allow plaintext",
+            )
+        if self.tls is not None and not self.tls.mutual:
+            raise SettingsError(
+                "STORE_TLS_CLIENT_CA_FILE", "is required with TLS (the store needs mutual TLS)"
+            )
 
     @property
     def backend(self) -> str:
@@ -122,6 +142,9 @@ class StoreSettings:
             retry_budget_seconds=env.seconds("STORE_RETRY_BUDGET_SECONDS", 10.0),
             shutdown_grace_seconds=env.seconds("STORE_SHUTDOWN_GRACE_SECONDS", 20.0),
             log_level=env.choice("LOG_LEVEL", "INFO", LOG_LEVELS),
+            insecure=env.flag("FLOWLEDGER_INSECURE"),
+            tls=read_server_tls(env, "STORE", mutual=True),
+            health_listen=env.address("STORE_HEALTH_LISTEN", ""),
         )
 
 

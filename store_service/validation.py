@@ -15,10 +15,12 @@ token or cursor) belong to the backend.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Literal, Protocol
 
 from flowledger.canonical import content_hash
 from store_service.checks import FieldChecks
+from store_service.convert import FLOW_STATUS_TO_PB
+from store_service.domain import FlowStatus
 from store_service.settings import Limits
 
 # Contract ranges (store.proto) and schema ceilings (0001_event_log.sql).
@@ -28,6 +30,14 @@ MAX_HASHES_PER_GET = 1000
 MAX_NAME_LENGTH = 256  # flows.name CHECK (length(name) <= 256)
 MAX_TEXT_LENGTH = 1024  # created_by, reasons, kinds: free text we still bound
 MAX_OPAQUE_TOKEN_LENGTH = 1024  # page tokens, cursors
+_WAITING = FLOW_STATUS_TO_PB[FlowStatus.WAITING]
+
+
+class _Timestamp(Protocol):
+    @property
+    def seconds(self) -> int: ...
+    @property
+    def nanos(self) -> int: ...
 
 
 class _NewEvent(Protocol):
@@ -144,11 +154,17 @@ class AppendEventsRequest(Protocol):
     def new_status(self) -> int: ...
     @property
     def fencing_token(self) -> int: ...
+    @property
+    def wake_at(self) -> _Timestamp: ...
+    @property
+    def task_queue(self) -> str: ...
 
     @property
     def events(self) -> Sequence[_NewEvent]: ...
     @property
     def artifacts(self) -> Sequence[_NewArtifact]: ...
+
+    def HasField(self, field_name: Literal["wake_at"]) -> bool: ...
 
 
 def check_append_events(req: AppendEventsRequest, limits: Limits) -> None:
@@ -174,7 +190,22 @@ def check_append_events(req: AppendEventsRequest, limits: Limits) -> None:
         _check_artifact(c, art, f"artifacts[{i}]", n_events)
     c.flow_status(req.new_status, "new_status", allow_unspecified=True)
     c.non_negative(req.fencing_token, "fencing_token")
+    _check_wait(c, req)
     c.done("AppendEvents")
+
+
+def _check_wait(c: FieldChecks, req: AppendEventsRequest) -> None:
+    """wake_at and task_queue replace the flow's only together with new_status (store.proto)."""
+    if req.HasField("wake_at"):
+        c.timestamp(req.wake_at.seconds, req.wake_at.nanos, "wake_at")
+        if not req.new_status:
+            c.bad("wake_at", "is only allowed together with new_status")
+    if req.task_queue:
+        c.task_queue(req.task_queue, "task_queue")
+        if not req.new_status:
+            c.bad("task_queue", "is only allowed together with new_status")
+        elif req.new_status != _WAITING:
+            c.bad("task_queue", "is only allowed with new_status FLOW_STATUS_WAITING")
 
 
 def _check_artifact(c: FieldChecks, art: _NewArtifact, path: str, n_events: int) -> None:

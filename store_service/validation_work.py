@@ -21,7 +21,7 @@ MAX_NOTE_LENGTH = 4096  # change notes: free text, bounded
 MAX_OWNER_LENGTH = 128
 MAX_CLAIM_LIMIT = 100
 MIN_LEASE_MS, MAX_LEASE_MS = 100, 600_000
-MAX_CLAIM_FILTER = 1000  # namespaces / flow ids per claim
+MAX_CLAIM_FILTER = 1000  # namespaces / flow ids / task queues per claim
 _MAX_TOKEN = 2**63 - 1
 
 
@@ -153,6 +153,8 @@ class ClaimFlowsRequest(Protocol):
     def namespaces(self) -> Sequence[str]: ...
     @property
     def flow_ids(self) -> Sequence[str]: ...
+    @property
+    def task_queues(self) -> Sequence[str]: ...
 
 
 def check_claim_flows(req: ClaimFlowsRequest, limits: Limits) -> None:
@@ -160,7 +162,11 @@ def check_claim_flows(req: ClaimFlowsRequest, limits: Limits) -> None:
     c.text(req.owner, "owner", MAX_OWNER_LENGTH, required=True)
     c.within(req.limit, "limit", 1, MAX_CLAIM_LIMIT)
     c.within(req.lease_ms, "lease_ms", MIN_LEASE_MS, MAX_LEASE_MS)
-    for field, values in (("namespaces", req.namespaces), ("flow_ids", req.flow_ids)):
+    filters = (
+        ("namespaces", req.namespaces), ("flow_ids", req.flow_ids),
+        ("task_queues", req.task_queues),
+    )  # fmt: skip
+    for field, values in filters:
         if len(values) > MAX_CLAIM_FILTER:
             c.too_big(field, f"has {len(values)} entries; at most {MAX_CLAIM_FILTER} per claim",
                       "max_claim_filter", MAX_CLAIM_FILTER)
@@ -168,6 +174,8 @@ def check_claim_flows(req: ClaimFlowsRequest, limits: Limits) -> None:
         c.namespace(namespace, f"namespaces[{i}]")
     for i, flow_id in enumerate(req.flow_ids[:MAX_CLAIM_FILTER]):
         c.uuid(flow_id, f"flow_ids[{i}]")
+    for i, queue in enumerate(req.task_queues[:MAX_CLAIM_FILTER]):
+        c.task_queue(queue, f"task_queues[{i}]")
     c.done("ClaimFlows")
 
 

@@ -16,9 +16,7 @@ from datetime import UTC, datetime, timedelta
 from store_service.adapters import lease_rules as rules
 from store_service.adapters._memory_records import Record
 from store_service.adapters._memory_support import flow_uuid
-from store_service.domain import ClaimRequest, FlowLease, FlowStatus
-
-_RUNNABLE = (FlowStatus.QUEUED, FlowStatus.RUNNING)
+from store_service.domain import ClaimRequest, FlowLease
 
 
 def claim(
@@ -27,20 +25,22 @@ def claim(
     rules.check_claim(req)
     wanted = {flow_uuid(f, f"flow_ids[{i}]") for i, f in enumerate(req.flow_ids)}
     spaces = set(req.namespaces)
-    runnable = sorted(
+    queues = frozenset(req.task_queues)
+    now = datetime.now(UTC)  # wake_at is compared on this store's clock, as Postgres uses its own
+    order = rules.task_claim_order if queues else rules.engine_claim_order
+    picked = sorted(
         (
             r
             for r in records
-            if r.flow.status in _RUNNABLE
-            and not r.flow.deleted
+            if rules.claimable(r.flow, queues, now)
             and not r.lease_live()
             and (not spaces or r.flow.namespace in spaces)
             and (not wanted or r.flow.flow_id in wanted)
         ),
-        key=lambda r: (r.flow.updated_at, r.flow.flow_id),
+        key=lambda r: order(r.flow),
     )
     leases = []
-    for rec in runnable[: req.limit]:
+    for rec in picked[: req.limit]:
         rec.flow = replace(rec.flow, lease_token=next_token())
         rec.lease_owner = req.owner
         _extend(rec, req.lease_ms)

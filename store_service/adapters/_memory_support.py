@@ -6,11 +6,13 @@ import base64
 import binascii
 import re
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 from flowledger.canonical import content_hash, parse_json
 from flowledger.errors import InvalidArgument
+from store_service.adapters.wait_rules import check_append_wait
 from store_service.domain import Append, Flow, FlowFilter, NewBranch, NewFlow
 
 _CURSOR = re.compile(r"mem:(0|[1-9][0-9]{0,18})\Z")
@@ -81,6 +83,7 @@ def check_append(cmd: Append) -> None:
     check_command_id(cmd.command_id)
     if cmd.expected_version < 0:
         raise InvalidArgument.field("expected_version", "must be >= 0")
+    check_append_wait(cmd)
     for i, art in enumerate(cmd.artifacts):
         if not 0 <= art.event_index < len(cmd.events):
             raise InvalidArgument.field(
@@ -103,6 +106,17 @@ def check_append(cmd: Append) -> None:
         check_storable(parse_json(art.payload_json))
         if art.metadata_json is not None:
             check_json(art.metadata_json, f"artifacts[{i}].metadata_json")
+
+
+def appended(flow: Flow, cmd: Append, version: int, now: datetime) -> Flow:
+    """The flow after ``cmd`` was appended: its new head, and the status the command set, which
+    replaces wake_at and task_queue too (None clears them)."""
+    if cmd.new_status is None:
+        return replace(flow, version=version, updated_at=now)
+    return replace(
+        flow, version=version, updated_at=now, status=cmd.new_status, wake_at=cmd.wake_at,
+        task_queue=cmd.task_queue,
+    )  # fmt: skip
 
 
 def new_flow(

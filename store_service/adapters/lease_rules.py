@@ -9,13 +9,18 @@ and a write that carries an older token, or arrives after the expiry, is refused
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from datetime import datetime
+
 from flowledger.errors import FailedPrecondition, InvalidArgument
-from store_service.domain import ClaimRequest
+from store_service.adapters.wait_rules import check_claim_queues
+from store_service.domain import ClaimRequest, Flow, FlowStatus
 
 MAX_OWNER_LENGTH = 128
 MAX_CLAIM_LIMIT = 1000
 MAX_LEASE_MS = 3_600_000
 MAX_FILTER_ITEMS = 1000
+_RUNNABLE = (FlowStatus.QUEUED, FlowStatus.RUNNING)
 
 
 def check_claim(req: ClaimRequest) -> None:
@@ -31,6 +36,35 @@ def check_claim(req: ClaimRequest) -> None:
     for i, namespace in enumerate(req.namespaces):
         if not 1 <= len(namespace) <= 128:
             raise InvalidArgument.field(f"namespaces[{i}]", "must be 1..128 characters")
+    check_claim_queues(req.task_queues)
+
+
+def claimable(flow: Flow, task_queues: Collection[str], now: datetime) -> bool:
+    """Whether a claim may pick ``flow`` by its state (lease and filters are checked apart).
+
+    Engines (no queues) take QUEUED and RUNNING flows, and WAITING ones whose wake_at has
+    passed; task workers take only WAITING flows on one of their queues, whatever their wake_at.
+    """
+    if flow.deleted:
+        return False
+    if task_queues:
+        return flow.status is FlowStatus.WAITING and flow.task_queue in task_queues
+    if flow.status is FlowStatus.WAITING:
+        return flow.wake_at is not None and flow.wake_at <= now
+    return flow.status in _RUNNABLE
+
+
+def engine_claim_order(flow: Flow) -> tuple[datetime, str]:
+    """Engines claim in the order flows became claimable: since their last write, or their
+    wake_at for WAITING ones."""
+    if flow.status is FlowStatus.WAITING and flow.wake_at is not None:
+        return (flow.wake_at, flow.flow_id)
+    return (flow.updated_at, flow.flow_id)
+
+
+def task_claim_order(flow: Flow) -> tuple[datetime, str]:
+    """Task workers claim the flows that have waited on their queues longest first."""
+    return (flow.updated_at, flow.flow_id)
 
 
 def check_renewal(owner: str, fencing_token: int, lease_ms: int) -> None:

@@ -180,12 +180,7 @@ class MemoryEventStore:
                         art.metadata_json,
                         events[art.event_index].seq,
                     )
-            rec.flow = replace(
-                flow,
-                version=events[-1].version,
-                updated_at=now,
-                status=cmd.new_status or flow.status,
-            )
+            rec.flow = support.appended(flow, cmd, events[-1].version, now)
             result = AppendResult(
                 events[0].version, events[-1].version, tuple(e.seq for e in events)
             )

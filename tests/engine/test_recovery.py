@@ -8,7 +8,8 @@ from collections import Counter
 
 import pytest
 
-from engine_service.events import FlowInitialized, StepFinished, StepStarted, encode
+from engine_service.event_codec import encode
+from engine_service.events import FlowInitialized, SignalReceived, StepFinished, StepStarted
 from engine_service.fingerprint import ENGINE_VERSION
 from engine_service.flow_run import FlowRun
 from engine_service.ids import command_id, flow_id_for_key
@@ -17,8 +18,16 @@ from engine_service.replay import StepStatus
 from engine_service.runner import Engine, EngineSettings
 from engine_service.samples import chem_flow, install, split
 from engine_service.steps import StepContext, StepKind, StepResult
+from flowledger.canonical import content_hash
 from flowledger.errors import Aborted, FailedPrecondition, Unavailable
-from store_service.domain import Append, AppendResult, EventType, NewEvent, NewFlow, Prune
+from store_service.domain import (
+    Append,
+    AppendResult,
+    EventType,
+    NewArtifact,
+    NewFlow,
+    Prune,
+)
 from store_service.ports import EventStore
 from tests.engine.helpers import AppendFn, DelegatingStore
 from tests.engine.test_engine import GOLDEN
@@ -150,7 +159,8 @@ async def test_a_concurrent_writer_causes_a_re_read_not_a_blind_re_append(
                     ctx.flow_id,
                     flow.version,
                     "someone-else",
-                    (NewEvent(EventType.TASK_SCHEDULED, '{"k": "v"}'),),
+                    (encode(SignalReceived("ping", content_hash(None), "r1", "someone")),),
+                    (NewArtifact(content_hash(None), "signal_payload", "null"),),
                 )
             )
         return split(ctx)
@@ -159,7 +169,7 @@ async def test_a_concurrent_writer_causes_a_re_read_not_a_blind_re_append(
         StepType("chem.split", StepKind.TRANSFORM, split_with_interference, {"type": "object"})
     )
     run = await Engine(store, registry=registry).run(chem_flow(), namespace=ns)
-    assert await run.event_variants() == "ISFSQFSFC"
+    assert await run.event_variants() == "ISFSNFSFC"
     assert counts["split"] == 1  # the planned outcome was reused after the conflict
     assert await run.flow_fingerprint() == CHEM_FINGERPRINT
 

@@ -12,13 +12,13 @@ import psycopg
 import pytest
 
 from engine_service.builder import Flow
+from engine_service.event_codec import encode
 from engine_service.events import (
     EngineEvent,
     FlowCompleted,
     FlowInitialized,
     StepFinished,
     StepStarted,
-    encode,
 )
 from engine_service.registry import StepRegistry
 from engine_service.runner import Engine, VerifyReport

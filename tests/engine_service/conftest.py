@@ -46,6 +46,9 @@ def engine_settings(store_addr: str, **overrides: Any) -> ServiceSettings:
         store_retry_budget_seconds=20.0,
         store_probe_seconds=0.2,
         shutdown_grace_seconds=5.0,
+        # Loopback plaintext, no tokens: explicitly (tests/security runs TLS and tokens).
+        insecure=True,
+        auth_disabled=True,
     )
     return dataclasses.replace(base, **overrides)
 

@@ -34,8 +34,11 @@ def base_env(**settings: str) -> dict[str, str]:
     """The parent's environment without service settings, plus ``settings``."""
     env = {
         k: v for k, v in os.environ.items()
-        if not k.startswith(("DATABASE_", "STORE_", "ENGINE_")) and k != "LOG_LEVEL"
+        if not k.startswith(("DATABASE_", "STORE_", "ENGINE_", "FLOWLEDGER_"))
+        and k != "LOG_LEVEL"
     }
+    # Loopback plaintext, no tokens: explicitly (tests/security runs TLS and tokens).
+    env.update(FLOWLEDGER_INSECURE="1", ENGINE_AUTH_DISABLED="1")
     env.update(settings)
     return env
 

@@ -8,9 +8,12 @@ import pytest
 
 from engine_service.settings import ServiceSettings, SettingsError
 
+# Plaintext and no authentication must be asked for (tests/security covers the rest).
+OPEN = {"FLOWLEDGER_INSECURE": "1", "ENGINE_AUTH_DISABLED": "1"}
+
 
 def test_defaults() -> None:
-    settings = ServiceSettings.from_env({})
+    settings = ServiceSettings.from_env(OPEN)
     assert settings.store_addr == "127.0.0.1:50051"
     assert settings.listen == "127.0.0.1:50052"
     assert settings.metrics_listen == "127.0.0.1:9465"
@@ -25,6 +28,7 @@ def test_defaults() -> None:
 
 def test_every_variable_is_read() -> None:
     settings = ServiceSettings.from_env({
+        **OPEN,
         "STORE_ADDR": "store:1", "ENGINE_LISTEN": "[::]:7", "ENGINE_METRICS_LISTEN": "off",
         "ENGINE_ID": "replica-a", "ENGINE_LEASE_MS": "3000", "ENGINE_HEARTBEAT_MS": "500",
         "ENGINE_CLAIM_BATCH": "4", "ENGINE_POLL_MS": "20", "ENGINE_MAX_CONCURRENT_FLOWS": "3",
@@ -40,11 +44,12 @@ def test_every_variable_is_read() -> None:
         namespaces=("a", "b.c"), snapshot_every=0, store_call_timeout_seconds=1.5,
         store_retry_budget_seconds=4.0, store_probe_seconds=0.5, step_plugins=("a.b:c", "d:e.f"),
         shutdown_grace_seconds=0.0, max_message_bytes=65536, log_level="DEBUG",
+        insecure=True, auth_disabled=True,
     )
 
 
 def test_the_heartbeat_defaults_to_a_third_of_the_lease() -> None:
-    assert ServiceSettings.from_env({"ENGINE_LEASE_MS": "900"}).heartbeat_ms == 300
+    assert ServiceSettings.from_env({**OPEN, "ENGINE_LEASE_MS": "900"}).heartbeat_ms == 300
 
 
 @pytest.mark.parametrize(
@@ -67,6 +72,6 @@ def test_the_heartbeat_defaults_to_a_third_of_the_lease() -> None:
 )
 def test_a_bad_variable_is_named(environ: dict[str, str], variable: str) -> None:
     with pytest.raises(SettingsError) as info:
-        ServiceSettings.from_env(environ)
+        ServiceSettings.from_env({**OPEN, **environ})
     assert info.value.variable == variable
     assert str(info.value).startswith(variable)

@@ -26,7 +26,8 @@ def run_script(name: str) -> str:
 
 def test_every_example_has_a_test() -> None:
     assert sorted(p.name for p in EXAMPLES.iterdir() if not p.name.startswith(".")) == [
-        "branching.py", "chem.yaml", "hello.yaml", "python_builder.py",
+        # http.yaml runs against a local server in tests/engine/test_runners_http.py.
+        "branching.py", "chem.yaml", "hello.yaml", "http.yaml", "python_builder.py",
     ]
 
 

@@ -98,6 +98,8 @@ def flow_view(flow: Flow) -> dict[str, Any]:
         "created_by": flow.created_by,
         "deleted": flow.deleted,
         "lease_token": flow.lease_token,
+        "wake_at": flow.wake_at,
+        "task_queue": flow.task_queue,
     }
 
 

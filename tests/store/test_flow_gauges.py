@@ -1,8 +1,10 @@
-"""``flowledger_flows{status}`` and ``flowledger_flows_overdue`` count the flows table."""
+"""The flow gauges (``flowledger_flows{status}``, ``flowledger_flows_overdue``,
+``flowledger_flows_waiting_due``, ``flowledger_task_queue_depth``) count the flows table."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
@@ -60,3 +62,55 @@ async def test_counts_by_status_and_overdue_runnable_flows(
     assert {s.value for s in FlowStatus} == {
         "queued", "running", "waiting", "completed", "failed", "cancelled"
     }
+
+
+async def test_counts_due_timers_and_task_queue_depths(
+    postgres_store: EventStore, db: Database, migrated_database_url: str, ns: str
+) -> None:
+    other = f"{ns}-b"
+    due = [await new_flow(postgres_store, ns, f"due{i}") for i in range(2)]
+    later = await new_flow(postgres_store, ns, "later")
+    gpu = [await new_flow(postgres_store, ns, f"gpu{i}") for i in range(3)]
+    cpu = await new_flow(postgres_store, other, "cpu")
+    leased = await new_flow(postgres_store, ns, "leased")
+    async with await psycopg.AsyncConnection.connect(
+        migrated_database_url, autocommit=True
+    ) as conn:
+        waiting = "UPDATE flows SET status = 'waiting', wake_at = %s, task_queue = %s "
+        await conn.execute(
+            waiting + "WHERE flow_id = ANY(%s)",
+            (datetime.now(UTC) - timedelta(minutes=1), None, [f.flow_id for f in due]),
+        )
+        await conn.execute(
+            waiting + "WHERE flow_id = %s", (datetime.now(UTC) + timedelta(days=1), None,
+                                             later.flow_id)
+        )  # fmt: skip
+        await conn.execute(waiting + "WHERE flow_id = ANY(%s)",
+                           (None, "gpu", [f.flow_id for f in gpu]))  # fmt: skip
+        await conn.execute(waiting + "WHERE flow_id = %s", (None, "cpu", cpu.flow_id))
+        # Held by a worker (or an engine): neither in a queue's depth nor a backlog.
+        await conn.execute(
+            waiting + ", lease_expires_at = now() + interval '1 minute' WHERE flow_id = %s",
+            (datetime.now(UTC) - timedelta(minutes=1), "gpu", leased.flow_id),
+        )
+
+    await refresh(db)
+
+    assert gauge("flowledger_flows_waiting_due") == 2
+    assert gauge("flowledger_task_queue_depth", namespace=ns, queue="gpu") == 3
+    assert gauge("flowledger_task_queue_depth", namespace=other, queue="cpu") == 1
+    assert gauge("flowledger_task_queue_depth", namespace=ns, queue="cpu") is None
+
+    # A drained queue's series goes; the others are recounted.
+    async with await psycopg.AsyncConnection.connect(
+        migrated_database_url, autocommit=True
+    ) as conn:
+        await conn.execute(
+            "UPDATE flows SET status = 'running', task_queue = NULL, wake_at = NULL "
+            "WHERE flow_id = ANY(%s)",
+            ([cpu.flow_id, gpu[0].flow_id, due[0].flow_id],),
+        )
+    await refresh(db)
+    assert gauge("flowledger_task_queue_depth", namespace=other, queue="cpu") is None
+    assert gauge("flowledger_task_queue_depth", namespace=ns, queue="gpu") == 2
+    assert gauge("flowledger_flows_waiting_due") == 1

@@ -112,3 +112,51 @@ async def test_schema_drift_is_detected(migrated_database_url: str) -> None:
         drift = await check_schema(c)
     assert drift is not None
     assert "schema drift" in drift
+
+
+async def test_0004_upgrades_a_database_with_flows_and_events(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = migrate.load_migrations()
+    monkeypatch.setattr(migrate, "load_migrations", lambda: real[:3])
+    assert await apply_migrations(database_url) == [1, 2, 3]
+    flow = "0b4f5a3e-8e0f-4a52-9d55-2a6f3f1c9e10"
+    await _query(database_url, f"INSERT INTO flows (flow_id, namespace, name, status) VALUES "
+                               f"('{flow}', 'ns', 'f', 'waiting') RETURNING 1")  # fmt: skip
+    # An append through 0003's function (one event, no artifacts), as the previous release did.
+    await _query(database_url, "SELECT * FROM flowledger_append_batch("
+                 f"'{{ns}}', '{{{flow}}}', '{{0}}', '{{c1}}', '{{NULL}}', '{{0}}', '{{1}}', "
+                 "'{1}', '{0}', '{task_scheduled}', '{\"{}\"}', "
+                 "'{}', '{}', '{}', '{}', '{}', '{}')")
+
+    monkeypatch.setattr(migrate, "load_migrations", lambda: real)
+    assert await apply_migrations(database_url) == [4]
+    # Existing flows wait on nothing; existing events stay; the new type is accepted.
+    assert await _query(database_url, "SELECT status, wake_at, task_queue, version FROM flows") == [
+        ("waiting", None, None, 1)
+    ]
+    assert await _query(database_url, "SELECT event_type FROM event_log") == [("task_scheduled",)]
+    await _query(database_url, "INSERT INTO event_log (flow_id, version, event_type, payload, "
+                 f"command_id) VALUES ('{flow}', 2, 'flow_cancel_requested', '{{}}', 'c2') "
+                 "RETURNING 1")  # fmt: skip
+    with pytest.raises(psycopg.errors.CheckViolation):
+        await _query(database_url, "INSERT INTO event_log (flow_id, version, event_type, payload, "
+                     f"command_id) VALUES ('{flow}', 3, 'bogus', '{{}}', 'c3') RETURNING 1")
+    # One append function remains: the one with wake_at and task_queue.
+    functions = await _query(
+        database_url, "SELECT pronargs FROM pg_proc WHERE proname = 'flowledger_append_batch'"
+    )
+    assert functions == [(19,)]
+
+
+@pytest.mark.parametrize(
+    ("status", "queue"), [("running", "q"), ("waiting", ""), ("waiting", "a b"), ("waiting", "é")]
+)
+async def test_the_flows_table_refuses_a_misplaced_or_malformed_task_queue(
+    migrated_database_url: str, status: str, queue: str
+) -> None:
+    insert = ("INSERT INTO flows (flow_id, namespace, name, status, task_queue) VALUES "
+              "(gen_random_uuid(), 'ns', 'f', '{}', '{}') RETURNING 1")  # fmt: skip
+    with pytest.raises(psycopg.errors.CheckViolation):
+        await _query(migrated_database_url, insert.format(status, queue))
+    assert await _query(migrated_database_url, insert.format("waiting", "q" * 128)) == [(1,)]

@@ -40,6 +40,8 @@ async def test_create_generates_uuid4_and_starts_empty(store: EventStore, ns: st
         "created_by": "alice",
         "deleted": False,
         "lease_token": 0,
+        "wake_at": None,
+        "task_queue": None,
     }
     assert flow_view(await store.get_flow(ns, flow.flow_id)) == view
     assert flow.created_at.tzinfo is not None

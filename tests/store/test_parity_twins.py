@@ -9,6 +9,7 @@ namespace feed.
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 from flowledger.canonical import parse_json
@@ -93,6 +94,13 @@ async def _script(store: EventStore) -> list[Any]:
     await run(app(BRANCH, 4, "b1", ev(EventType.STEP_FAILED, why="boom")))
     await run(store.create_branch(NewBranch(NS, BRANCH, 5, "sub", SUB)))
     await run(app(SUB, 5, "s1", ev(EventType.STEP_SIGNAL, sig="go")))
+    wake = datetime(2030, 1, 2, 3, 4, 5, 6, tzinfo=UTC)
+    await run(
+        app(SUB, 6, "s2", ev(EventType.TASK_SCHEDULED), new_status=FlowStatus.WAITING,
+            wake_at=wake, task_queue="q:1")
+    )  # fmt: skip
+    await run(app(SUB, 7, "s3", ev(), wake_at=wake))  # refused: no new_status
+    await run(app(SUB, 7, "s3", ev(EventType.SIGNAL_RECEIVED)))  # keeps wake_at and task_queue
     await run(store.save_snapshot(NS, ROOT, 3, '{"snap": 3}'))
     await run(store.save_snapshot(NS, ROOT, 10, '{"snap": 10}'))
     await run(store.prune(Prune(NS, ROOT, 6, 8, "p1")))

@@ -30,8 +30,9 @@ def base_env(**settings: str) -> dict[str, str]:
     """The parent's environment without any store/database setting, plus ``settings``."""
     env = {
         k: v for k, v in os.environ.items()
-        if not k.startswith(("DATABASE_", "STORE_")) and k != "LOG_LEVEL"
+        if not k.startswith(("DATABASE_", "STORE_", "FLOWLEDGER_")) and k != "LOG_LEVEL"
     }
+    env["FLOWLEDGER_INSECURE"] = "1"  # loopback plaintext, explicitly
     env.update(settings)
     return env
 

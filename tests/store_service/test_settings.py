@@ -6,9 +6,12 @@ import pytest
 
 from store_service.settings import MIB, SettingsError, StoreSettings, parse_address
 
+# Plaintext must be asked for (tests/security covers TLS).
+OPEN = {"FLOWLEDGER_INSECURE": "1"}
+
 
 def test_defaults() -> None:
-    s = StoreSettings.from_env({"DATABASE_URL": "postgresql://app@db:5432/flowledger"})
+    s = StoreSettings.from_env({**OPEN, "DATABASE_URL": "postgresql://app@db:5432/flowledger"})
     assert s.backend == "postgres"
     assert (s.database_min_connections, s.database_max_connections) == (2, 16)
     assert (s.listen, s.metrics_listen) == ("127.0.0.1:50051", "127.0.0.1:9464")
@@ -21,6 +24,7 @@ def test_defaults() -> None:
 
 def test_overrides() -> None:
     s = StoreSettings.from_env({
+        **OPEN,
         "DATABASE_URL": "memory:",
         "DATABASE_MIN_CONNECTIONS": "4",
         "DATABASE_MAX_CONNECTIONS": "32",
@@ -64,7 +68,7 @@ def test_overrides() -> None:
 def test_errors_name_the_variable(env: dict[str, str], variable: str) -> None:
     full = {"DATABASE_URL": "memory:", **env} if "DATABASE_URL" not in env and env else env
     with pytest.raises(SettingsError) as caught:
-        StoreSettings.from_env(full)
+        StoreSettings.from_env({**OPEN, **full})
     assert caught.value.variable == variable
     assert str(caught.value).startswith(variable + ":")
 

@@ -23,9 +23,10 @@ export interface Service {
 function childEnv(settings: Record<string, string>): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = {};
   for (const [k, v] of Object.entries(process.env)) {
-    if (!/^(DATABASE_|STORE_|ENGINE_)/.test(k) && k !== "LOG_LEVEL") env[k] = v;
+    if (!/^(DATABASE_|STORE_|ENGINE_|FLOWLEDGER_)/.test(k) && k !== "LOG_LEVEL") env[k] = v;
   }
-  return { ...env, ...settings };
+  // Loopback plaintext without tokens, asked for explicitly (docs/security.md).
+  return { ...env, FLOWLEDGER_INSECURE: "1", ENGINE_AUTH_DISABLED: "1", ...settings };
 }
 
 async function startService(module: string, settings: Record<string, string>): Promise<Service> {

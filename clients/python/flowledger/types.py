@@ -67,13 +67,14 @@ class EventType(enum.Enum):
     COMPENSATION_FINISHED = "compensation_finished"
     COMPENSATION_FAILED = "compensation_failed"
     TASK_SCHEDULED = "task_scheduled"
+    FLOW_CANCEL_REQUESTED = "flow_cancel_requested"
 
     @property
     def variant(self) -> str:
         return _VARIANTS[self]
 
 
-_VARIANTS = dict(zip(EventType, "ISFXGPCEKZRTWNYVUQ", strict=True))
+_VARIANTS = dict(zip(EventType, "ISFXGPCEKZRTWNYVUQA", strict=True))
 
 
 @dataclass(frozen=True)
@@ -249,3 +250,21 @@ class Verification:
     events_checked: int
     artifacts_checked: int
     divergence: Divergence | None
+
+
+@dataclass(frozen=True)
+class SignalResult:
+    # The flow's version after the signal was recorded.
+    version: int
+    # True when the request id had already delivered this signal (nothing was written).
+    duplicate: bool
+    # True when a step was waiting for this signal and the flow resumes now.
+    resumed: bool
+
+
+@dataclass(frozen=True)
+class CancelResult:
+    # The flow's version after the cancel was recorded.
+    version: int
+    # True when the flow was already cancelled or being cancelled (nothing was written).
+    already: bool

@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from flowledger.canonical import content_hash, parse_json
 from flowledger.errors import (
@@ -31,6 +31,7 @@ from store_service.adapters.postgres import appendsql as sql
 from store_service.adapters.postgres import sqlerrors
 from store_service.adapters.postgres.db import Conn, Database
 from store_service.adapters.postgres.rows import flow_uuid
+from store_service.adapters.wait_rules import check_append_wait
 from store_service.domain import Append, AppendResult
 from store_service.metrics import (
     APPEND_BATCH_EVENTS,
@@ -236,6 +237,7 @@ def validate_append(cmd: Append) -> Append:
         raise InvalidArgument.field("command_id", "must be 1..128 characters")
     if cmd.expected_version < 0:
         raise InvalidArgument.field("expected_version", "must be >= 0")
+    check_append_wait(cmd)
     for i, a in enumerate(cmd.artifacts):
         if not 0 <= a.event_index < len(cmd.events):
             raise InvalidArgument.field(
@@ -253,7 +255,4 @@ def validate_append(cmd: Append) -> Append:
             )
     if flow_id == cmd.flow_id:
         return cmd
-    return Append(
-        cmd.namespace, flow_id, cmd.expected_version, cmd.command_id, cmd.events,
-        cmd.artifacts, cmd.new_status, cmd.fencing_token,
-    )  # fmt: skip
+    return replace(cmd, flow_id=flow_id)

@@ -1,4 +1,4 @@
-"""A group-commit batch as one call of ``flowledger_append_batch`` (migration 0003).
+"""A group-commit batch as one call of ``flowledger_append_batch`` (migrations 0003, 0004).
 
 The function locks the batch's flows in flow-id order, checks each command in queue order
 (namespace, command id, deletion, fencing token, expected version), writes the events, artifacts,
@@ -10,6 +10,7 @@ Array parameters go in binary (``%b``): payload text is not escaped into array l
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from flowledger.errors import AlreadyExists, FlowledgerError, VersionConflict
@@ -20,7 +21,8 @@ from store_service.domain import Append, AppendResult
 APPEND_BATCH = """
 SELECT outcome, first_version, last_version, seqs, current_version, used_by, artifacts_inserted
 FROM flowledger_append_batch(
-    %b::text[], %b::uuid[], %b::bigint[], %b::text[], %b::text[], %b::bigint[], %b::int[],
+    %b::text[], %b::uuid[], %b::bigint[], %b::text[], %b::text[], %b::timestamptz[],
+    %b::text[], %b::bigint[], %b::int[],
     %b::int[], %b::int[], %b::text[], %b::text[],
     %b::int[], %b::int[], %b::text[], %b::text[], %b::text[], %b::text[])
 """
@@ -39,6 +41,8 @@ def batch_params(cmds: list[Append]) -> tuple[list[Any], ...]:
     c_expected: list[int] = []
     c_cmd: list[str] = []
     c_status: list[str | None] = []
+    c_wake: list[datetime | None] = []
+    c_queue: list[str | None] = []
     c_token: list[int] = []
     c_events: list[int] = []
     e_cmd: list[int] = []
@@ -57,6 +61,8 @@ def batch_params(cmds: list[Append]) -> tuple[list[Any], ...]:
         c_expected.append(c.expected_version)
         c_cmd.append(c.command_id)
         c_status.append(None if c.new_status is None else c.new_status.value)
+        c_wake.append(c.wake_at)
+        c_queue.append(c.task_queue)
         c_token.append(c.fencing_token)
         c_events.append(len(c.events))
         for n, ev in enumerate(c.events):
@@ -72,7 +78,7 @@ def batch_params(cmds: list[Append]) -> tuple[list[Any], ...]:
             a_payload.append(a.payload_json)
             a_meta.append(a.metadata_json)
     return (
-        c_ns, c_flow, c_expected, c_cmd, c_status, c_token, c_events,
+        c_ns, c_flow, c_expected, c_cmd, c_status, c_wake, c_queue, c_token, c_events,
         e_cmd, e_off, e_type, e_payload,
         a_cmd, a_event, a_hash, a_kind, a_payload, a_meta,
     )  # fmt: skip

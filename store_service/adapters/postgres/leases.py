@@ -26,16 +26,43 @@ from store_service.domain import ClaimRequest, FlowLease
 _RETURNING = FLOW_COLUMNS + ", lease_expires_at, lease_owner"
 _LEASE = "now() + %(ms)s * interval '1 millisecond'"
 
-# The inner SELECT locks what it picks and skips what other claimers hold; a row changed since
+# Each inner SELECT locks what it picks and skips what other claimers hold; a row changed since
 # the statement's snapshot is re-checked against the WHERE clause before it is locked, so a lease
-# taken meanwhile is never taken twice.
-_CLAIM = """
+# taken meanwhile is never taken twice. Engines claim in the order flows became claimable:
+# QUEUED/RUNNING ones since their last write (updated_at), WAITING ones since their wake_at. The
+# two kinds come from two index scans that stop at the limit; the better half of what they
+# locked is leased, the rest is released at commit.
+_FREE = "deleted_at IS NULL AND (lease_expires_at IS NULL OR lease_expires_at <= now())"
+_CLAIM_ENGINE = """
+WITH runnable AS (
+    SELECT flow_id, updated_at AS ready_at FROM flows
+    WHERE status IN ('queued', 'running') AND {free} {filters}
+    ORDER BY updated_at, flow_id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), woken AS (
+    SELECT flow_id, wake_at AS ready_at FROM flows
+    WHERE status = 'waiting' AND wake_at <= now() AND {free} {filters}
+    ORDER BY wake_at, flow_id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE flows SET lease_owner = %(owner)s, lease_token = nextval('flow_lease_tokens'),
+                 lease_expires_at = {lease}
+WHERE flow_id IN (
+    SELECT flow_id FROM (SELECT * FROM runnable UNION ALL SELECT * FROM woken) picked
+    ORDER BY ready_at, flow_id
+    LIMIT %(limit)s
+)
+RETURNING {columns}
+"""
+# Task workers: flows waiting on one of their queues, whatever their wake_at, oldest first.
+_CLAIM_TASKS = """
 UPDATE flows SET lease_owner = %(owner)s, lease_token = nextval('flow_lease_tokens'),
                  lease_expires_at = {lease}
 WHERE flow_id IN (
     SELECT flow_id FROM flows
-    WHERE status IN ('queued', 'running') AND deleted_at IS NULL
-      AND (lease_expires_at IS NULL OR lease_expires_at <= now()) {filters}
+    WHERE status = 'waiting' AND task_queue = ANY(%(queues)s::text[]) AND {free} {filters}
     ORDER BY updated_at, flow_id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -71,7 +98,11 @@ async def claim_flows(db: Database, req: ClaimRequest) -> tuple[FlowLease, ...]:
     if req.flow_ids:
         filters += " AND flow_id = ANY(%(ids)s::uuid[])"
         params["ids"] = [flow_uuid(f, f"flow_ids[{i}]") for i, f in enumerate(req.flow_ids)]
-    query = _CLAIM.format(lease=_LEASE, filters=filters, columns=_RETURNING)
+    shape = _CLAIM_ENGINE
+    if req.task_queues:
+        shape = _CLAIM_TASKS
+        params["queues"] = list(req.task_queues)
+    query = shape.format(lease=_LEASE, free=_FREE, filters=filters, columns=_RETURNING)
 
     async def tx(conn: Conn) -> list[tuple[Any, ...]]:
         cur = await conn.execute(query, params)
@@ -79,8 +110,8 @@ async def claim_flows(db: Database, req: ClaimRequest) -> tuple[FlowLease, ...]:
 
     rows = await db.transaction(tx)
     # RETURNING follows no order: hand them out in the order they were picked.
-    leases = sorted((_lease(r) for r in rows), key=lambda x: (x.flow.updated_at, x.flow.flow_id))
-    return tuple(leases)
+    key = rules.task_claim_order if req.task_queues else rules.engine_claim_order
+    return tuple(sorted((_lease(r) for r in rows), key=lambda x: key(x.flow)))
 
 
 async def renew_lease(

@@ -15,7 +15,8 @@ from store_service.domain import EventType, Flow, FlowStatus, StoredEvent
 
 FLOW_COLUMNS = (
     "flow_id::text, namespace, name, status, metadata::text, parent_flow_id::text, fork_version, "
-    "version, generation, created_by, created_at, updated_at, deleted_at IS NOT NULL, lease_token"
+    "version, generation, created_by, created_at, updated_at, deleted_at IS NOT NULL, lease_token, "
+    "wake_at, task_queue"
 )
 
 # Event rows as read: (seq, flow_id, version, event_type, payload, ts, command_id).
@@ -43,6 +44,8 @@ def flow_from_row(row: tuple[Any, ...]) -> Flow:
         updated_at=row[11],
         deleted=row[12],
         lease_token=row[13],
+        wake_at=row[14],
+        task_queue=row[15],
     )
 
 

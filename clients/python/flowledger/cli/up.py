@@ -88,7 +88,10 @@ def up(
                     f"{service.name + ':':<9} {service.address} "
                     f"(pid {service.pid}, metrics {service.metrics_url})"
                 )
-            click.echo("plaintext gRPC on loopback only (no TLS); Ctrl-C stops everything")
+            click.echo(
+                "plaintext gRPC on loopback only (no TLS, no authentication: "
+                "FLOWLEDGER_INSECURE=1, ENGINE_AUTH_DISABLED=1); Ctrl-C stops everything"
+            )
             click.echo(f"ready: flowctl --engine {running.engine.address} run FILE")
             while True:
                 signal.pause()  # until a signal handler raises KeyboardInterrupt

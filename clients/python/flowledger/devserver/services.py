@@ -8,7 +8,8 @@
 Services run as ``python -m store_service`` / ``engine_service`` in their own session (so a
 terminal's Ctrl-C reaches only the parent, which then stops them in order: engine, store,
 Postgres); each is SIGTERMed and waited for, then killed if it outlives the grace period.
-Everything listens on loopback, in plaintext.
+Everything listens on loopback, in plaintext and without tokens: the services are told so
+explicitly (``FLOWLEDGER_INSECURE=1``, ``ENGINE_AUTH_DISABLED=1``; see docs/security.md).
 """
 
 from __future__ import annotations
@@ -164,13 +165,17 @@ def services(
     """The store over ``database_url`` and one engine replica in front of it."""
     store_addr, engine_addr = loopback(store_listen), loopback(engine_listen)
     store_metrics, engine_metrics = loopback(store_metrics), loopback(engine_metrics)
+    # Never plaintext or open by default: say it (and only on loopback, which flowctl up checks).
+    open_access = {"FLOWLEDGER_INSECURE": "1", "ENGINE_AUTH_DISABLED": "1"}
     store_env = {
+        **open_access,
         "DATABASE_URL": database_url,
         "STORE_LISTEN": store_addr,
         "STORE_METRICS_LISTEN": store_metrics,
         "LOG_LEVEL": log_level,
     }
     engine_env = {
+        **open_access,
         "STORE_ADDR": store_addr,
         "ENGINE_LISTEN": engine_addr,
         "ENGINE_METRICS_LISTEN": engine_metrics,

@@ -2,6 +2,10 @@
 
 ``interceptors``: go-grpc-prometheus metrics for servers and clients; ``runtime``: the grpc.aio
 server with health, reflection, the Prometheus endpoint, size limits and graceful shutdown.
+Security (docs/security.md): ``tls`` (certificates, rotation, client names), ``auth`` (roles and
+the caller's principal), ``auth_policy`` (the role x method table), ``auth_tokens`` (JWTs and the
+static token file), ``auth_interceptor`` (applies them), ``auth_limits`` (rate limits),
+``guard`` (running a check before any kind of handler).
 """
 
 from flowledger.server.interceptors import (

@@ -9,9 +9,14 @@ variable may be a secret (``DATABASE_URL`` can hold a password).
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
+from pathlib import Path
 
 __all__ = ["LOG_LEVELS", "Env", "SettingsError", "parse_address"]
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -108,3 +113,34 @@ class Env:
         if text.upper() not in choices:
             raise SettingsError(name, f"{text!r} is not one of {', '.join(choices)}")
         return text.upper()
+
+    def flag(self, name: str, default: bool = False) -> bool:
+        """A boolean: 1/true/yes/on or 0/false/no/off (any case)."""
+        text = self.optional(name)
+        if text is None:
+            return default
+        if text.lower() in _TRUE:
+            return True
+        if text.lower() in _FALSE:
+            return False
+        raise SettingsError(name, f"{text!r} is not one of 1, true, yes, on, 0, false, no, off")
+
+    def file(self, name: str) -> Path | None:
+        """The path of a readable regular file, or None when unset. Only its existence is
+        checked here; what is in it is checked by whoever reads it (at start-up)."""
+        text = self.optional(name)
+        if text is None:
+            return None
+        path = Path(text)
+        if not path.is_file():
+            raise SettingsError(name, f"{text!r} is not a file")
+        if not os.access(path, os.R_OK):
+            raise SettingsError(name, f"{text!r} is not readable by this process")
+        return path
+
+    def names(self, name: str) -> tuple[str, ...]:
+        """A comma-separated list of non-empty items (empty: none)."""
+        text = self.optional(name)
+        if text is None:
+            return ()
+        return tuple(part.strip() for part in text.split(",") if part.strip())

@@ -52,6 +52,12 @@ class ServerConfig:
     max_message_bytes: int
     service_names: tuple[str, ...]
     """Fully qualified names of the services, for health and reflection."""
+    credentials: grpc.ServerCredentials | None = None
+    """TLS (see :mod:`flowledger.server.tls`); None serves plaintext, which the services'
+    settings allow only when configured explicitly."""
+    health_listen: str | None = None
+    """``host:port`` of a plaintext port serving only grpc.health.v1 (for probes that cannot
+    speak TLS, such as the kubelet's); None runs none."""
 
 
 def split_host_port(address: str) -> tuple[str, int]:
@@ -93,13 +99,20 @@ class GrpcServer:
         config: ServerConfig,
         port: int,
         metrics: MetricsEndpoint | None,
+        health_server: tuple[grpc.aio.Server, int] | None = None,
     ) -> None:
         self.server = server
         self.health = health
         self.config = config
         self.port = port
         self.metrics = metrics
+        self._health_server = health_server
         self._stopped = False
+
+    @property
+    def health_port(self) -> int | None:
+        """The port of the health-only listener, if any."""
+        return None if self._health_server is None else self._health_server[1]
 
     @property
     def metrics_port(self) -> int | None:
@@ -132,17 +145,23 @@ class GrpcServer:
         for name in ("", *config.service_names):
             await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         try:
-            port = server.add_insecure_port(config.listen)
+            if config.credentials is None:
+                port = server.add_insecure_port(config.listen)
+            else:
+                port = server.add_secure_port(config.listen, config.credentials)
         except RuntimeError as exc:
             raise BindError(f"cannot listen on {config.listen}: {exc}") from exc
+        health_server = _health_only(health, config.health_listen)
         metrics = MetricsEndpoint.start(config.metrics_listen) if config.metrics_listen else None
         try:
             await server.start()
+            if health_server is not None:
+                await health_server[0].start()
         except BaseException:
             if metrics is not None:
                 await metrics.stop()
             raise
-        return cls(server, health, config, port, metrics)
+        return cls(server, health, config, port, metrics, health_server)
 
     async def set_serving(self) -> None:
         for name in ("", *self.config.service_names):
@@ -158,11 +177,27 @@ class GrpcServer:
         if not self._stopped:
             self._stopped = True
             await self.server.stop(grace)
+            if self._health_server is not None:
+                await self._health_server[0].stop(0)
             if self.metrics is not None:
                 await self.metrics.stop()
 
     async def wait_for_termination(self) -> None:
         await self.server.wait_for_termination()
+
+
+def _health_only(
+    health: HealthServicer, listen: str | None
+) -> tuple[grpc.aio.Server, int] | None:
+    """A plaintext server of the same health servicer (it answers what the main port's does)."""
+    if not listen:
+        return None
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    try:
+        return server, server.add_insecure_port(listen)
+    except RuntimeError as exc:
+        raise BindError(f"cannot listen on {listen} (health): {exc}") from exc
 
 
 @contextlib.asynccontextmanager

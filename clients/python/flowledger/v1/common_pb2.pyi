@@ -68,6 +68,8 @@ class _EventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventType.V
     """A compensation failed for good. Compact variant "U"."""
     EVENT_TYPE_TASK_SCHEDULED: _EventType.ValueType  # 18
     """A step was handed to an external worker queue. Compact variant "Q"."""
+    EVENT_TYPE_FLOW_CANCEL_REQUESTED: _EventType.ValueType  # 19
+    """Cancelling the flow was asked for (compensations run, then FlowCancelled). Variant "A"."""
 
 class EventType(_EventType, metaclass=_EventTypeEnumTypeWrapper):
     """The kind of an event in a flow's log. Stored lower-case in `event_log.event_type`
@@ -112,6 +114,8 @@ EVENT_TYPE_COMPENSATION_FAILED: EventType.ValueType  # 17
 """A compensation failed for good. Compact variant "U"."""
 EVENT_TYPE_TASK_SCHEDULED: EventType.ValueType  # 18
 """A step was handed to an external worker queue. Compact variant "Q"."""
+EVENT_TYPE_FLOW_CANCEL_REQUESTED: EventType.ValueType  # 19
+"""Cancelling the flow was asked for (compensations run, then FlowCancelled). Variant "A"."""
 Global___EventType: _TypeAlias = EventType  # noqa: Y015
 
 class _FlowStatus:
@@ -325,6 +329,8 @@ class Flow(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     DELETED_FIELD_NUMBER: _builtins.int
     GENERATION_FIELD_NUMBER: _builtins.int
+    WAKE_AT_FIELD_NUMBER: _builtins.int
+    TASK_QUEUE_FIELD_NUMBER: _builtins.int
     flow_id: _builtins.str
     """Id (UUID) of the flow, unique across namespaces."""
     namespace: _builtins.str
@@ -347,6 +353,8 @@ class Flow(_message.Message):
     """Set when the branch was deleted (reads then answer NOT_FOUND unless asked to include deleted)."""
     generation: _builtins.int
     """How many times the flow was pruned; bumps when PruneFlow cuts the log."""
+    task_queue: _builtins.str
+    """While WAITING on an external task: its queue."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """When it was created (database clock)."""
@@ -354,6 +362,10 @@ class Flow(_message.Message):
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp:
         """When it last changed (database clock)."""
+
+    @_builtins.property
+    def wake_at(self) -> _timestamp_pb2.Timestamp:
+        """While WAITING: when engines may claim it again (unset: only an append moves it on)."""
 
     def __init__(
         self,
@@ -371,10 +383,12 @@ class Flow(_message.Message):
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         deleted: _builtins.bool = ...,
         generation: _builtins.int = ...,
+        wake_at: _timestamp_pb2.Timestamp | None = ...,
+        task_queue: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "updated_at", b"updated_at", "wake_at", b"wake_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "created_by", b"created_by", "deleted", b"deleted", "flow_id", b"flow_id", "fork_version", b"fork_version", "generation", b"generation", "metadata_json", b"metadata_json", "name", b"name", "namespace", b"namespace", "parent_flow_id", b"parent_flow_id", "status", b"status", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "created_by", b"created_by", "deleted", b"deleted", "flow_id", b"flow_id", "fork_version", b"fork_version", "generation", b"generation", "metadata_json", b"metadata_json", "name", b"name", "namespace", b"namespace", "parent_flow_id", b"parent_flow_id", "status", b"status", "task_queue", b"task_queue", "updated_at", b"updated_at", "version", b"version", "wake_at", b"wake_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

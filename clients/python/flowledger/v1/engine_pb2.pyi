@@ -1235,3 +1235,137 @@ class VerifyFlowResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___VerifyFlowResponse: _TypeAlias = VerifyFlowResponse  # noqa: Y015
+
+@_typing.final
+class SignalFlowRequest(_message.Message):
+    """Request of EngineService.SignalFlow."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    FLOW_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    PAYLOAD_JSON_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    SENT_BY_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    """Namespace (tenant) the call acts in; names are unique only within it."""
+    flow_id: _builtins.str
+    """The flow to signal."""
+    name: _builtins.str
+    """Signal name, 1..128 characters of [A-Za-z0-9._:-]."""
+    payload_json: _builtins.str
+    """JSON text of the payload (empty = null); becomes the waiting step's output artifact."""
+    request_id: _builtins.str
+    """Optional id making retries safe (1..128 characters of [A-Za-z0-9._:-]): the same id
+    delivers the signal once.
+    """
+    sent_by: _builtins.str
+    """Who sent the signal (free text, recorded)."""
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        flow_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        payload_json: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        sent_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["flow_id", b"flow_id", "name", b"name", "namespace", b"namespace", "payload_json", b"payload_json", "request_id", b"request_id", "sent_by", b"sent_by"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignalFlowRequest: _TypeAlias = SignalFlowRequest  # noqa: Y015
+
+@_typing.final
+class SignalFlowResponse(_message.Message):
+    """Response of EngineService.SignalFlow."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    DUPLICATE_FIELD_NUMBER: _builtins.int
+    RESUMED_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    """The flow's version after the SignalReceived event."""
+    duplicate: _builtins.bool
+    """True when `request_id` had already delivered this signal; nothing was written."""
+    resumed: _builtins.bool
+    """True when a step was waiting for this signal and the flow resumes now."""
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        duplicate: _builtins.bool = ...,
+        resumed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicate", b"duplicate", "resumed", b"resumed", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignalFlowResponse: _TypeAlias = SignalFlowResponse  # noqa: Y015
+
+@_typing.final
+class CancelFlowRequest(_message.Message):
+    """Request of EngineService.CancelFlow."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    FLOW_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    CANCELLED_BY_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    """Namespace (tenant) the call acts in; names are unique only within it."""
+    flow_id: _builtins.str
+    """The flow to cancel."""
+    reason: _builtins.str
+    """Why (free text, recorded in the log)."""
+    cancelled_by: _builtins.str
+    """Who cancelled (free text, recorded)."""
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        flow_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        cancelled_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled_by", b"cancelled_by", "flow_id", b"flow_id", "namespace", b"namespace", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelFlowRequest: _TypeAlias = CancelFlowRequest  # noqa: Y015
+
+@_typing.final
+class CancelFlowResponse(_message.Message):
+    """Response of EngineService.CancelFlow."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    ALREADY_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    """The flow's version after the cancel request was recorded."""
+    already: _builtins.bool
+    """True when the flow was already cancelled or being cancelled; nothing was written."""
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        already: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["already", b"already", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelFlowResponse: _TypeAlias = CancelFlowResponse  # noqa: Y015

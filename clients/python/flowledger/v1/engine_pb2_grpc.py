@@ -100,6 +100,16 @@ class EngineServiceStub:
                 request_serializer=flowledger_dot_v1_dot_engine__pb2.VerifyFlowRequest.SerializeToString,
                 response_deserializer=flowledger_dot_v1_dot_engine__pb2.VerifyFlowResponse.FromString,
                 _registered_method=True)
+        self.SignalFlow = channel.unary_unary(
+                '/flowledger.v1.EngineService/SignalFlow',
+                request_serializer=flowledger_dot_v1_dot_engine__pb2.SignalFlowRequest.SerializeToString,
+                response_deserializer=flowledger_dot_v1_dot_engine__pb2.SignalFlowResponse.FromString,
+                _registered_method=True)
+        self.CancelFlow = channel.unary_unary(
+                '/flowledger.v1.EngineService/CancelFlow',
+                request_serializer=flowledger_dot_v1_dot_engine__pb2.CancelFlowRequest.SerializeToString,
+                response_deserializer=flowledger_dot_v1_dot_engine__pb2.CancelFlowResponse.FromString,
+                _registered_method=True)
 
 
 class EngineServiceServicer:
@@ -209,6 +219,28 @@ class EngineServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SignalFlow(self, request, context):
+        """Delivers a named signal with a JSON payload to a flow. The signal is recorded in the flow's
+        log at once (SignalReceived); the first step waiting for that name, now or later, consumes it
+        and its payload becomes that step's output artifact (a signal sent before the wait is kept).
+        FAILED_PRECONDITION (reason FLOW_ENDED) for a completed, failed or cancelled flow;
+        RESOURCE_EXHAUSTED (reason TOO_MANY_PENDING_SIGNALS) past the pending-signal limit.
+        Idempotent by `request_id`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelFlow(self, request, context):
+        """Cancels a flow: no further step starts; the compensations of its finished steps run in
+        reverse order, then the flow is CANCELLED. A step running meanwhile has its result dropped.
+        Idempotent: cancelling a cancelled (or cancelling) flow answers OK. FAILED_PRECONDITION
+        (reason FLOW_ENDED) for a completed or failed flow.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EngineServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -276,6 +308,16 @@ def add_EngineServiceServicer_to_server(servicer, server):
                     servicer.VerifyFlow,
                     request_deserializer=flowledger_dot_v1_dot_engine__pb2.VerifyFlowRequest.FromString,
                     response_serializer=flowledger_dot_v1_dot_engine__pb2.VerifyFlowResponse.SerializeToString,
+            ),
+            'SignalFlow': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignalFlow,
+                    request_deserializer=flowledger_dot_v1_dot_engine__pb2.SignalFlowRequest.FromString,
+                    response_serializer=flowledger_dot_v1_dot_engine__pb2.SignalFlowResponse.SerializeToString,
+            ),
+            'CancelFlow': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelFlow,
+                    request_deserializer=flowledger_dot_v1_dot_engine__pb2.CancelFlowRequest.FromString,
+                    response_serializer=flowledger_dot_v1_dot_engine__pb2.CancelFlowResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -630,6 +672,60 @@ class EngineService:
             '/flowledger.v1.EngineService/VerifyFlow',
             flowledger_dot_v1_dot_engine__pb2.VerifyFlowRequest.SerializeToString,
             flowledger_dot_v1_dot_engine__pb2.VerifyFlowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignalFlow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowledger.v1.EngineService/SignalFlow',
+            flowledger_dot_v1_dot_engine__pb2.SignalFlowRequest.SerializeToString,
+            flowledger_dot_v1_dot_engine__pb2.SignalFlowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelFlow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowledger.v1.EngineService/CancelFlow',
+            flowledger_dot_v1_dot_engine__pb2.CancelFlowRequest.SerializeToString,
+            flowledger_dot_v1_dot_engine__pb2.CancelFlowResponse.FromString,
             options,
             channel_credentials,
             insecure,

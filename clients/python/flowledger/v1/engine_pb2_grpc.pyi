@@ -91,6 +91,20 @@ class EngineServiceStub:
     """Replays a flow's log, recomputes every artifact hash and fingerprint from the stored
     artifacts and reports the first divergence, or none. Read-only.
     """
+    SignalFlow: _grpc.UnaryUnaryMultiCallable[_engine_pb2.SignalFlowRequest, _engine_pb2.SignalFlowResponse]
+    """Delivers a named signal with a JSON payload to a flow. The signal is recorded in the flow's
+    log at once (SignalReceived); the first step waiting for that name, now or later, consumes it
+    and its payload becomes that step's output artifact (a signal sent before the wait is kept).
+    FAILED_PRECONDITION (reason FLOW_ENDED) for a completed, failed or cancelled flow;
+    RESOURCE_EXHAUSTED (reason TOO_MANY_PENDING_SIGNALS) past the pending-signal limit.
+    Idempotent by `request_id`.
+    """
+    CancelFlow: _grpc.UnaryUnaryMultiCallable[_engine_pb2.CancelFlowRequest, _engine_pb2.CancelFlowResponse]
+    """Cancels a flow: no further step starts; the compensations of its finished steps run in
+    reverse order, then the flow is CANCELLED. A step running meanwhile has its result dropped.
+    Idempotent: cancelling a cancelled (or cancelling) flow answers OK. FAILED_PRECONDITION
+    (reason FLOW_ENDED) for a completed or failed flow.
+    """
 
 @_typing.type_check_only
 class EngineServiceAsyncStub(EngineServiceStub):
@@ -141,6 +155,20 @@ class EngineServiceAsyncStub(EngineServiceStub):
     VerifyFlow: _aio.UnaryUnaryMultiCallable[_engine_pb2.VerifyFlowRequest, _engine_pb2.VerifyFlowResponse]  # type: ignore[assignment]
     """Replays a flow's log, recomputes every artifact hash and fingerprint from the stored
     artifacts and reports the first divergence, or none. Read-only.
+    """
+    SignalFlow: _aio.UnaryUnaryMultiCallable[_engine_pb2.SignalFlowRequest, _engine_pb2.SignalFlowResponse]  # type: ignore[assignment]
+    """Delivers a named signal with a JSON payload to a flow. The signal is recorded in the flow's
+    log at once (SignalReceived); the first step waiting for that name, now or later, consumes it
+    and its payload becomes that step's output artifact (a signal sent before the wait is kept).
+    FAILED_PRECONDITION (reason FLOW_ENDED) for a completed, failed or cancelled flow;
+    RESOURCE_EXHAUSTED (reason TOO_MANY_PENDING_SIGNALS) past the pending-signal limit.
+    Idempotent by `request_id`.
+    """
+    CancelFlow: _aio.UnaryUnaryMultiCallable[_engine_pb2.CancelFlowRequest, _engine_pb2.CancelFlowResponse]  # type: ignore[assignment]
+    """Cancels a flow: no further step starts; the compensations of its finished steps run in
+    reverse order, then the flow is CANCELLED. A step running meanwhile has its result dropped.
+    Idempotent: cancelling a cancelled (or cancelling) flow answers OK. FAILED_PRECONDITION
+    (reason FLOW_ENDED) for a completed or failed flow.
     """
 
 class EngineServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -267,6 +295,32 @@ class EngineServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_engine_pb2.VerifyFlowResponse, _abc.Awaitable[_engine_pb2.VerifyFlowResponse]]:
         """Replays a flow's log, recomputes every artifact hash and fingerprint from the stored
         artifacts and reports the first divergence, or none. Read-only.
+        """
+
+    @_abc_1.abstractmethod
+    def SignalFlow(
+        self,
+        request: _engine_pb2.SignalFlowRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_engine_pb2.SignalFlowResponse, _abc.Awaitable[_engine_pb2.SignalFlowResponse]]:
+        """Delivers a named signal with a JSON payload to a flow. The signal is recorded in the flow's
+        log at once (SignalReceived); the first step waiting for that name, now or later, consumes it
+        and its payload becomes that step's output artifact (a signal sent before the wait is kept).
+        FAILED_PRECONDITION (reason FLOW_ENDED) for a completed, failed or cancelled flow;
+        RESOURCE_EXHAUSTED (reason TOO_MANY_PENDING_SIGNALS) past the pending-signal limit.
+        Idempotent by `request_id`.
+        """
+
+    @_abc_1.abstractmethod
+    def CancelFlow(
+        self,
+        request: _engine_pb2.CancelFlowRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_engine_pb2.CancelFlowResponse, _abc.Awaitable[_engine_pb2.CancelFlowResponse]]:
+        """Cancels a flow: no further step starts; the compensations of its finished steps run in
+        reverse order, then the flow is CANCELLED. A step running meanwhile has its result dropped.
+        Idempotent: cancelling a cancelled (or cancelling) flow answers OK. FAILED_PRECONDITION
+        (reason FLOW_ENDED) for a completed or failed flow.
         """
 
 def add_EngineServiceServicer_to_server(servicer: EngineServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

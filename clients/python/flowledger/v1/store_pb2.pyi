@@ -276,6 +276,8 @@ class AppendEventsRequest(_message.Message):
     ARTIFACTS_FIELD_NUMBER: _builtins.int
     NEW_STATUS_FIELD_NUMBER: _builtins.int
     FENCING_TOKEN_FIELD_NUMBER: _builtins.int
+    WAKE_AT_FIELD_NUMBER: _builtins.int
+    TASK_QUEUE_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """Namespace (tenant) the call acts in; names are unique only within it."""
     flow_id: _builtins.str
@@ -288,6 +290,10 @@ class AppendEventsRequest(_message.Message):
     """Optional new flow status, set in the same transaction."""
     fencing_token: _builtins.int
     """Optional lease fencing token; when non-zero it must equal the flow's current lease token."""
+    task_queue: _builtins.str
+    """With new_status WAITING: the task queue the flow waits on; task workers claim it with
+    ClaimFlows(task_queues). 1..128 characters of [A-Za-z0-9._:-] when set.
+    """
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.NewEvent]:
         """The events to append, in order (at least one)."""
@@ -295,6 +301,14 @@ class AppendEventsRequest(_message.Message):
     @_builtins.property
     def artifacts(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.NewArtifact]:
         """Artifacts produced by these events (deduplicated by hash)."""
+
+    @_builtins.property
+    def wake_at(self) -> _timestamp_pb2.Timestamp:
+        """With new_status WAITING: when the flow becomes claimable again by engines (ClaimFlows
+        without task_queues). Unset: only a later append (a signal, a cancel) moves it on.
+        Whenever new_status is set, the flow's wake_at and task_queue are replaced by these two
+        fields (cleared when unset); without new_status both are left as they are.
+        """
 
     def __init__(
         self,
@@ -307,10 +321,12 @@ class AppendEventsRequest(_message.Message):
         artifacts: _abc.Iterable[_common_pb2.NewArtifact] | None = ...,
         new_status: _common_pb2.FlowStatus.ValueType = ...,
         fencing_token: _builtins.int = ...,
+        wake_at: _timestamp_pb2.Timestamp | None = ...,
+        task_queue: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["wake_at", b"wake_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "command_id", b"command_id", "events", b"events", "expected_version", b"expected_version", "fencing_token", b"fencing_token", "flow_id", b"flow_id", "namespace", b"namespace", "new_status", b"new_status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "command_id", b"command_id", "events", b"events", "expected_version", b"expected_version", "fencing_token", b"fencing_token", "flow_id", b"flow_id", "namespace", b"namespace", "new_status", b"new_status", "task_queue", b"task_queue", "wake_at", b"wake_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1238,6 +1254,7 @@ class ClaimFlowsRequest(_message.Message):
     LEASE_MS_FIELD_NUMBER: _builtins.int
     NAMESPACES_FIELD_NUMBER: _builtins.int
     FLOW_IDS_FIELD_NUMBER: _builtins.int
+    TASK_QUEUES_FIELD_NUMBER: _builtins.int
     owner: _builtins.str
     """Replica identity (for diagnostics): 1..128 characters."""
     limit: _builtins.int
@@ -1252,6 +1269,13 @@ class ClaimFlowsRequest(_message.Message):
     def flow_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Optional: only these flows (for example the one this replica just started)."""
 
+    @_builtins.property
+    def task_queues(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Empty (engines): flows QUEUED or RUNNING, and flows WAITING whose wake_at has passed.
+        Set (task workers): only flows WAITING on one of these task queues, whatever their wake_at.
+        Either way only flows with no live lease.
+        """
+
     def __init__(
         self,
         *,
@@ -1260,10 +1284,11 @@ class ClaimFlowsRequest(_message.Message):
         lease_ms: _builtins.int = ...,
         namespaces: _abc.Iterable[_builtins.str] | None = ...,
         flow_ids: _abc.Iterable[_builtins.str] | None = ...,
+        task_queues: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["flow_ids", b"flow_ids", "lease_ms", b"lease_ms", "limit", b"limit", "namespaces", b"namespaces", "owner", b"owner"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["flow_ids", b"flow_ids", "lease_ms", b"lease_ms", "limit", b"limit", "namespaces", b"namespaces", "owner", b"owner", "task_queues", b"task_queues"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
