@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Checks of deploy/ with the real tools, installed here when missing (CI runs this as root on a
-# fresh clone, before `make test`): kustomize renders base and production overlay, the output
-# validates against the Kubernetes 1.30 JSON schemas, promtool checks and unit-tests the alert
+# fresh clone, before `make test`): kustomize renders the base, the production and dev overlays
+# and production with every optional component (cert-manager, jwt-auth), the output validates
+# against the Kubernetes 1.30 JSON schemas, promtool checks and unit-tests the alert
 # rules and parses every dashboard expression, and the dashboard type-checks against
 # @grafana/schema. Tools land in deploy/.tools (gitignored).
 set -euo pipefail
@@ -54,19 +55,45 @@ step "PrometheusRule in sync with deploy/prometheus/alerts.yml"
 done_step
 
 if [ "$KUBECTL" = 1 ]; then
-  step "kubectl kustomize (base, overlays/production)"
+  step "kubectl kustomize (base, overlays/production, overlays/dev, production + components)"
   kubectl kustomize deploy/k8s/base >"$OUT/base.yaml"
   kubectl kustomize deploy/k8s/overlays/production >"$OUT/production.yaml"
-  echo "    $(grep -c '^kind:' "$OUT/base.yaml") objects in base, $(grep -c '^kind:' "$OUT/production.yaml") in production"
+  kubectl kustomize deploy/k8s/overlays/dev >"$OUT/dev.yaml"
+  # The optional components as an operator adds them to the production overlay (README).
+  mkdir -p "$OUT/components"
+  cat >"$OUT/components/kustomization.yaml" <<'YAML'
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+namespace: flowledger
+resources:
+  - ../../../k8s/overlays/production
+components:
+  - ../../../k8s/components/cert-manager
+  - ../../../k8s/components/jwt-auth
+YAML
+  kubectl kustomize "$OUT/components" >"$OUT/production-components.yaml"
+  for f in base production dev production-components; do
+    echo "    $f: $(grep -c '^kind:' "$OUT/$f.yaml") objects"
+  done
+  # Secure unless an overlay says otherwise: the opt-outs appear in the dev rendering only.
+  for f in base production production-components; do
+    if grep -Eq 'FLOWLEDGER_INSECURE|ENGINE_AUTH_DISABLED' "$OUT/$f.yaml"; then
+      echo "$f sets FLOWLEDGER_INSECURE or ENGINE_AUTH_DISABLED: only overlays/dev may" >&2
+      exit 1
+    fi
+  done
   done_step
 
   step "kubernetes-validate --strict -k 1.30.0"
-  echo "    ServiceMonitor and PrometheusRule are skipped (warned): they are Prometheus Operator"
-  echo "    CRDs, not in the Kubernetes schemas; the rules inside are checked by promtool below."
-  for f in "$OUT/base.yaml" "$OUT/production.yaml"; do
-    "$TOOLS/venv/bin/kubernetes-validate" --strict -k 1.30.0 --quiet "$f" 2>&1 \
-      | grep -v "Couldn't find schema for kind \(PrometheusRule\|ServiceMonitor\) " || true
-    "$TOOLS/venv/bin/kubernetes-validate" --strict -k 1.30.0 --quiet --no-warn "$f" >/dev/null
+  echo "    ServiceMonitor, PrometheusRule (Prometheus Operator), Certificate and Issuer"
+  echo "    (cert-manager) are skipped (warned): CRDs are not in the Kubernetes schemas; the"
+  echo "    rules inside the PrometheusRule are checked by promtool below."
+  crds='ServiceMonitor\|PrometheusRule\|Certificate\|Issuer'
+  for f in base production dev production-components; do
+    "$TOOLS/venv/bin/kubernetes-validate" --strict -k 1.30.0 --quiet "$OUT/$f.yaml" 2>&1 \
+      | grep -v "Couldn't find schema for kind \($crds\) " || true
+    "$TOOLS/venv/bin/kubernetes-validate" --strict -k 1.30.0 --quiet --no-warn "$OUT/$f.yaml" \
+      >/dev/null
   done
   done_step
 fi
