@@ -180,6 +180,9 @@ async def _report(
             return None, True  # this very report, repeated
         if reporter is not None:
             raise lease_lost(flow_id, token)  # another worker's lease reported it
+        # Timed out or cancelled meanwhile: the worker's hold on the flow ends here, so that an
+        # engine runs it on (a cancel's compensations) without waiting for the lease to expire.
+        await engine.store.release_lease(namespace, flow_id, token)
         raise FailedPrecondition(
             f"task {task_id} of flow {flow_id} is not pending (timed out, cancelled or "
             "already reported)",

@@ -29,6 +29,7 @@ import contextlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
+from flowledger.canonical import parse_json
 from flowledger.errors import Unavailable
 from store_service.domain import EventType, FlowStatus, StoredEvent
 from store_service.ports import EventStore
@@ -177,11 +178,26 @@ def _continuing(pushed: list[StoredEvent], after: int) -> list[StoredEvent] | No
     return events
 
 
-def _status_after(events: list[StoredEvent], status: FlowStatus) -> FlowStatus:
+_WAIT_STARTS = (EventType.TIMER_STARTED, EventType.TASK_SCHEDULED)
+
+
+def _status_after(
+    events: list[StoredEvent], status: FlowStatus, inline_wait_ms: int = 1000
+) -> FlowStatus:
+    """The flow's status after ``events``, as the engine sets it (decision 0013): a wait or a
+    long retry backoff makes it WAITING, a signal leaves it as it is (the step it resumes
+    records its StepFinished right after), any other event means it runs."""
     for event in events:
         if event.type in _TERMINAL:
             return _TERMINAL[event.type]
-        if event.type is EventType.FLOW_INITIALIZED and status is FlowStatus.QUEUED:
+        if event.type in _WAIT_STARTS:
+            status = FlowStatus.WAITING
+        elif event.type is EventType.STEP_ATTEMPT_FAILED:
+            delay = parse_json(event.payload_json)
+            delay_ms = delay.get("delay_ms", 0) if isinstance(delay, dict) else 0
+            long_wait = isinstance(delay_ms, int) and delay_ms > inline_wait_ms
+            status = FlowStatus.WAITING if long_wait else FlowStatus.RUNNING
+        elif event.type is not EventType.SIGNAL_RECEIVED:
             status = FlowStatus.RUNNING
     return status
 

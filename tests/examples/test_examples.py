@@ -6,7 +6,8 @@ import re
 import subprocess
 import sys
 
-from tests.cli.live import REPO, Live
+from tests.cli.live import REPO, Live, service_env
+from tests.cli.test_signal_cancel import Background, background_run, until_waiting
 from tests.demo.test_demo import CHEM_ORDER_1_FLOW_FINGERPRINT
 
 EXAMPLES = REPO / "examples"
@@ -27,7 +28,8 @@ def run_script(name: str) -> str:
 def test_every_example_has_a_test() -> None:
     assert sorted(p.name for p in EXAMPLES.iterdir() if not p.name.startswith(".")) == [
         # http.yaml runs against a local server in tests/engine/test_runners_http.py.
-        "branching.py", "chem.yaml", "hello.yaml", "http.yaml", "python_builder.py",
+        "approval.yaml", "branching.py", "chem.yaml", "hello.yaml", "http.yaml",
+        "order_saga.py", "python_builder.py", "task.yaml", "worker.py",
     ]
 
 
@@ -62,3 +64,50 @@ def test_branching() -> None:
     assert re.fullmatch(r"sub-branch \S+: ISFSFSFSF", lines[2])
     assert re.fullmatch(r"deleted branch \S+: deleted=True", lines[3])
     assert lines[4].endswith(": ISFSF (generation 1)")
+
+
+def test_order_saga() -> None:
+    lines = run_script("order_saga.py").splitlines()
+    assert [line.split()[1:3] for line in lines[7:9]] == [
+        ["Y", "compensation_started"], ["V", "compensation_finished"],
+    ]  # the reservation released, after the payment failed
+    assert lines[-3:] == [
+        "variants: ISFSFSXYVE", "status:   failed", "stock of tea: 10 (3 reserved, then released)",
+    ]
+
+
+def test_approval_yaml(live_engine: Live, ns: str) -> None:
+    run, flow_id = background_run(
+        live_engine, ns, str(EXAMPLES / "approval.yaml"), "--input", '{"name": "order 7"}'
+    )
+    try:
+        until_waiting(live_engine, ns, flow_id)
+        signalled = live_engine.run(
+            "signal", flow_id, "approved", '{"message": "approved by ana"}', namespace=ns
+        )
+        assert signalled.code == 0, signalled.err
+    finally:
+        done = run.finish()
+    assert done.code == 0, done.out + done.err
+    assert re.search(r"^variants:\s+ISFSTNFSFC$", done.out, re.M), done.out
+    shown = live_engine.run("flows", "show", flow_id, "--json", namespace=ns)
+    assert '"status": "completed"' in shown.out
+
+
+def test_worker_and_task_yaml(live_engine: Live, ns: str) -> None:
+    worker = Background(
+        [sys.executable, str(EXAMPLES / "worker.py"), "--engine", live_engine.engine,
+         "--namespace", ns],
+        service_env(),
+    )  # fmt: skip
+    try:
+        worker.wait_for("polls queue")
+        done = live_engine.run(
+            "run", str(EXAMPLES / "task.yaml"), "--input", '{"name": "bo"}', namespace=ns
+        )
+        assert done.code == 0, done.out + done.err
+        assert re.search(r"^variants:\s+ISFSQFSFC$", done.out, re.M), done.out
+    finally:
+        stopped = worker.finish(interrupt=True)
+    assert stopped.code == 0, stopped.err
+    assert "-> {'message': 'HELLO, BO'}" in stopped.out

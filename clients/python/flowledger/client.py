@@ -278,3 +278,39 @@ class FlowledgerClient:
         request = engine_pb2.VerifyFlowRequest(namespace=namespace, flow_id=flow_id)
         resp = await self._call(self._stub.VerifyFlow(request, timeout=self.timeout))
         return _wire.verification(resp)
+
+    async def signal_flow(
+        self,
+        namespace: str,
+        flow_id: str,
+        name: str,
+        payload: t.JsonValue = None,
+        *,
+        request_id: str = "",
+        sent_by: str = "",
+    ) -> t.SignalResult:
+        """Deliver signal ``name`` with ``payload`` (the waiting ``signal`` step's output). A
+        signal sent before the step waits is kept for it. ``request_id`` makes retries deliver
+        it once. FailedPrecondition (reason FLOW_ENDED) when the flow has ended."""
+        request = engine_pb2.SignalFlowRequest(
+            namespace=namespace,
+            flow_id=flow_id,
+            name=name,
+            payload_json="" if payload is None else json.dumps(payload),
+            request_id=request_id,
+            sent_by=sent_by,
+        )
+        resp = await self._call(self._stub.SignalFlow(request, timeout=self.timeout))
+        return t.SignalResult(resp.version, resp.duplicate, resp.resumed)
+
+    async def cancel_flow(
+        self, namespace: str, flow_id: str, *, reason: str = "", cancelled_by: str = ""
+    ) -> t.CancelResult:
+        """Cancel a flow: no further step starts, the compensations of its finished steps run,
+        then it is CANCELLED (watch it to see that). Idempotent; FailedPrecondition (reason
+        FLOW_ENDED) for a completed or failed flow."""
+        request = engine_pb2.CancelFlowRequest(
+            namespace=namespace, flow_id=flow_id, reason=reason, cancelled_by=cancelled_by
+        )
+        resp = await self._call(self._stub.CancelFlow(request, timeout=self.timeout))
+        return t.CancelResult(resp.version, resp.already)

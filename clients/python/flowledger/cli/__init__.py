@@ -11,6 +11,7 @@ import click
 from flowledger.cli._app import DEFAULT_ENGINE, DEFAULT_NAMESPACE, FlowctlGroup, Settings
 from flowledger.cli.defs import defs
 from flowledger.cli.flows import branch, events, flows, verify, watch
+from flowledger.cli.interventions import cancel, signal
 from flowledger.cli.run import run
 from flowledger.cli.up import up
 
@@ -35,7 +36,7 @@ def cli(ctx: click.Context, engine: str, namespace: str, timeout: float) -> None
     ctx.obj = Settings(engine, namespace, timeout)
 
 
-for command in (up, run, flows, events, watch, branch, verify, defs):
+for command in (up, run, flows, events, watch, branch, verify, signal, cancel, defs):
     cli.add_command(command)
 
 

@@ -237,6 +237,10 @@ class LocalPostgres:
         _grant_traverse(self.bindir.parent)
 
     def _pg_ctl(self, account: pwd.struct_passwd | None, action: str, *args: str) -> None:
+        if account is not None:
+            # Granted again on every call: something else may have tightened a parent since
+            # start (pytest resets its temp root to 0700 whenever another session starts).
+            _grant_traverse(self.datadir.parent)
         # -w -t: pg_ctl itself polls until the server is ready (or gone) within the deadline.
         pg_ctl = [str(self.bindir / "pg_ctl"), action, "-D", str(self.datadir), "-w"]
         self._run(account, [*pg_ctl, "-t", str(int(self._timeout)), *args])

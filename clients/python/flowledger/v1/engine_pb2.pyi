@@ -1257,7 +1257,7 @@ class SignalFlowRequest(_message.Message):
     payload_json: _builtins.str
     """JSON text of the payload (empty = null); becomes the waiting step's output artifact."""
     request_id: _builtins.str
-    """Optional id making retries safe (1..128 characters of [A-Za-z0-9._:-]): the same id
+    """Optional id making retries safe (1..100 characters of [A-Za-z0-9._:-]): the same id
     delivers the signal once.
     """
     sent_by: _builtins.str

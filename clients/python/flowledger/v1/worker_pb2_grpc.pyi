@@ -8,7 +8,8 @@ lease, and completes or fails it before the lease expires, renewing it with Hear
 works. The task lease is the flow's work lease: an expired lease makes the task claimable by
 another worker, and the fencing token it carries makes a completion from a worker whose lease
 was taken over fail with FAILED_PRECONDITION (reason LEASE_LOST). Completing twice with the
-same token is idempotent.
+same token is idempotent. A report for a task that is no longer pending (it timed out, or the
+flow was cancelled) fails with FAILED_PRECONDITION (reason TASK_NOT_PENDING).
 
 Errors follow engine.proto: google.rpc.Status with ErrorInfo (domain "flowledger.dev").
 """

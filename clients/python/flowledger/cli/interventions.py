@@ -1,0 +1,80 @@
+"""Acting on a running flow: ``signal FLOW NAME [PAYLOAD]`` and ``cancel FLOW``."""
+
+from __future__ import annotations
+
+import click
+
+from flowledger import types as t
+from flowledger.cli import _output as out
+from flowledger.cli._app import call, json_option, parse_json_option, settings
+from flowledger.client import FlowledgerClient
+
+
+@click.command()
+@click.argument("flow_id")
+@click.argument("name")
+@click.argument("payload", required=False, metavar="[PAYLOAD_JSON]")
+@click.option(
+    "--request-id", default="",
+    help="Repeat-safe id: the same id delivers the signal once.",
+)  # fmt: skip
+@json_option
+@click.pass_context
+def signal(
+    ctx: click.Context,
+    flow_id: str,
+    name: str,
+    payload: str | None,
+    request_id: str,
+    as_json: bool,
+) -> None:
+    """Send signal NAME to a flow; PAYLOAD_JSON (default null) becomes the output of the
+    `signal` step waiting for it. A signal sent before the step waits is kept for it."""
+    ns = settings(ctx).namespace
+    value = parse_json_option(payload, "PAYLOAD_JSON")
+    result = call(
+        ctx, lambda c: c.signal_flow(ns, flow_id, name, value, request_id=request_id,
+                                     sent_by="flowctl")
+    )  # fmt: skip
+    if as_json:
+        out.print_json(result)
+        return
+    if result.duplicate:
+        what = "already delivered (same request id): nothing written"
+    elif result.resumed:
+        what = "delivered: the waiting step resumes"
+    else:
+        what = "delivered: kept until a step waits for it"
+    click.echo(f"signal {name} to flow {flow_id}: {what} (version {result.version})")
+
+
+@click.command()
+@click.argument("flow_id")
+@click.option("--reason", default="", help="Why (recorded in the flow's log).")
+@click.option(
+    "--wait/--no-wait", default=False, show_default=True,
+    help="Wait until the compensations ran and the flow ended.",
+)  # fmt: skip
+@click.option("--within", default=300.0, show_default=True, help="Seconds to wait at most.")
+@json_option
+@click.pass_context
+def cancel(
+    ctx: click.Context, flow_id: str, reason: str, wait: bool, within: float, as_json: bool
+) -> None:
+    """Cancel a flow: no further step starts, the compensations of its finished steps run in
+    reverse order, then it is cancelled."""
+    ns = settings(ctx).namespace
+
+    async def go(client: FlowledgerClient) -> tuple[t.CancelResult, t.FlowView | None]:
+        result = await client.cancel_flow(ns, flow_id, reason=reason, cancelled_by="flowctl")
+        view = await client.wait_for_flow(ns, flow_id, within=within) if wait else None
+        return result, view
+
+    result, view = call(ctx, go)
+    if as_json:
+        out.print_json({"version": result.version, "already": result.already, "view": view})
+        return
+    what = "was already cancelled or cancelling" if result.already else "cancel requested"
+    click.echo(f"flow {flow_id}: {what} (version {result.version})")
+    if view is not None:
+        out.print_flow_view(view)
