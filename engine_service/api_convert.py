@@ -130,6 +130,7 @@ def definition_to_pb(stored: StoredDefinition) -> engine_pb2.DefinitionVersion:
             id=spec.id,
             type=spec.type,
             config_json=canonical_bytes(dict(spec.params)).decode("utf-8"),
+            spec_json=canonical_bytes(spec.to_dict()).decode("utf-8"),
         )
         for spec in stored_steps(stored)
     ]

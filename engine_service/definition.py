@@ -61,6 +61,7 @@ DOCUMENT_SCHEMA: dict[str, Any] = {
                     "config": {"type": "object"},
                     "retry": RETRY_SCHEMA,
                     "timeout_ms": TIMEOUT_SCHEMA,
+                    "step_timeout_ms": TIMEOUT_SCHEMA,
                     "continue_on_error": {"type": "boolean"},
                     "when": {"type": "string", "minLength": 1, "maxLength": MAX_EXPRESSION_LENGTH},
                     "compensate": {
@@ -108,6 +109,8 @@ class StepSpec:
     params: Mapping[str, JsonValue] = field(default_factory=dict)
     retry: RetryPolicy | None = None
     timeout_ms: int | None = None
+    # The whole step: every attempt and the backoffs between them (StepTimeout past it).
+    step_timeout_ms: int | None = None
     continue_on_error: bool = False
     when: str | None = None  # a JMESPath condition; false skips the step
     # Saga: what undoes this step once it finished, when the flow fails or is cancelled.
@@ -129,6 +132,8 @@ class StepSpec:
             row["retry"] = self.retry.to_dict()
         if self.timeout_ms is not None:
             row["timeout_ms"] = self.timeout_ms
+        if self.step_timeout_ms is not None:
+            row["step_timeout_ms"] = self.step_timeout_ms
         if self.continue_on_error:
             row["continue_on_error"] = True
         if self.when is not None:
@@ -144,18 +149,19 @@ class StepSpec:
         retry = row.get("retry")
         compensate = row.get("compensate")
         return cls(
-            row["id"],
-            row["type"],
-            kind if kind is not None else StepKind(row["kind"]),
-            row.get("config", {}),
-            None if retry is None else RetryPolicy.from_dict(retry),
-            row.get("timeout_ms"),
-            bool(row.get("continue_on_error", False)),
-            row.get("when"),
-            None
+            id=row["id"],
+            type=row["type"],
+            kind=kind if kind is not None else StepKind(row["kind"]),
+            params=row.get("config", {}),
+            retry=None if retry is None else RetryPolicy.from_dict(retry),
+            timeout_ms=row.get("timeout_ms"),
+            step_timeout_ms=row.get("step_timeout_ms"),
+            continue_on_error=bool(row.get("continue_on_error", False)),
+            when=row.get("when"),
+            compensate=None
             if compensate is None
             else Compensation(compensate["type"], compensate.get("config", {})),
-            bool(row.get("commit", False)),
+            commit=bool(row.get("commit", False)),
         )
 
 
@@ -197,6 +203,12 @@ class FlowDefinition:
             retry = spec.retry if spec.retry is not None else self.default_retry
             timeout_ms = spec.timeout_ms if spec.timeout_ms is not None else self.default_timeout_ms
             found.extend(_policy_violations(f"steps[{index}]", retry, timeout_ms))
+            step_timeout = spec.step_timeout_ms
+            if step_timeout is not None and (
+                isinstance(step_timeout, bool) or not isinstance(step_timeout, int)
+                or step_timeout < 1
+            ):
+                found.append(FieldViolation(f"steps[{index}].step_timeout_ms", "must be >= 1"))
             if spec.when is not None and (why := when_problem(spec.when)):
                 found.append(FieldViolation(f"steps[{index}].when", why))
             compensate = spec.compensate

@@ -65,6 +65,10 @@ def to_payload(event: EngineEvent) -> dict[str, JsonValue]:
                 "output_hashes": list(event.output_hashes),
                 "fingerprint": event.fingerprint,
             }
+        case StepStarted():
+            body = {k: v for k, v in vars(event).items() if k != "deadline"}
+            if event.deadline is not None:
+                body["deadline"] = event.deadline
         case StepFailed():
             body = {k: v for k, v in vars(event).items() if k != "fingerprint"}
             if event.fingerprint is not None:
@@ -117,7 +121,13 @@ def _from_payload(cls: type[Any], p: Mapping[str, Any]) -> EngineEvent:
             engine_version=_str(p["engine_version"]),
         )
     if cls is StepStarted:
-        return StepStarted(_str(p["step_id"]), _int(p["index"]), _int(p["attempt"]))
+        deadline = p.get("deadline")
+        return StepStarted(
+            _str(p["step_id"]),
+            _int(p["index"]),
+            _int(p["attempt"]),
+            None if deadline is None else _str(deadline),
+        )
     if cls is StepFinished:
         return StepFinished(
             step_id=_str(p["step_id"]),

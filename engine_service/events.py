@@ -37,6 +37,9 @@ class StepStarted:
     step_id: str
     index: int
     attempt: int
+    # The first attempt of a step with a step timeout records when the whole step (every
+    # attempt and the waits between them) must have ended; absent from the payload otherwise.
+    deadline: str | None = None
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,7 @@ from datetime import datetime, timedelta
 from engine_service import compensation, waits
 from engine_service import decide as plan
 from engine_service.artifacts import ArtifactCache
-from engine_service.builtin_steps import is_builtin
-from engine_service.conditions import ConditionError, holds
+from engine_service.builtin_steps import format_time, is_builtin, parse_time
 from engine_service.definition import FlowDefinition
 from engine_service.events import (
     EngineEvent,
@@ -25,7 +24,6 @@ from engine_service.events import (
     StepFailed,
     StepFinished,
     StepSignal,
-    StepSkipped,
     StepStarted,
 )
 from engine_service.executor import COMMIT_INTERRUPTED, Outcome, execute_attempt
@@ -33,17 +31,19 @@ from engine_service.fingerprint import (
     ENGINE_VERSION,
     failed_step_fingerprint,
     flow_fingerprint,
-    skipped_step_fingerprint,
     step_fingerprint,
 )
 from engine_service.ids import command_id
 from engine_service.registry import StepRegistry, StepType
-from engine_service.replay import FlowState, replay
+from engine_service.replay import FlowState
+from engine_service.retry import STEP_TIMEOUT_ERROR_TYPE as STEP_TIMEOUT
 from engine_service.retry import StepDefaults
+from engine_service.step_binding import bind_step_types
 from engine_service.steps import StepContext, StepFailure
+from engine_service.when import plan_condition
 from engine_service.writes import Suspend, Write, utc_now
 from flowledger.canonical import JsonValue
-from flowledger.errors import FailedPrecondition, InternalError, InvalidArgument
+from flowledger.errors import InternalError
 from store_service.domain import FlowStatus, NewArtifact
 
 
@@ -96,13 +96,12 @@ class WritePlanner:
         self._step_types(init)
         match action:
             case plan.StartStep(index, attempt):
-                step_id = init.steps[index].id
                 if init.steps[index].when is not None:
-                    skip = await self._condition(state, init, index, attempt, generation, chain)
+                    skip = await plan_condition(self, state, index, attempt, generation, chain)
                     if skip is not None:
                         return skip
                 return Write(
-                    (StepStarted(step_id, index, attempt),),
+                    (self.started(init, index, attempt),),
                     self.command(generation, index, attempt, "started"),
                 )
             case plan.RunStep(index, attempt):
@@ -148,6 +147,14 @@ class WritePlanner:
         input_hashes, _ = _inputs(state, init, index)
         ctx = await self.context(state, index, attempt, input_hashes)
         timeout_ms = spec.timeout_ms if spec.timeout_ms is not None else self._defaults.timeout_ms
+        left_ms = self._left_ms(state, index)
+        if left_ms is not None:
+            if left_ms <= 0:
+                late = StepFailure("the step timed out before this attempt", STEP_TIMEOUT)
+                return self.outcome_write(
+                    state, index, attempt, generation, chain, Outcome(failure=late)
+                )
+            timeout_ms = left_ms if timeout_ms is None else min(timeout_ms, left_ms)
         outcome: Outcome = await execute_attempt(step_type, ctx, timeout_ms)
         return self.outcome_write(state, index, attempt, generation, chain, outcome)
 
@@ -174,8 +181,17 @@ class WritePlanner:
         if outcome.failure is not None:
             failure = outcome.failure
             policy = spec.retry if spec.retry is not None else self._defaults.retry
-            if policy.retries(attempt, failure.error_type) and not spec.commit:
-                delay_ms = policy.delay_ms(attempt)
+            delay_ms = policy.delay_ms(attempt)
+            left_ms = self._left_ms(state, index)
+            if left_ms is not None and left_ms <= delay_ms:
+                # No time for another attempt: the step as a whole timed out.
+                failure = StepFailure(
+                    f"step {spec.id!r} timed out after {spec.step_timeout_ms} ms "
+                    f"(last attempt: {failure.error_type}: {failure.reason})",
+                    STEP_TIMEOUT,
+                )
+            final = spec.commit or failure.error_type == STEP_TIMEOUT
+            if policy.retries(attempt, failure.error_type) and not final:
                 events.append(
                     StepAttemptFailed(
                         spec.id, index, attempt, failure.reason, failure.error_type, delay_ms
@@ -201,7 +217,7 @@ class WritePlanner:
                     StepFailed(spec.id, index, attempt, failure.reason, failure.error_type,
                                failed_fp)
                 )
-                return self._after_step(
+                return self.after_step(
                     state, init, index, attempt, generation, chain, events, failed_fp, (),
                     was_waiting,
                 )
@@ -233,12 +249,12 @@ class WritePlanner:
                 output.hash,
                 NewArtifact(output.hash, "step_output", output.payload_json, None, finished_at),
             )
-        return self._after_step(
+        return self.after_step(
             state, init, index, attempt, generation, chain, events, fingerprint,
             tuple(artifacts.values()), was_waiting,
         )
 
-    def _after_step(
+    def after_step(
         self,
         state: FlowState,
         init: FlowInitialized,
@@ -264,54 +280,12 @@ class WritePlanner:
             # The command id stays that of the StepFinished: whichever form a writer chose,
             # step ``index`` attempt ``attempt`` can be recorded finished only once.
             following = state.steps[index + 1]
-            events.append(StepStarted(following.step_id, index + 1, following.attempt + 1))
+            events.append(self.started(init, index + 1, following.attempt + 1))
         return Write(
             tuple(events),
             self.command(generation, index, attempt, "finished"),
             artifacts,
             new_status,
-        )
-
-    async def _condition(
-        self,
-        state: FlowState,
-        init: FlowInitialized,
-        index: int,
-        attempt: int,
-        generation: int,
-        chain: bool,
-    ) -> Write | None:
-        """The write of a step whose ``when`` is false (StepSkipped) or fails to evaluate
-        (StepStarted + StepFailed + FlowFailed, error type ``ConditionError``); None when the
-        condition holds and the step is to start."""
-        spec = init.steps[index]
-        assert spec.when is not None
-        input_hashes, fingerprint_inputs = _inputs(state, init, index)
-        ctx = await self.context(state, index, attempt, input_hashes)
-        data: JsonValue = {
-            "input": ctx.flow_input,
-            "variables": dict(ctx.variables),
-            "results": {k: [a.payload for a in v] for k, v in ctx.results.items()},
-        }
-        try:
-            if holds(spec.when, data):
-                return None
-        except ConditionError as exc:
-            reason = f"when {spec.when!r}: {exc}"
-            started = StepStarted(spec.id, index, attempt)
-            return self.outcome_write(
-                replay([(state.version + 1, started)], state), index, attempt, generation,
-                chain, Outcome(failure=StepFailure(reason, "ConditionError")), prefix=[started],
-            )
-        fingerprint = skipped_step_fingerprint(
-            step_id=spec.id,
-            input_hashes=fingerprint_inputs,
-            params=state.params_of(index),
-            definition_hash=init.definition_hash,
-        )
-        events: list[EngineEvent] = [StepSkipped(spec.id, index, fingerprint)]
-        return self._after_step(
-            state, init, index, attempt, generation, chain, events, fingerprint, ()
         )
 
     async def context(
@@ -370,36 +344,24 @@ class WritePlanner:
 
     def _step_types(self, init: FlowInitialized) -> tuple[StepType, ...]:
         """Resolved when a step first runs, so that reading a flow never needs its types."""
-        if self._types is not None:
-            return self._types
-        if init.engine_version != ENGINE_VERSION:
-            raise FailedPrecondition(
-                f"flow {self.flow_id} was started under fingerprint scheme "
-                f"{init.engine_version!r}; this engine computes {ENGINE_VERSION!r}",
-                reason="ENGINE_VERSION_MISMATCH",
-                metadata={"flow_id": self.flow_id, "engine_version": init.engine_version},
-            )
-        definition = self._definition
-        if definition is not None and (
-            definition.definition_hash != init.definition_hash or definition.steps != init.steps
-        ):
-            raise FailedPrecondition(
-                f"the definition given is not the one flow {self.flow_id} started with",
-                reason="DEFINITION_MISMATCH",
-                metadata={"flow_id": self.flow_id},
-            )
-        if definition is None:
-            definition = FlowDefinition(init.definition_name, init.steps, init.definition_version)
-        try:
-            self._types = definition.resolve(self._registry)
-        except InvalidArgument as exc:
-            raise FailedPrecondition(
-                f"flow {self.flow_id} cannot run in this engine: {exc.message}",
-                reason="STEP_TYPES_UNAVAILABLE",
-                metadata={"flow_id": self.flow_id},
-                violations=exc.violations,
-            ) from exc
+        if self._types is None:
+            self._types = bind_step_types(self.flow_id, init, self._definition, self._registry)
         return self._types
+
+    def started(self, init: FlowInitialized, index: int, attempt: int) -> StepStarted:
+        """StepStarted; the first attempt of a step with a step timeout records its deadline."""
+        spec = init.steps[index]
+        deadline = None
+        if spec.step_timeout_ms is not None and attempt == 1:
+            deadline = format_time(self.clock() + timedelta(milliseconds=spec.step_timeout_ms))
+        return StepStarted(spec.id, index, attempt, deadline)
+
+    def _left_ms(self, state: FlowState, index: int) -> int | None:
+        """Milliseconds left before the step's deadline (None: it has none)."""
+        deadline = state.steps[index].deadline
+        if deadline is None:
+            return None
+        return int((parse_time(deadline) - self.clock()).total_seconds() * 1000)
 
     def command(self, generation: int, index: int, attempt: int, kind: str) -> str:
         return command_id(self.flow_id, generation, index, attempt, kind)
@@ -420,6 +382,11 @@ def _inputs(
 def inputs_of(state: FlowState, index: int) -> tuple[str, ...]:
     """The hashes step ``index`` receives."""
     return _inputs(state, _init_of(state), index)[0]
+
+
+def fingerprint_inputs_of(state: FlowState, index: int) -> tuple[str, ...]:
+    """The hashes step ``index``'s fingerprint covers (the first step's adds the variables)."""
+    return _inputs(state, _init_of(state), index)[1]
 
 
 def _init_of(state: FlowState) -> FlowInitialized:

@@ -91,6 +91,7 @@ class StepState:
     task_queue: str | None = None
     compensation: CompensationStatus = CompensationStatus.NONE
     compensation_attempt: int = 0
+    deadline: str | None = None  # of the whole step (its step timeout), from attempt 1
 
 
 _NOT_WAITING: dict[str, Any] = {
@@ -189,8 +190,9 @@ def apply(state: FlowState, event: EngineEvent, version: int) -> FlowState:
             ):
                 _corrupt(state, f"StepStarted for step {event.index} at cursor {state.cursor}")
             running = replace(
-                step, status=StepStatus.RUNNING, attempt=event.attempt, **_NOT_WAITING
-            )
+                step, status=StepStatus.RUNNING, attempt=event.attempt, **_NOT_WAITING,
+                deadline=event.deadline if event.deadline is not None else step.deadline,
+            )  # fmt: skip
             return _set_step(at, event.index, running)
         case StepFinished():
             step = _running(state, event.step_id, event.index)

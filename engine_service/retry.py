@@ -17,6 +17,7 @@ from flowledger.canonical import JsonValue
 from flowledger.errors import FieldViolation
 
 TIMEOUT_ERROR_TYPE = "Timeout"
+STEP_TIMEOUT_ERROR_TYPE = "StepTimeout"  # the whole step's time ran out (never retried)
 
 RETRY_SCHEMA: dict[str, Any] = {
     "type": "object",

@@ -43,6 +43,7 @@ def state_to_json(state: FlowState) -> str:
                 "task_queue": s.task_queue,
                 "compensation": s.compensation.value,
                 "compensation_attempt": s.compensation_attempt,
+                "deadline": s.deadline,
             }
             for s in state.steps
         ],
@@ -87,6 +88,7 @@ def state_from_json(text: str) -> FlowState:
                 task_queue=s["task_queue"],
                 compensation=CompensationStatus(s["compensation"]),
                 compensation_attempt=int(s["compensation_attempt"]),
+                deadline=s.get("deadline"),
             )
             for s in d["steps"]
         )

@@ -196,3 +196,36 @@ async def test_malformed_requests_are_invalid_argument(
     assert field in [v.field for v in info.value.violations]
     with pytest.raises(InvalidArgument):
         await client.publish_definition(ns, "hello", 0)
+
+
+OPTIONS_YAML = """
+steps:
+  - id: greet
+    type: hello.greet
+    config: {name: world}
+    retry: {max_attempts: 3, initial_interval_ms: 10}
+    step_timeout_ms: 60000
+    compensate: {type: hello.done}
+  - id: pause
+    type: wait
+    config: {seconds: 1}
+  - id: shout
+    type: hello.shout
+    when: "input != null"
+    commit: true
+"""
+
+
+async def test_a_version_shows_each_step_whole_with_its_options(
+    client: FlowledgerClient, ns: str
+) -> None:
+    version = (await client.create_definition(ns, "opts", OPTIONS_YAML, format="yaml")).version
+    greet, pause, shout = (s.spec for s in version.steps)
+    assert greet["retry"] == {
+        "max_attempts": 3, "initial_interval_ms": 10, "backoff_multiplier": 2.0,
+        "max_interval_ms": 60000, "non_retryable": [],
+    }  # fmt: skip
+    assert greet["step_timeout_ms"] == 60000
+    assert greet["compensate"] == {"type": "hello.done", "config": {}}
+    assert pause == {"id": "pause", "type": "wait", "kind": "transform", "config": {"seconds": 1}}
+    assert (shout["when"], shout["commit"]) == ("input != null", True)

@@ -60,7 +60,9 @@ def definition(pb: engine_pb2.DefinitionVersion) -> t.DefinitionVersion:
         version=pb.version,
         state=_enum(DEFINITION_STATES, pb.state, "definition state"),
         definition_hash=pb.definition_hash,
-        steps=tuple(t.DefinitionStep(s.id, s.type, s.config_json) for s in pb.steps),
+        steps=tuple(
+            t.DefinitionStep(s.id, s.type, s.config_json, s.spec_json) for s in pb.steps
+        ),
         change_note=pb.change_note,
         created_by=pb.created_by,
         created_at=_time(pb, "created_at"),

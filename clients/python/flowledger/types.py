@@ -82,10 +82,17 @@ class DefinitionStep:
     id: str
     type: str
     config_json: str
+    # The whole step as a definition document writes it (retry, timeouts, when, compensate...).
+    spec_json: str = "{}"
 
     @property
     def config(self) -> dict[str, JsonValue]:
         value = _parse(self.config_json)
+        return value if isinstance(value, dict) else {}
+
+    @property
+    def spec(self) -> dict[str, JsonValue]:
+        value = _parse(self.spec_json)
         return value if isinstance(value, dict) else {}
 
 

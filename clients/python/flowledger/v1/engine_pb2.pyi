@@ -445,22 +445,29 @@ class DefinitionStep(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     TYPE_FIELD_NUMBER: _builtins.int
     CONFIG_JSON_FIELD_NUMBER: _builtins.int
+    SPEC_JSON_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Step id, unique within the definition."""
     type: _builtins.str
     """Registered step type that runs the step."""
     config_json: _builtins.str
     """Canonical JSON text of the step's config (its params)."""
+    spec_json: _builtins.str
+    """Canonical JSON text of the step as its definition document writes it: id, type, kind,
+    config and, when set, retry, timeout_ms, step_timeout_ms, continue_on_error, when,
+    compensate and commit.
+    """
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
         type: _builtins.str = ...,
         config_json: _builtins.str = ...,
+        spec_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config_json", b"config_json", "id", b"id", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config_json", b"config_json", "id", b"id", "spec_json", b"spec_json", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
