@@ -24,66 +24,18 @@ from typing import Any
 import yaml
 
 from engine_service.builtin_steps import BUILTIN_TYPES
-from engine_service.conditions import MAX_EXPRESSION_LENGTH
 from engine_service.conditions import problem as when_problem
+from engine_service.definition_schema import DOCUMENT_SCHEMA, MAX_NAME_LENGTH, STEP_ID_PATTERN
 from engine_service.fingerprint import definition_hash
 from engine_service.registry import StepRegistry, StepType
-from engine_service.retry import RETRY_SCHEMA, TIMEOUT_SCHEMA, RetryPolicy
+from engine_service.retry import RetryPolicy
 from engine_service.steps import StepKind
 from engine_service.validation import compile_schema, raise_if_any, violations
 from flowledger.canonical import JsonValue, canonical_bytes, parse_json
 from flowledger.errors import FieldViolation, InvalidArgument
 
-STEP_ID_PATTERN = r"^[a-z0-9_-]{1,64}$"
 _STEP_ID = re.compile(STEP_ID_PATTERN)
-MAX_NAME_LENGTH = 256  # flows.name
 
-# The shape of a declarative document; per-step configs are checked against their type's schema.
-DOCUMENT_SCHEMA: dict[str, Any] = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "type": "object",
-    "required": ["name", "steps"],
-    "additionalProperties": False,
-    "properties": {
-        "name": {"type": "string", "minLength": 1, "maxLength": MAX_NAME_LENGTH},
-        "version": {"type": "integer", "minimum": 0},
-        "steps": {
-            "type": "array",
-            "minItems": 1,
-            "items": {
-                "type": "object",
-                "required": ["id", "type"],
-                "additionalProperties": False,
-                "properties": {
-                    "id": {"type": "string", "pattern": STEP_ID_PATTERN},
-                    "type": {"type": "string", "minLength": 1, "maxLength": 128},
-                    "kind": {"enum": [kind.value for kind in StepKind]},
-                    "config": {"type": "object"},
-                    "retry": RETRY_SCHEMA,
-                    "timeout_ms": TIMEOUT_SCHEMA,
-                    "step_timeout_ms": TIMEOUT_SCHEMA,
-                    "continue_on_error": {"type": "boolean"},
-                    "when": {"type": "string", "minLength": 1, "maxLength": MAX_EXPRESSION_LENGTH},
-                    "compensate": {
-                        "type": "object",
-                        "required": ["type"],
-                        "additionalProperties": False,
-                        "properties": {
-                            "type": {"type": "string", "minLength": 1, "maxLength": 128},
-                            "config": {"type": "object"},
-                        },
-                    },
-                    "commit": {"type": "boolean"},
-                },
-            },
-        },
-        "defaults": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {"retry": RETRY_SCHEMA, "timeout_ms": TIMEOUT_SCHEMA},
-        },
-    },
-}
 _DOCUMENT_VALIDATOR = compile_schema(DOCUMENT_SCHEMA, field="definition")
 
 
