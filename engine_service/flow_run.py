@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from engine_service import decide as plan
 from engine_service import snapshots
 from engine_service.artifacts import ArtifactCache
+from engine_service.builtin_steps import is_builtin
 from engine_service.definition import FlowDefinition
 from engine_service.event_codec import encode
 from engine_service.events import FlowInitialized, PropertyPreferenceAssigned
@@ -240,7 +241,8 @@ class FlowRun(FlowLog):
                         self.suspension = planned_now
                         return state.steps[target] if target is not None else None
                     write = planned_now
-                    planned = (action, self._generation, write)
+                    if self._executes_function(state, action):
+                        planned = (action, self._generation, write)
                 if await self._append(write) is not Appended.APPLIED:
                     progress.failed(state.version)
                 elif write.suspends:
@@ -309,6 +311,19 @@ class FlowRun(FlowLog):
         return self._state
 
     # -- internals -------------------------------------------------------------------------
+
+    @staticmethod
+    def _executes_function(state: FlowState, action: plan.Action) -> bool:
+        """Whether planning ``action`` ran a step function (its outcome is then kept across a
+        refused append). Anything else is planned again from the re-read log: a wait, say,
+        must see a signal that arrived meanwhile."""
+        if isinstance(action, plan.RunCompensation):
+            return True
+        return (
+            isinstance(action, plan.RunStep)
+            and state.init is not None
+            and not is_builtin(state.init.steps[action.index].type)
+        )
 
     async def _current(self) -> FlowState:
         async with self._lock:

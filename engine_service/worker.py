@@ -17,9 +17,10 @@
   cancelled at once. A step function still running in a thread cannot be killed; its result is
   dropped, and its write would be refused anyway.
 * **End of a run.** Completed, failed, cancelled, or waiting (a timer, a signal, a task: the
-  store makes it claimable again, decision 0013): the lease is released. Lease lost: nothing (it is not
-  ours). A flow this replica cannot run (unknown step types, a corrupt log): the lease is kept
-  until it expires, so the flow is retried once per lease period rather than in a hot loop.
+  store makes it claimable again, decision 0013): the lease is released. Lease lost: nothing
+  (it is not ours). A flow this replica cannot run (unknown step types, a corrupt log): the
+  lease is kept until it expires, so the flow is retried once per lease period rather than in
+  a hot loop.
 * **Drain** (SIGTERM): stop claiming; runs stop at their next step boundary and release their
   lease, so another replica continues at once; runs still busy after the grace are cancelled
   and released.

@@ -20,8 +20,9 @@ from engine_service.replay import StepStatus
 from engine_service.runner import Engine, EngineSettings
 from engine_service.steps import StepContext, StepKind, StepResult, success
 from flowledger.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
-from store_service.domain import FlowStatus
+from store_service.domain import Append, AppendResult, FlowStatus
 from store_service.ports import EventStore
+from tests.engine.helpers import AppendFn, DelegatingStore
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
@@ -279,3 +280,27 @@ async def test_a_commit_step_runs_once_in_the_run_that_started_it(
     run = await engine_of(store, steps, clock).run(definition, 1, namespace=ns)
     assert (await run.state()).completed
     assert format_time(T0) == "2026-11-22T12:00:00.000Z"
+
+
+async def test_a_signal_arriving_while_the_wait_is_being_recorded_is_not_missed(
+    store: EventStore, steps: StepRegistry, clock: Clock, ns: str
+) -> None:
+    """The signal lands between the engine planning its TimerStarted and appending it: the
+    append conflicts, and the wait is planned again from the re-read log (which now holds the
+    signal) instead of being re-sent, which would leave the flow WAITING on a delivered signal."""
+    raced: list[bool] = []
+
+    async def signal_first(cmd: Append, inner: AppendFn) -> AppendResult:
+        if cmd.command_id.endswith(":s1:a1:wait") and not raced:
+            raced.append(True)
+            other = await engine_of(store, steps, clock).attach(cmd.flow_id, namespace=ns)
+            await interventions.signal(other, "approved", "raced")
+        return await inner(cmd)
+
+    engine = engine_of(DelegatingStore(store, signal_first), steps, clock)
+    run = await engine.start(signal_flow(), 1, namespace=ns)
+    state = await run.run_to_end()
+    assert raced == [True]
+    assert state.completed
+    assert await run.last_step_output("approve") == ["raced"]
+    assert await run.event_variants() == "ISFSNFSFC"
