@@ -9,20 +9,17 @@
  *     client.close();
  *
  * Results are the generated message types (src/gen, built from protos/); every failed call
- * rejects with a typed error of ./errors.ts.
+ * rejects with a typed error of ./errors.ts. For a secured engine:
+ *
+ *     new FlowledgerClient("engine.example:50052", { token, tls: { caFile: "ca.pem" } });
  */
-import {
-  credentials as grpcCredentials,
-  type CallOptions,
-  type ChannelCredentials,
-  type ClientOptions,
-  type ServiceError,
-  Metadata,
-} from "@grpc/grpc-js";
+import type { CallOptions, Metadata, ServiceError } from "@grpc/grpc-js";
 import type { JsonValue } from "./canonical.js";
+import { connect, type Connection, type ConnectionSettings } from "./connection.js";
 import { fromServiceError } from "./errors.js";
 import {
   BranchFlowRequest,
+  CancelFlowRequest,
   CreateDefinitionVersionRequest,
   DefinitionFormat,
   DescribeFlowRequest,
@@ -34,16 +31,19 @@ import {
   PublishDefinitionVersionRequest,
   ArchiveDefinitionVersionRequest,
   RollbackDefinitionRequest,
+  SignalFlowRequest,
   StartFlowRequest,
   VerifyFlowRequest,
   WatchFlowRequest,
 
   type BranchFlowResponse,
+  type CancelFlowResponse,
   type CreateDefinitionVersionResponse,
   type DefinitionVersion,
   type FlowView,
   type ListDefinitionsResponse,
   type ListFlowRunsResponse,
+  type SignalFlowResponse,
   type StartFlowResponse,
   type VerifyFlowResponse,
   type WatchFlowResponse,
@@ -52,13 +52,8 @@ import { FlowStatus, type Artifact } from "./gen/flowledger/v1/common.js";
 
 export const DEFAULT_TIMEOUT_MS = 30_000;
 
-/** Options of a {@link FlowledgerClient}. */
-export interface ClientSettings {
-  /** Deadline of each unary call (ms). Streams have none unless given per call. */
-  timeoutMs?: number;
-  credentials?: ChannelCredentials;
-  channelOptions?: ClientOptions;
-}
+/** Options of a {@link FlowledgerClient}: timeout, token and TLS (./connection.ts). */
+export type ClientSettings = ConnectionSettings;
 
 const FINAL = new Set([FlowStatus.FLOW_STATUS_COMPLETED, FlowStatus.FLOW_STATUS_FAILED,
   FlowStatus.FLOW_STATUS_CANCELLED]);
@@ -77,11 +72,13 @@ type Unary<Req, Res> = (
 export class FlowledgerClient {
   readonly #stub: EngineServiceClient;
   readonly #timeoutMs: number;
+  readonly #connection: Connection;
 
   constructor(address: string, settings: ClientSettings = {}) {
     this.#timeoutMs = settings.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    this.#connection = connect(address, settings);
     this.#stub = new EngineServiceClient(
-      address, settings.credentials ?? grpcCredentials.createInsecure(), settings.channelOptions,
+      address, this.#connection.credentials, this.#connection.options,
     );
   }
 
@@ -92,8 +89,7 @@ export class FlowledgerClient {
 
   #call<Req, Res>(method: Unary<Req, Res>, request: Req): Promise<Res> {
     return new Promise<Res>((resolve, reject) => {
-      const metadata = new Metadata();
-      method.call(this.#stub, request, metadata, { deadline: Date.now() + this.#timeoutMs },
+      method.call(this.#stub, request, this.#connection.metadata(), { deadline: Date.now() + this.#timeoutMs },
         (error, response) => (error ? reject(fromServiceError(error)) : resolve(response)));
     });
   }
@@ -187,6 +183,7 @@ export class FlowledgerClient {
   ): AsyncGenerator<WatchFlowResponse, void, undefined> {
     const call = this.#stub.watchFlow(
       WatchFlowRequest.fromPartial({ namespace, flowId, afterVersion: opts.afterVersion ?? 0 }),
+      this.#connection.metadata(),
       opts.deadlineMs === undefined ? {} : { deadline: Date.now() + opts.deadlineMs },
     );
     try {
@@ -225,6 +222,34 @@ export class FlowledgerClient {
   /** Replays the flow and recomputes every hash and fingerprint on the engine. */
   verifyFlow(namespace: string, flowId: string): Promise<VerifyFlowResponse> {
     return this.#call(this.#stub.verifyFlow, VerifyFlowRequest.fromPartial({ namespace, flowId }));
+  }
+
+  /**
+   * Delivers signal `name` with `payload` (the waiting `signal` step's output). A signal sent
+   * before the step waits is kept for it; `requestId` makes retries deliver it once.
+   * FailedPrecondition (reason FLOW_ENDED) when the flow has ended.
+   */
+  signalFlow(
+    namespace: string, flowId: string, name: string, payload: JsonValue = null,
+    opts: { requestId?: string; sentBy?: string } = {},
+  ): Promise<SignalFlowResponse> {
+    return this.#call(this.#stub.signalFlow, SignalFlowRequest.fromPartial({
+      namespace, flowId, name, payloadJson: JSON.stringify(payload),
+      requestId: opts.requestId ?? "", sentBy: opts.sentBy ?? "",
+    }));
+  }
+
+  /**
+   * Cancels a flow: no further step starts, the compensations of its finished steps run, then
+   * it is CANCELLED (watch it to see that). Idempotent (`already`); FailedPrecondition (reason
+   * FLOW_ENDED) for a completed or failed flow.
+   */
+  cancelFlow(
+    namespace: string, flowId: string, opts: { reason?: string; cancelledBy?: string } = {},
+  ): Promise<CancelFlowResponse> {
+    return this.#call(this.#stub.cancelFlow, CancelFlowRequest.fromPartial({
+      namespace, flowId, reason: opts.reason ?? "", cancelledBy: opts.cancelledBy ?? "",
+    }));
   }
 }
 

@@ -6,9 +6,17 @@ One module per command group; every command talks to an engine through the Pytho
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+# Before gRPC loads: its core logs a failed TLS handshake (a wrong CA, plaintext against TLS) as
+# an INFO line on stderr, and flowctl already reports that failure as its one-line error.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
 import click
 
 from flowledger.cli._app import DEFAULT_ENGINE, DEFAULT_NAMESPACE, FlowctlGroup, Settings
+from flowledger.cli._connect import Transport
 from flowledger.cli.defs import defs
 from flowledger.cli.flows import branch, events, flows, verify, watch
 from flowledger.cli.interventions import cancel, signal
@@ -28,12 +36,62 @@ from flowledger.cli.up import up
 @click.option(
     "--timeout", default=30.0, show_default=True, help="Seconds each engine call may take."
 )
+@click.option(
+    "--token", envvar="FLOWLEDGER_TOKEN", show_envvar=True, default=None,
+    help="Bearer token sent with every call (prefer the variable or --token-file: "
+    "a command line is visible to other users).",
+)
+@click.option(
+    "--token-file", envvar="FLOWLEDGER_TOKEN_FILE", show_envvar=True, default=None,
+    type=click.Path(dir_okay=False, path_type=Path), help="Read the token from this file.",
+)
+@click.option(
+    "--ca-file", envvar="FLOWLEDGER_CA_FILE", show_envvar=True, default=None,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="PEM CA that signed the engine's certificate (implies TLS) [default: system CAs].",
+)
+@click.option(
+    "--client-cert", envvar="FLOWLEDGER_CLIENT_CERT", show_envvar=True, default=None,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="PEM client certificate, for an engine that requires mutual TLS (with --client-key).",
+)
+@click.option(
+    "--client-key", envvar="FLOWLEDGER_CLIENT_KEY", show_envvar=True, default=None,
+    type=click.Path(dir_okay=False, path_type=Path), help="Its PEM private key.",
+)
+@click.option(
+    "--server-name", envvar="FLOWLEDGER_SERVER_NAME", show_envvar=True, default=None,
+    help="Name to expect in the engine's certificate when --engine does not carry it "
+    "(e.g. through a port-forward).",
+)
+@click.option(
+    "--tls/--plaintext", default=None, envvar="FLOWLEDGER_TLS", show_envvar=True,
+    help="[default: TLS, except plaintext to a loopback --engine when no TLS option is "
+    "given, as `flowctl up` serves]",
+)
 @click.version_option(package_name="flowledger")
 @click.pass_context
-def cli(ctx: click.Context, engine: str, namespace: str, timeout: float) -> None:
+def cli(
+    ctx: click.Context,
+    engine: str,
+    namespace: str,
+    timeout: float,
+    token: str | None,
+    token_file: Path | None,
+    ca_file: Path | None,
+    client_cert: Path | None,
+    client_key: Path | None,
+    server_name: str | None,
+    tls: bool | None,
+) -> None:
     """flowledger: durable, deterministic workflows. Start with `flowctl up`, then
-    `flowctl run examples/chem.yaml`."""
-    ctx.obj = Settings(engine, namespace, timeout)
+    `flowctl run examples/chem.yaml`.
+
+    Connection: TLS with the system's CAs (or --ca-file) and a bearer token (--token) for a
+    secured engine; plaintext without a token for `flowctl up` on loopback (docs/security.md).
+    """
+    transport = Transport(tls, ca_file, client_cert, client_key, server_name, token, token_file)
+    ctx.obj = Settings(engine, namespace, timeout, transport)
 
 
 for command in (up, run, flows, events, watch, branch, verify, signal, cancel, defs):

@@ -12,8 +12,9 @@ from typing import Any, Literal, TypeVar
 import click
 import yaml
 
+from flowledger.cli._connect import Transport
 from flowledger.client import FlowledgerClient
-from flowledger.errors import FlowledgerError
+from flowledger.errors import FlowledgerError, Unauthenticated, Unavailable
 
 T = TypeVar("T")
 
@@ -28,6 +29,7 @@ class Settings:
     engine: str
     namespace: str
     timeout: float
+    transport: Transport
 
 
 def settings(ctx: click.Context) -> Settings:
@@ -39,12 +41,36 @@ def settings(ctx: click.Context) -> Settings:
 def call(ctx: click.Context, work: Callable[[FlowledgerClient], Awaitable[T]]) -> T:
     """Run ``work`` with a client of the engine, in a fresh event loop."""
     opts = settings(ctx)
+    credentials, options = opts.transport.channel(opts.engine)
 
     async def go() -> T:
-        async with FlowledgerClient(opts.engine, timeout=opts.timeout) as client:
+        async with FlowledgerClient(
+            opts.engine, timeout=opts.timeout, credentials=credentials, options=options
+        ) as client:
             return await work(client)
 
-    return asyncio.run(go())
+    try:
+        return asyncio.run(go())
+    except (Unavailable, Unauthenticated) as exc:
+        hint = _hint(opts, exc)
+        if not hint:
+            raise
+        raise click.ClickException(f"{one_line(exc)}; {hint}") from None
+
+
+def _hint(opts: Settings, exc: Unavailable | Unauthenticated) -> str:
+    """What to try next, for the two failures a connection setting usually causes."""
+    transport = opts.transport
+    if isinstance(exc, Unauthenticated):
+        if transport.token is None and transport.token_file is None:
+            return "give a token: --token, --token-file or FLOWLEDGER_TOKEN"
+        return ""
+    if transport.chose_plaintext_for_loopback(opts.engine):
+        return (
+            "is the engine running (flowctl up)? This was plaintext, as for any loopback "
+            "address: an engine serving TLS needs --ca-file or --tls"
+        )
+    return ""
 
 
 def one_line(exc: BaseException) -> str:
