@@ -137,7 +137,7 @@ class Flows:
             max_pending=self._max_pending_signals,
         )  # fmt: skip
         if result.resumed:
-            await self._resume(namespace, flow_id)
+            await self._resume(run)
         return result
 
     async def cancel(
@@ -148,12 +148,13 @@ class Flows:
         run = await self._engine.attach(flow_id, namespace=namespace)
         result = await interventions.cancel(run, reason=reason, requested_by=cancelled_by)
         if not result.already:
-            await self._resume(namespace, flow_id)
+            await self._resume(run)
         return result
 
-    async def _resume(self, namespace: str, flow_id: str) -> None:
+    async def _resume(self, run: FlowRun) -> None:
+        """Run the flow on here with the handle that wrote to it (saves reading it again)."""
         if self._worker is not None:
-            await self._worker.run_now(namespace, flow_id)
+            await self._worker.run_now(run.namespace, run.flow_id, run)
 
     async def verify(self, namespace: str, flow_id: str) -> VerifyReport:
         return await self._engine.verify(namespace, flow_id)

@@ -74,6 +74,7 @@ class FlowRun(FlowLog):
         self.flow_id = flow.flow_id
         self.namespace = flow.namespace
         self._generation = flow.generation
+        self._generation_fresh = True  # ``flow`` was just read: the first load skips GetFlow
         self._fencing_token = fencing_token
         self._lease_lost: LeaseLost | None = None
         self.on_append: Callable[[tuple[StoredEvent, ...]], None] | None = None
@@ -354,8 +355,11 @@ class FlowRun(FlowLog):
 
     async def _load_start(self) -> FlowState:
         """The latest usable snapshot, else the empty state (then the whole log is read)."""
-        flow = await self._store.get_flow(self.namespace, self.flow_id)
-        self._generation = flow.generation
+        if not self._generation_fresh:
+            # A reload (the log was cut by a prune): the generation may have moved on.
+            flow = await self._store.get_flow(self.namespace, self.flow_id)
+            self._generation = flow.generation
+        self._generation_fresh = False
         state = await snapshots.load_latest(self._store, self.namespace, self.flow_id)
         self._snapshot_version = state.version
         return state
