@@ -64,6 +64,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         task = await tasks.poll(
             self._engine, request.namespace, tuple(request.queues), request.worker_id,
             self._lease_ms(request.lease_ms), request.wait_ms,
+            self._worker.task_bell if self._worker is not None else None,
         )  # fmt: skip
         if task is None:
             return worker_pb2.PollTaskResponse()

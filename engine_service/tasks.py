@@ -13,6 +13,7 @@ compensation, the next step started in the same append) — docs/decisions/0013-
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass, replace
 
@@ -30,7 +31,26 @@ from flowledger.errors import FailedPrecondition, InvalidArgument
 from store_service.adapters.lease_rules import lease_lost
 from store_service.domain import ClaimRequest
 
-_POLL_INTERVAL_S = 0.1
+# A poll that finds nothing looks again after this, doubling up to the maximum while the queues
+# stay empty (idle workers then cost ~1 claim/s each); a task scheduled on this replica rings
+# the bell and wakes its pollers at once.
+_POLL_INTERVAL_S = 0.05
+_MAX_POLL_INTERVAL_S = 1.0
+
+
+class TaskBell:
+    """Rung when this replica puts a flow on a task queue: wakes the pollers waiting here."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def ring(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()  # the next waiters wait for the next ring
+
+    async def wait(self, timeout_s: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), timeout_s)
 
 
 @dataclass(frozen=True)
@@ -57,6 +77,7 @@ async def poll(
     worker_id: str,
     lease_ms: int,
     wait_ms: int,
+    bell: TaskBell | None = None,
 ) -> LeasedTask | None:
     """Lease a task of ``queues`` (waiting up to ``wait_ms`` for one), or None."""
     if not queues:
@@ -65,6 +86,7 @@ async def poll(
         raise InvalidArgument.field("wait_ms", "must be 0..60000")
     deadline = time.monotonic() + wait_ms / 1000
     request = ClaimRequest(worker_id, 1, lease_ms, (namespace,), task_queues=queues)
+    interval = _POLL_INTERVAL_S
     while True:
         for lease in await engine.store.claim_flows(request):
             task = await _task_of(engine, lease.flow.namespace, lease.flow.flow_id,
@@ -76,8 +98,12 @@ async def poll(
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return None
-        # Bounded: a poll that found nothing looks again shortly, until its wait is over.
-        await asyncio.sleep(min(_POLL_INTERVAL_S, remaining))
+        # Bounded: a poll that found nothing looks again, until its wait is over.
+        if bell is None:
+            await asyncio.sleep(min(interval, remaining))
+        else:
+            await bell.wait(min(interval, remaining))
+        interval = min(interval * 2, _MAX_POLL_INTERVAL_S)
 
 
 async def _task_of(engine: Engine, namespace: str, flow_id: str, token: int) -> LeasedTask | None:

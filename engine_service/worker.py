@@ -44,6 +44,7 @@ from engine_service.lease import is_lease_lost
 from engine_service.replay import FlowState, StepState, StepStatus
 from engine_service.runner import Engine, FlowRun
 from engine_service.settings import ServiceSettings
+from engine_service.tasks import TaskBell
 from engine_service.watch import FlowNotifier
 from flowledger.errors import Aborted, DeadlineExceeded, FlowledgerError, Unavailable
 from store_service.domain import ClaimRequest, FlowLease
@@ -93,6 +94,7 @@ class Worker:
         self._loop: asyncio.Task[None] | None = None
         self._claim_errors = 0
         self._releases: set[asyncio.Task[None]] = set()
+        self.task_bell = TaskBell()
 
     @property
     def owner(self) -> str:
@@ -266,6 +268,8 @@ class Worker:
             if step is None:
                 break
             if run.suspension is not None:
+                if step.task_id is not None:
+                    self.task_bell.ring()  # a worker polling here may take it now
                 break  # the flow waits (WAITING in the store, wake_at set): let go of it
             _observe_step(run.current_state, step, time.perf_counter() - step_started)
         final = run.current_state

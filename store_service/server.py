@@ -26,7 +26,7 @@ async def open_store(settings: StoreSettings) -> EventStore:
     if settings.backend == "memory":
         from store_service.adapters.memory import MemoryEventStore
 
-        return MemoryEventStore()
+        return MemoryEventStore(max_events_per_flow=settings.limits.max_events_per_flow)
     from store_service.adapters.postgres import PostgresEventStore
 
     return await PostgresEventStore.open(
@@ -35,6 +35,8 @@ async def open_store(settings: StoreSettings) -> EventStore:
         max_connections=settings.database_max_connections,
         retry_budget_s=settings.retry_budget_seconds,
         apply_migrations=True,
+        migrate_conninfo=settings.migrate_database_url,
+        max_events_per_flow=settings.limits.max_events_per_flow,
     )
 
 

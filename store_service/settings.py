@@ -13,6 +13,7 @@ import psycopg.conninfo
 
 from flowledger.server.env import LOG_LEVELS, Env, SettingsError, parse_address
 from flowledger.server.tls import ServerTLS, read_server_tls
+from store_service.adapters.flow_limits import DEFAULT_MAX_EVENTS_PER_FLOW
 
 __all__ = [
     "MEMORY_URL",
@@ -42,6 +43,9 @@ class Limits:
     max_message_bytes: int = 4 * MIB
     max_events_per_append: int = 1000
     max_artifacts_per_append: int = 1000
+    # A flow's log (its version: inherited, kept and own events) may not grow past this; an
+    # append that would is refused, except one that ends the flow (docs/security.md).
+    max_events_per_flow: int = DEFAULT_MAX_EVENTS_PER_FLOW
     max_id_length: int = _ID_LENGTH_CEILING
     # Deeper JSON is refused: Python's parser and the RFC 8785 encoder recurse per level.
     max_json_depth: int = 64
@@ -54,6 +58,9 @@ class Limits:
 @dataclass(frozen=True)
 class StoreSettings:
     database_url: str
+    # The schema owner's connection string for migrations at start-up, when ``database_url`` is
+    # the least-privileged role (docs/security.md); None: migrate with ``database_url``.
+    migrate_database_url: str | None = None
     database_min_connections: int = 2
     database_max_connections: int = 16
     listen: str = "127.0.0.1:50051"
@@ -100,7 +107,14 @@ class StoreSettings:
             f"or '{MEMORY_URL}' for the in-memory development backend",
         )
         if database_url != MEMORY_URL:
-            _check_conninfo(database_url)
+            _check_conninfo(database_url, "DATABASE_URL")
+        migrate_url = env.optional("STORE_MIGRATE_DATABASE_URL")
+        if migrate_url is not None:
+            if database_url == MEMORY_URL:
+                raise SettingsError(
+                    "STORE_MIGRATE_DATABASE_URL", f"has no use with DATABASE_URL={MEMORY_URL}"
+                )
+            _check_conninfo(migrate_url, "STORE_MIGRATE_DATABASE_URL")
         min_conn = env.integer("DATABASE_MIN_CONNECTIONS", 2, minimum=0)
         # The Postgres backend needs two: appends and reads/the feed must not starve each other.
         max_conn = env.integer("DATABASE_MAX_CONNECTIONS", 16, minimum=2)
@@ -123,6 +137,9 @@ class StoreSettings:
             "max_artifacts_per_append": env.integer(
                 "STORE_MAX_ARTIFACTS_PER_APPEND", defaults.max_artifacts_per_append, minimum=0
             ),
+            "max_events_per_flow": env.integer(
+                "STORE_MAX_EVENTS_PER_FLOW", defaults.max_events_per_flow, minimum=1
+            ),
             "max_id_length": env.integer(
                 "STORE_MAX_ID_LENGTH", defaults.max_id_length, minimum=1,
                 maximum=_ID_LENGTH_CEILING,
@@ -134,6 +151,7 @@ class StoreSettings:
         limits = Limits(**limits_values)
         return cls(
             database_url=database_url,
+            migrate_database_url=migrate_url,
             database_min_connections=min_conn,
             database_max_connections=max_conn,
             listen=env.address("STORE_LISTEN", "127.0.0.1:50051"),
@@ -159,13 +177,13 @@ def _check_limits(limits: Limits) -> None:
         raise SettingsError("STORE_MAX_ID_LENGTH", f"must be 1..{_ID_LENGTH_CEILING}")
 
 
-def _check_conninfo(url: str) -> None:
+def _check_conninfo(url: str, variable: str) -> None:
     try:
         psycopg.conninfo.conninfo_to_dict(url)
     except psycopg.ProgrammingError:
         # Neither the value nor libpq's message (which quotes it) is echoed: it may hold a password.
         raise SettingsError(
-            "DATABASE_URL",
+            variable,
             "is not a valid Postgres connection string "
             f"(postgresql://user@host:port/dbname, or '{MEMORY_URL}' for the in-memory backend)",
         ) from None

@@ -28,6 +28,7 @@ from store_service.adapters import _memory_leases as leases
 from store_service.adapters import _memory_support as support
 from store_service.adapters._memory_definitions import DefinitionBook
 from store_service.adapters._memory_records import Generation, Record, read_log
+from store_service.adapters.flow_limits import DEFAULT_MAX_EVENTS_PER_FLOW, check_events_per_flow
 from store_service.adapters.lease_rules import check_renewal, check_token
 from store_service.domain import (
     Append,
@@ -58,7 +59,8 @@ from store_service.domain import (
 class MemoryEventStore:
     """:class:`store_service.ports.EventStore` held in process memory."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_events_per_flow: int = DEFAULT_MAX_EVENTS_PER_FLOW) -> None:
+        self._max_events_per_flow = max_events_per_flow
         self._lock = asyncio.Lock()
         self._changed = asyncio.Condition(self._lock)
         self._records: dict[str, Record] = {}
@@ -145,6 +147,7 @@ class MemoryEventStore:
     async def append(self, cmd: Append) -> AppendResult:
         self._check_open()
         support.check_append(cmd)
+        check_events_per_flow(cmd, self._max_events_per_flow)
         async with self._lock:
             rec = self._find(cmd.namespace, cmd.flow_id, include_deleted=True)
             first = rec.repeat(cmd.command_id, "append")

@@ -27,6 +27,7 @@ from flowledger.errors import (
     InvalidArgument,
     Unavailable,
 )
+from store_service.adapters.flow_limits import DEFAULT_MAX_EVENTS_PER_FLOW, check_events_per_flow
 from store_service.adapters.postgres import appendsql as sql
 from store_service.adapters.postgres import sqlerrors
 from store_service.adapters.postgres.db import Conn, Database
@@ -67,8 +68,16 @@ class GroupCommitAppender:
     to ``writers`` at once.
     """
 
-    def __init__(self, db: Database, *, writers: int = 4, max_batch: int = 128) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        writers: int = 4,
+        max_batch: int = 128,
+        max_events_per_flow: int = DEFAULT_MAX_EVENTS_PER_FLOW,
+    ) -> None:
         self._db = db
+        self._max_events_per_flow = max_events_per_flow
         self._max_batch = max_batch
         self._max_in_flight = max(1, writers)
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
@@ -77,6 +86,8 @@ class GroupCommitAppender:
 
     async def append(self, cmd: Append) -> AppendResult:
         cmd = validate_append(cmd)
+        # Decided by the command alone (flow_limits), so it never has to join a batch.
+        check_events_per_flow(cmd, self._max_events_per_flow)
         if self._closing:
             raise Unavailable("the store is shutting down; retry later", reason="SHUTTING_DOWN")
         future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()

@@ -6,16 +6,17 @@ keeps each file's sha256: a file edited after it was applied stops start-up with
 it, because the database no longer matches what the repository says it is. A migration file
 must not contain its own BEGIN/COMMIT.
 
-Command line (the migration Job): ``python -m store_service.adapters.postgres.migrate [URL]``
-(default ``$DATABASE_URL``).
+A database that is up to date is recognised without a lock or any DDL (one SELECT of
+``schema_migrations``), so a store serving as the least-privileged ``flowledger_app`` role
+(migration 0005) starts on a database its owner migrated; applying a migration needs the owner.
+
+Command line (the migration Job): ``python -m store_service.migrate`` (see there).
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
-import os
 import re
 import sys
 import time
@@ -92,14 +93,46 @@ async def apply_migrations(conninfo: str, *, retry_budget_s: float = 15.0) -> li
         async with await psycopg.AsyncConnection.connect(
             conninfo, autocommit=True, connect_timeout=min(timeout, 10)
         ) as conn:
-            for mig in migrations:
-                if await _apply_one(conn, mig, migrations):
-                    applied.append(mig.version)
+            try:
+                if await _up_to_date(conn, migrations):
+                    return applied
+                for mig in migrations:
+                    if await _apply_one(conn, mig, migrations):
+                        applied.append(mig.version)
+            except psycopg.errors.InsufficientPrivilege as exc:
+                raise _not_owner(exc, migrations, applied) from exc
         return applied
 
     # Connection trouble at start-up (the database is still coming up) is retried like any
     # other; the files already applied are skipped on the next attempt.
     return await retrying(RetryPolicy(budget_s=retry_budget_s), run)
+
+
+async def _up_to_date(
+    conn: psycopg.AsyncConnection[tuple[Any, ...]], migrations: list[Migration]
+) -> bool:
+    """Whether every migration is recorded (and unedited); reads only, takes no lock."""
+    cur = await conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL")
+    row = await cur.fetchone()
+    if row is None or not row[0]:
+        return False
+    cur = await conn.execute("SELECT version, name, sha256 FROM schema_migrations")
+    recorded = {v: (n, s) for v, n, s in await cur.fetchall()}
+    _verify(recorded, migrations)
+    return all(mig.version in recorded for mig in migrations)
+
+
+def _not_owner(
+    exc: psycopg.Error, migrations: list[Migration], applied: list[int]
+) -> MigrationError:
+    done = set(applied)
+    pending = [mig.filename for mig in migrations if mig.version not in done]
+    user = exc.pgconn.user.decode(errors="replace") if exc.pgconn is not None else "?"
+    return MigrationError(
+        f"the database role {user!r} may not apply the pending migrations "
+        f"({', '.join(pending)}): {exc.diag.message_primary}. Apply them as the schema's owner: "
+        "set STORE_MIGRATE_DATABASE_URL, or run `python -m store_service.migrate` with it"
+    )
 
 
 async def _apply_one(
@@ -146,14 +179,10 @@ def _verify(recorded: dict[int, tuple[str, str]], migrations: list[Migration]) -
 
 
 def main(argv: list[str]) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    url = argv[1] if len(argv) > 1 else os.environ.get("DATABASE_URL", "")
-    if not url:
-        print("usage: python -m store_service.adapters.postgres.migrate [DATABASE_URL]")
-        return 2
-    applied = asyncio.run(apply_migrations(url))
-    print(f"applied: {applied}" if applied else "up to date")
-    return 0
+    """The former command line, kept for existing Jobs: ``python -m store_service.migrate``."""
+    from store_service.migrate import main as migrate_main
+
+    return migrate_main(argv[1:])
 
 
 if __name__ == "__main__":

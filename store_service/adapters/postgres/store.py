@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from flowledger.errors import InvalidArgument, Unavailable
+from store_service.adapters.flow_limits import DEFAULT_MAX_EVENTS_PER_FLOW
 from store_service.adapters.postgres import definitions, feed, flows, leases, lineage, snapshots
 from store_service.adapters.postgres.appender import GroupCommitAppender
 from store_service.adapters.postgres.db import Conn, Database
@@ -75,25 +76,33 @@ class PostgresEventStore:
         max_connections: int = 16,
         retry_budget_s: float = 15.0,
         apply_migrations: bool = True,
+        migrate_conninfo: str | None = None,
         append_writers: int = 4,
         max_batch: int = 128,
+        max_events_per_flow: int = DEFAULT_MAX_EVENTS_PER_FLOW,
     ) -> PostgresEventStore:
+        """``conninfo`` serves (ideally as ``flowledger_app``: docs/security.md); migrations run
+        through ``migrate_conninfo`` (the schema's owner) when given, else through ``conninfo``
+        (a database already up to date needs no privilege beyond reading schema_migrations)."""
         if not 0 <= min_connections <= max_connections or max_connections < 2:
             raise ValueError("need 0 <= min_connections <= max_connections and max >= 2")
         policy = RetryPolicy(budget_s=retry_budget_s)
         if apply_migrations:
-            await _apply(conninfo, retry_budget_s)
+            await _apply(migrate_conninfo or conninfo, retry_budget_s)
         db = await Database.open(
             conninfo, min_size=min_connections, max_size=max_connections, policy=policy
         )
         try:
             await db.run(_warn_on_drift)
+            await db.run(_warn_on_privileges)
         except Exception:
             await db.close()
             raise
         # Writers each hold one connection per batch: leave room for reads and the feed.
         writers = max(1, min(append_writers, max_connections // 2))
-        appender = GroupCommitAppender(db, writers=writers, max_batch=max_batch)
+        appender = GroupCommitAppender(
+            db, writers=writers, max_batch=max_batch, max_events_per_flow=max_events_per_flow
+        )
         return cls(db, feed.Notifier(conninfo, policy), appender)
 
     async def close(self) -> None:
@@ -241,6 +250,28 @@ async def _apply(conninfo: str, budget_s: float) -> None:
     applied = await apply_migrations(conninfo, retry_budget_s=budget_s)
     if applied:
         log.info("applied migrations %s", applied)
+
+
+# Whether the serving role could rewrite history: a superuser, the owner of event_log (owners
+# hold every privilege), or a role granted UPDATE, DELETE or TRUNCATE on it.
+_REWRITES_HISTORY = """
+SELECT current_user, r.rolsuper OR pg_has_role(c.relowner, 'USAGE')
+       OR has_table_privilege(c.oid, 'UPDATE, DELETE, TRUNCATE')
+FROM pg_roles r, pg_class c
+WHERE r.rolname = current_user AND c.oid = to_regclass('event_log')
+"""
+
+
+async def _warn_on_privileges(conn: Conn) -> None:
+    cur = await conn.execute(_REWRITES_HISTORY)
+    row = await cur.fetchone()
+    if row is not None and row[1]:
+        log.warning(
+            "the store serves as database role %r, which may change or delete the event log: "
+            "serve as a member of flowledger_app and migrate as the owner "
+            "(STORE_MIGRATE_DATABASE_URL; docs/security.md)",
+            row[0],
+        )
 
 
 async def _warn_on_drift(conn: Conn) -> None:

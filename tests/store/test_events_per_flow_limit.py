@@ -1,0 +1,196 @@
+"""The events-per-flow limit (``STORE_MAX_EVENTS_PER_FLOW``) on both backends alike.
+
+An append that would take a flow's log past the limit is RESOURCE_EXHAUSTED (reason
+``EVENTS_PER_FLOW_EXCEEDED``) and writes nothing: no event, no artifact, no command id, no change
+of the flow. The log counts inherited and kept events too (branches, prunes); the append that
+ends the flow may pass the limit once, so an engine can still record why a flow failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+import grpc.aio
+import pytest
+
+from flowledger.canonical import content_hash
+from flowledger.errors import ResourceExhausted
+from flowledger.server import client_interceptors
+from flowledger.v1 import store_pb2_grpc
+from store_service.adapters.flow_limits import DEFAULT_MAX_EVENTS_PER_FLOW
+from store_service.adapters.memory import MemoryEventStore
+from store_service.domain import Append, EventType, FlowStatus, NewBranch, Prune
+from store_service.ports import EventStore
+from store_service.server import serve
+from store_service.settings import Limits, SettingsError, StoreSettings
+from tests.fixtures.store_server import store_settings
+from tests.store.conftest import BACKENDS, MAX_CONNECTIONS, MIN_CONNECTIONS
+from tests.store.helpers import append, artifact, command_id, ev, new_flow, read_all, view
+from tests.store_service import helpers as grpc_helpers
+
+LIMIT = 5
+
+
+@pytest.fixture(params=BACKENDS)
+async def limited(request: pytest.FixtureRequest) -> AsyncIterator[EventStore]:
+    """Each backend with a limit of five events per flow."""
+    if request.param == "memory":
+        memory = MemoryEventStore(max_events_per_flow=LIMIT)
+        yield memory
+        await memory.close()
+        return
+    from store_service.adapters.postgres import PostgresEventStore
+
+    postgres = await PostgresEventStore.open(
+        request.getfixturevalue("migrated_database_url"),
+        min_connections=MIN_CONNECTIONS,
+        max_connections=MAX_CONNECTIONS,
+        max_events_per_flow=LIMIT,
+    )
+    yield postgres
+    await postgres.close()
+
+
+def _exceeded(exc: pytest.ExceptionInfo[ResourceExhausted]) -> None:
+    assert exc.value.reason == "EVENTS_PER_FLOW_EXCEEDED"
+    assert exc.value.metadata["limit"] == "max_events_per_flow"
+    assert exc.value.metadata["max"] == str(LIMIT)
+
+
+async def test_a_flow_fills_up_to_the_limit_and_no_further(limited: EventStore, ns: str) -> None:
+    flow = await new_flow(limited, ns)
+    await append(limited, ns, flow.flow_id, 0, ev(n=1), ev(n=2), ev(n=3))
+    await append(limited, ns, flow.flow_id, 3, ev(n=4), ev(n=5))  # exactly the limit
+    before = view(await read_all(limited, ns, flow.flow_id))
+    cmd = command_id()
+    with pytest.raises(ResourceExhausted) as caught:
+        await append(
+            limited, ns, flow.flow_id, 5, ev(n=6), artifacts=[artifact({"never": 1})], cmd=cmd
+        )
+    _exceeded(caught)
+    # Nothing was written: events, artifact, flow head, counts.
+    assert view(await read_all(limited, ns, flow.flow_id)) == before
+    assert (await limited.get_flow(ns, flow.flow_id)).version == LIMIT
+    assert (await limited.count_steps(ns, flow.flow_id)).events == LIMIT
+    missing = await limited.get_artifacts(ns, [content_hash({"never": 1})])
+    assert missing.found == ()
+    # ... nor the command id: once a prune made room, the same id is a new command.
+    await limited.prune(Prune(ns, flow.flow_id, 2, 5, command_id()))
+    result = await append(limited, ns, flow.flow_id, 2, ev(n=6), cmd=cmd)
+    assert (result.first_version, result.duplicate) == (3, False)
+
+
+async def test_an_append_crossing_the_limit_is_refused_whole(limited: EventStore, ns: str) -> None:
+    flow = await new_flow(limited, ns)
+    await append(limited, ns, flow.flow_id, 0, ev(n=1), ev(n=2), ev(n=3))
+    with pytest.raises(ResourceExhausted) as caught:
+        await append(limited, ns, flow.flow_id, 3, ev(n=4), ev(n=5), ev(n=6))
+    _exceeded(caught)
+    assert len(await read_all(limited, ns, flow.flow_id)) == 3
+
+
+async def test_the_append_that_ends_the_flow_may_pass_it_once(
+    limited: EventStore, ns: str
+) -> None:
+    flow = await new_flow(limited, ns)
+    await append(limited, ns, flow.flow_id, 0, *(ev(n=i) for i in range(LIMIT)))
+    with pytest.raises(ResourceExhausted):
+        await append(limited, ns, flow.flow_id, LIMIT, ev(n=99), status=FlowStatus.RUNNING)
+    ended = await append(
+        limited, ns, flow.flow_id, LIMIT, ev(EventType.FLOW_FAILED, error="too many events"),
+        status=FlowStatus.FAILED,
+    )  # fmt: skip
+    assert ended.last_version == LIMIT + 1
+    # Once past the limit, nothing more: not even another ending.
+    with pytest.raises(ResourceExhausted) as caught:
+        await append(
+            limited, ns, flow.flow_id, LIMIT + 1, ev(EventType.FLOW_CANCELLED),
+            status=FlowStatus.CANCELLED,
+        )  # fmt: skip
+    _exceeded(caught)
+    assert (await limited.get_flow(ns, flow.flow_id)).version == LIMIT + 1
+
+
+async def test_a_repeat_of_an_accepted_command_still_answers(limited: EventStore, ns: str) -> None:
+    flow = await new_flow(limited, ns)
+    cmd = command_id()
+    first = await append(limited, ns, flow.flow_id, 0, *(ev(n=i) for i in range(LIMIT)), cmd=cmd)
+    again = await append(limited, ns, flow.flow_id, 0, *(ev(n=i) for i in range(LIMIT)), cmd=cmd)
+    assert again.duplicate
+    assert (again.first_version, again.last_version) == (first.first_version, LIMIT)
+
+
+async def test_inherited_events_count(limited: EventStore, ns: str) -> None:
+    parent = await new_flow(limited, ns)
+    await append(limited, ns, parent.flow_id, 0, *(ev(n=i) for i in range(4)))
+    branch, _ = await limited.create_branch(NewBranch(ns, parent.flow_id, 4, "b"))
+    await append(limited, ns, branch.flow_id, 4, ev(n=40))
+    with pytest.raises(ResourceExhausted):
+        await append(limited, ns, branch.flow_id, 5, ev(n=50))
+    # The parent's own room is its own.
+    await append(limited, ns, parent.flow_id, 4, ev(n=4))
+    assert [e.version for e in await read_all(limited, ns, branch.flow_id)] == [1, 2, 3, 4, 5]
+
+
+async def test_a_refused_append_does_not_hold_up_the_others(limited: EventStore, ns: str) -> None:
+    """On Postgres the refused command never joins a group-commit batch; the rest commit."""
+    full = await new_flow(limited, ns, "full")
+    await append(limited, ns, full.flow_id, 0, *(ev(n=i) for i in range(LIMIT)))
+    others = [await new_flow(limited, ns, f"o{i}") for i in range(8)]
+    results = await asyncio.gather(
+        append(limited, ns, full.flow_id, LIMIT, ev()),
+        *(append(limited, ns, f.flow_id, 0, ev(), ev()) for f in others),
+        return_exceptions=True,
+    )
+    assert isinstance(results[0], ResourceExhausted)
+    assert all(not isinstance(r, BaseException) for r in results[1:]), results
+    assert [(await limited.get_flow(ns, f.flow_id)).version for f in others] == [2] * 8
+
+
+async def test_the_limit_is_checked_before_the_flow_is_looked_up(limited: EventStore) -> None:
+    """Decided by the command alone: the same answer whether the flow exists or not."""
+    with pytest.raises(ResourceExhausted):
+        await limited.append(
+            Append("nowhere", str(uuid.uuid4()), LIMIT, command_id(), (ev(),))
+        )
+
+
+# -- the setting, through the service ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_the_setting_reaches_both_backends_over_grpc(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    url = "memory:" if backend == "memory" else request.getfixturevalue("migrated_database_url")
+    settings = store_settings(database_url=url, limits=Limits(max_events_per_flow=2))
+    server = await serve(settings)  # opens the backend the settings name, with the limit
+    try:
+        channel = grpc.aio.insecure_channel(server.address, interceptors=client_interceptors())
+        async with channel:
+            stub, space = store_pb2_grpc.StoreServiceStub(channel), grpc_helpers.ns()
+            flow = await grpc_helpers.create_flow(stub, space)
+            two = (grpc_helpers.ev(n=1), grpc_helpers.ev(n=2))
+            await grpc_helpers.append(stub, space, flow.flow_id, 0, *two)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await grpc_helpers.append(stub, space, flow.flow_id, 2, grpc_helpers.ev())
+            assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            error = grpc_helpers.failure(caught.value)
+            assert error.reason == "EVENTS_PER_FLOW_EXCEEDED"
+            assert error.metadata["max"] == "2"
+            assert len(await grpc_helpers.read_all(stub, space, flow.flow_id)) == 2
+    finally:
+        await server.stop(grace=1.0)
+
+
+def test_the_setting_is_read_and_checked() -> None:
+    base = {"DATABASE_URL": "memory:", "FLOWLEDGER_INSECURE": "1"}
+    assert StoreSettings.from_env(base).limits.max_events_per_flow == DEFAULT_MAX_EVENTS_PER_FLOW
+    read = StoreSettings.from_env({**base, "STORE_MAX_EVENTS_PER_FLOW": "250"})
+    assert read.limits.max_events_per_flow == 250
+    for bad in ("0", "-1", "many"):
+        with pytest.raises(SettingsError, match="STORE_MAX_EVENTS_PER_FLOW"):
+            StoreSettings.from_env({**base, "STORE_MAX_EVENTS_PER_FLOW": bad})
