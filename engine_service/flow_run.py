@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING
 from engine_service import decide as plan
 from engine_service import snapshots
 from engine_service.artifacts import ArtifactCache
-from engine_service.builtin_steps import is_builtin
 from engine_service.definition import FlowDefinition
 from engine_service.event_codec import encode
 from engine_service.events import FlowInitialized, PropertyPreferenceAssigned
@@ -36,11 +35,18 @@ from engine_service.lease import LeaseLost, is_lease_lost
 from engine_service.planner import WritePlanner
 from engine_service.progress import Progress
 from engine_service.replay import FlowState, StepState, StepStatus, replay, replay_stored
-from engine_service.writes import Suspend, Write
+from engine_service.writes import (
+    EVENTS_PER_FLOW_EXCEEDED,
+    Suspend,
+    Write,
+    keeps_outcome,
+    out_of_room,
+)
 from flowledger.canonical import JsonValue
 from flowledger.errors import (
     FailedPrecondition,
     InvalidArgument,
+    ResourceExhausted,
     VersionConflict,
 )
 from store_service.domain import Append, Flow, FlowStatus, NewArtifact, StoredEvent
@@ -242,9 +248,22 @@ class FlowRun(FlowLog):
                         self.suspension = planned_now
                         return state.steps[target] if target is not None else None
                     write = planned_now
-                    if self._executes_function(state, action):
+                    if keeps_outcome(state, action):
                         planned = (action, self._generation, write)
-                if await self._append(write) is not Appended.APPLIED:
+                try:
+                    appended = await self._append(write)
+                except ResourceExhausted as full:
+                    if full.reason != EVENTS_PER_FLOW_EXCEEDED:
+                        raise
+                    # The log may grow no more: record why the flow ends (the store lets
+                    # the append that ends a flow pass its limit once), then stop.
+                    state = await self._sync()
+                    if state.terminal:
+                        continue  # someone else ended it meanwhile
+                    appended = await self._append(
+                        out_of_room(self.flow_id, state, self._generation, full)
+                    )
+                if appended is not Appended.APPLIED:
                     progress.failed(state.version)
                 elif write.suspends:
                     if not await self._wait_inline(write.wake_at):
@@ -312,19 +331,6 @@ class FlowRun(FlowLog):
         return self._state
 
     # -- internals -------------------------------------------------------------------------
-
-    @staticmethod
-    def _executes_function(state: FlowState, action: plan.Action) -> bool:
-        """Whether planning ``action`` ran a step function (its outcome is then kept across a
-        refused append). Anything else is planned again from the re-read log: a wait, say,
-        must see a signal that arrived meanwhile."""
-        if isinstance(action, plan.RunCompensation):
-            return True
-        return (
-            isinstance(action, plan.RunStep)
-            and state.init is not None
-            and not is_builtin(state.init.steps[action.index].type)
-        )
 
     async def _current(self) -> FlowState:
         async with self._lock:
@@ -422,3 +428,4 @@ class FlowRun(FlowLog):
             self._engine.settings.snapshot_every,
             self._snapshot_version,
         )
+

@@ -5,7 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from engine_service.events import CompensationFailed, EngineEvent, StepAttemptFailed
+from engine_service.builtin_steps import is_builtin
+from engine_service.decide import Action, RunCompensation, RunStep
+from engine_service.events import CompensationFailed, EngineEvent, FlowFailed, StepAttemptFailed
+from engine_service.ids import command_id
+from engine_service.replay import FlowState
+from flowledger.errors import ResourceExhausted
 from store_service.domain import FlowStatus, NewArtifact
 
 
@@ -46,3 +51,31 @@ class Suspend:
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def keeps_outcome(state: FlowState, action: Action) -> bool:
+    """Whether planning ``action`` ran a step function (its outcome is then kept across a
+    refused append). Anything else is planned again from the re-read log: a wait, say,
+    must see a signal that arrived meanwhile."""
+    if isinstance(action, RunCompensation):
+        return True
+    return (
+        isinstance(action, RunStep)
+        and state.init is not None
+        and not is_builtin(state.init.steps[action.index].type)
+    )
+
+
+EVENTS_PER_FLOW_EXCEEDED = "EVENTS_PER_FLOW_EXCEEDED"
+
+
+def out_of_room(
+    flow_id: str, state: FlowState, generation: int, full: ResourceExhausted
+) -> Write:
+    """FlowFailed for a flow whose log reached the store's events-per-flow limit."""
+    assert state.init is not None
+    index = min(state.cursor, len(state.steps) - 1)
+    step_id = state.steps[index].step_id
+    event = FlowFailed(step_id, index, full.message, "EventsPerFlowExceeded")
+    command = command_id(flow_id, generation, index, 0, "events-per-flow")
+    return Write((event,), command, new_status=FlowStatus.FAILED)

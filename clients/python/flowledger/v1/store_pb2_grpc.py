@@ -172,6 +172,8 @@ class StoreServiceServicer:
         VERSION_CONFLICT and metadata current_version. Idempotent by `command_id`: a repeat returns
         the first result with `duplicate` set and writes nothing. Artifacts are deduplicated by hash.
         FAILED_PRECONDITION when the fencing token is stale or the flow is deleted.
+        RESOURCE_EXHAUSTED (reason EVENTS_PER_FLOW_EXCEEDED) when the log would pass the store's
+        events-per-flow limit; the append that ends the flow (a terminal new_status) may pass it once.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

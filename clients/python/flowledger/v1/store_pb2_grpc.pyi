@@ -64,6 +64,8 @@ class StoreServiceStub:
     VERSION_CONFLICT and metadata current_version. Idempotent by `command_id`: a repeat returns
     the first result with `duplicate` set and writes nothing. Artifacts are deduplicated by hash.
     FAILED_PRECONDITION when the fencing token is stale or the flow is deleted.
+    RESOURCE_EXHAUSTED (reason EVENTS_PER_FLOW_EXCEEDED) when the log would pass the store's
+    events-per-flow limit; the append that ends the flow (a terminal new_status) may pass it once.
     """
     ReadEvents: _grpc.UnaryStreamMultiCallable[_store_pb2.ReadEventsRequest, _store_pb2.ReadEventsResponse]
     """Streams a flow's log (a branch reads as one log including its inherited prefix) in
@@ -158,6 +160,8 @@ class StoreServiceAsyncStub(StoreServiceStub):
     VERSION_CONFLICT and metadata current_version. Idempotent by `command_id`: a repeat returns
     the first result with `duplicate` set and writes nothing. Artifacts are deduplicated by hash.
     FAILED_PRECONDITION when the fencing token is stale or the flow is deleted.
+    RESOURCE_EXHAUSTED (reason EVENTS_PER_FLOW_EXCEEDED) when the log would pass the store's
+    events-per-flow limit; the append that ends the flow (a terminal new_status) may pass it once.
     """
     ReadEvents: _aio.UnaryStreamMultiCallable[_store_pb2.ReadEventsRequest, _store_pb2.ReadEventsResponse]  # type: ignore[assignment]
     """Streams a flow's log (a branch reads as one log including its inherited prefix) in
@@ -273,6 +277,8 @@ class StoreServiceServicer(metaclass=_abc_1.ABCMeta):
         VERSION_CONFLICT and metadata current_version. Idempotent by `command_id`: a repeat returns
         the first result with `duplicate` set and writes nothing. Artifacts are deduplicated by hash.
         FAILED_PRECONDITION when the fencing token is stale or the flow is deleted.
+        RESOURCE_EXHAUSTED (reason EVENTS_PER_FLOW_EXCEEDED) when the log would pass the store's
+        events-per-flow limit; the append that ends the flow (a terminal new_status) may pass it once.
         """
 
     @_abc_1.abstractmethod
