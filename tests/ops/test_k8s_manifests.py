@@ -3,18 +3,23 @@ otherwise.
 
 Each rendering's store and engine environment (ConfigMap + env, Secret volumes as local
 directories holding the keys deploy/README.md documents) passes the services' own settings check,
-and the kubelet's probes and the container ports point at what the services will listen on. Then
-production with every component runs for real: both services as processes with that environment
-(listening on loopback instead of 0.0.0.0, the store dialled at 127.0.0.1 under the name the
-manifests use), certificates made as the cert-manager Certificates ask, a JWT signed by a key of
-the mounted JWKS: a flow runs through TLS, bearer token and mutual TLS to the store, and the
-plaintext health ports answer. Skipped when kubectl (which renders kustomize) is absent.
+and the kubelet's probes and the container ports point at what the services will listen on. The
+schema owner's connection string reaches the migration Job only; the store gets the app role's.
+Then production with every component runs for real: the Job's command migrates a fresh database
+as the owner, both services run as processes with their environment (the store as a login member
+of flowledger_app; listening on loopback instead of 0.0.0.0, the store dialled at 127.0.0.1 under
+the name the manifests use), certificates made as the cert-manager Certificates ask, a JWT signed
+by a key of the mounted JWKS: a flow runs through TLS, bearer token and mutual TLS to the store,
+and the plaintext health ports answer. Skipped when kubectl (which renders kustomize) is absent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -30,18 +35,24 @@ from flowledger.client import FlowledgerClient
 from flowledger.errors import Unauthenticated
 from flowledger.server.env import parse_address
 from flowledger.types import FlowStatus
+from store_service.migrate import owner_url
 from store_service.settings import StoreSettings
 from tests.engine_service.conftest import BOUND_S, published
-from tests.engine_service.processes import free_port, service_process
+from tests.engine_service.processes import REPO, free_port, service_process
+from tests.ops.expressions import DEPLOY
 from tests.ops.manifests import Container, find, issuer_of, kubectl, render, write_tls_secrets
 from tests.security.helpers import STATIC_TOKEN, Keys, write_token_file
+from tests.security.test_db_role import app_login
 
 pytestmark = pytest.mark.skipif(
     kubectl() is None, reason="kubectl (for kustomize) is not installed; deploy/check.sh says how"
 )
 
 RENDERINGS = ("base", "production", "production-components", "dev")
-A_DATABASE_URL = "postgresql://flowledger@db.internal:5432/flowledger"
+A_DATABASE_URL = "postgresql://flowledger_store@db.internal:5432/flowledger"
+AN_OWNER_URL = "postgresql://flowledger_owner@db.internal:5432/flowledger"
+APP_KEY = ("flowledger-database", "DATABASE_URL")
+OWNER_KEY = ("flowledger-database", "STORE_MIGRATE_DATABASE_URL")
 
 
 def secrets_dir(tmp_path: Path, objects: list[dict[str, Any]]) -> tuple[Path, Keys]:
@@ -126,6 +137,48 @@ def test_rendered_environments_pass_the_services_settings(
         assert engine_settings.auth.jwt is None
 
 
+@pytest.mark.parametrize("rendering", RENDERINGS)
+def test_the_owner_connection_reaches_the_migration_job_only(
+    rendering: str, tmp_path: Path
+) -> None:
+    objects = render(rendering, tmp_path)
+    job = Container.of(objects, "flowledger-migrate", "migrate", kind="Job")
+    store = Container.of(objects, "flowledger-store", "store")
+    engine = Container.of(objects, "flowledger-engine", "engine")
+
+    assert job.secret_refs() == {"STORE_MIGRATE_DATABASE_URL": OWNER_KEY}
+    assert store.secret_refs() == {"DATABASE_URL": APP_KEY}
+    assert engine.secret_refs() == {}
+    assert job.spec["command"] == ["python", "-m", "store_service.migrate"]
+    job_env = job.env(tmp_path, {"STORE_MIGRATE_DATABASE_URL": AN_OWNER_URL})
+    assert owner_url(job_env) == AN_OWNER_URL
+    # Each key exists where the pods will look: in the rendered Secret (dev), or else in the
+    # README's `kubectl create secret` (a missing key keeps a pod from starting).
+    readme = (DEPLOY / "README.md").read_text()
+    for secret, key in (APP_KEY, OWNER_KEY):
+        rendered = [o for o in objects
+                    if o["kind"] == "Secret" and o["metadata"]["name"] == secret]
+        if rendered:
+            assert key in rendered[0].get("data", {}), (secret, key)
+        else:
+            assert f"--from-literal={key}=" in readme, (secret, key)
+    if rendering == "dev":  # one superuser for both, as the overlay says
+        (data,) = [o["data"] for o in objects if o["kind"] == "Secret"
+                   and o["metadata"]["name"] == "flowledger-database"]
+        urls = {base64.b64decode(data[key]).decode() for _, key in (APP_KEY, OWNER_KEY)}
+        assert urls == {"postgresql://postgres@flowledger-postgres:5432/postgres"}
+
+
+def run_job(job: Container, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The Job's command as a local process (this interpreter for the image's ``python``)."""
+    command = job.spec["command"]
+    assert command[0] == "python", command
+    return subprocess.run(
+        [sys.executable, *command[1:]], env=process_env(env), cwd=REPO, capture_output=True,
+        text=True, timeout=BOUND_S, check=False,
+    )
+
+
 async def serving(port: int) -> bool:
     """Whether the plaintext health port answers SERVING."""
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -155,11 +208,26 @@ def process_env(settings: dict[str, str]) -> dict[str, str]:
 
 
 async def test_production_with_components_runs_a_flow_secured(
-    migrated_database_url: str, tmp_path: Path
+    database_url: str, tmp_path: Path
 ) -> None:
     objects = render("production-components", tmp_path)
     root, keys = secrets_dir(tmp_path, objects)
-    _, store_env, _, engine_env = environments(objects, root, migrated_database_url)
+    # The Job migrates the empty database as its owner (here the test server's superuser) ...
+    job = Container.of(objects, "flowledger-migrate", "migrate", kind="Job")
+    migrated = await asyncio.to_thread(
+        run_job, job, job.env(root, {"STORE_MIGRATE_DATABASE_URL": database_url})
+    )
+    assert migrated.returncode == 0, migrated.stderr
+    assert migrated.stdout.startswith("applied: [1, "), migrated.stdout
+    with app_login(database_url) as app_url:  # ... and the store serves as flowledger_app's
+        await run_secured_flow(objects, root, keys, app_url)
+
+
+async def run_secured_flow(
+    objects: list[dict[str, Any]], root: Path, keys: Keys, store_database_url: str
+) -> None:
+    _, store_env, _, engine_env = environments(objects, root, store_database_url)
+    assert "STORE_MIGRATE_DATABASE_URL" not in store_env
     # Loopback instead of 0.0.0.0 and the manifests' ports; the store under the name the
     # engine dials it by (its certificate must carry it), resolved to 127.0.0.1.
     store_port, store_health, engine_health = free_port(), free_port(), free_port()
@@ -199,5 +267,5 @@ async def test_production_with_components_runs_a_flow_secured(
                                     options=options) as anonymous:
             with pytest.raises(Unauthenticated):
                 await anonymous.list_definitions(ns)
-    for warning in ("PLAINTEXT", "DISABLED"):
+    for warning in ("PLAINTEXT", "DISABLED", "may change or delete the event log"):
         assert warning not in store.log + engine.log, store.log + engine.log
