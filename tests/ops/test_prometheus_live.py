@@ -8,6 +8,8 @@ Prometheus loaded and evaluated each rule without error, and (2) queries each me
 the rule reads and requires series: a renamed metric or a wrong label matcher fails here. A
 selector that picks error outcomes only (``grpc_code=~"Internal|..."``) is rightly empty in a
 healthy run: for it the metric must have series that carry every label the matchers name.
+Besides the hello flows, one flow waits on a task queue that no worker serves, so that
+``flowledger_task_queue_depth`` (the queue panel, the stalled-queue alert) has a series.
 Skipped only when the ``prometheus`` binary is absent (CI installs it: deploy/check.sh).
 """
 
@@ -47,6 +49,9 @@ pytestmark = pytest.mark.skipif(
 )
 
 SERIES_DEADLINE_S = 60.0
+UNSERVED_QUEUE = "ops-unserved"
+# A single `task` step on a queue no worker polls, without a timeout: the flow stays WAITING.
+TASK_DOCUMENT = {"steps": [{"id": "handoff", "type": "task", "config": {"queue": UNSERVED_QUEUE}}]}
 
 
 def target(process: ServiceProcess) -> str:
@@ -74,6 +79,15 @@ async def flows_running(engine: ServiceProcess) -> AsyncIterator[list[str]]:
         finally:
             stop.set()
             await asyncio.wait_for(task, BOUND_S)
+
+
+async def unserved_task(engine: ServiceProcess) -> str:
+    """Start a flow that waits on ``UNSERVED_QUEUE`` for good; returns its namespace."""
+    ns = f"ops-task-{uuid.uuid4().hex[:8]}"
+    async with FlowledgerClient(engine.address, timeout=BOUND_S) as client:
+        await published(client, ns, "handoff", TASK_DOCUMENT)
+        await client.start_flow(ns, "handoff", {})
+    return ns
 
 
 async def empty_queries(prometheus: Prometheus, exprs: list[str]) -> list[str]:
@@ -112,9 +126,14 @@ async def test_dashboard_and_alert_expressions_find_series(
         ) as prometheus,
         flows_running(engine) as finished,
     ):
+        task_ns = await unserved_task(engine)
+        # The store counts queues every 15 s: its depth is 1 once a count saw the flow WAITING.
+        depth = f'flowledger_task_queue_depth{{namespace="{task_ns}", queue="{UNSERVED_QUEUE}"}}'
         deadline = time.monotonic() + SERIES_DEADLINE_S
         while True:
             missing = await empty_queries(prometheus, dashboard)
+            if [s["value"][1] for s in await prometheus.query(depth)] != ["1"]:
+                missing.append(f"{depth} == 1")
             missing += await unmatched_selectors(prometheus, rule_selectors)
             rule_health = {r["name"]: r.get("health") for r in await prometheus.rules()}
             unhealthy = {name: h for name, h in rule_health.items() if h != "ok"}
