@@ -20,9 +20,12 @@ def test_first_block_is_the_two_commands() -> None:
 
 
 def recipe(target: str) -> list[str]:
+    # Under `make test` the parent make's MAKEFLAGS/MAKELEVEL would make this one print
+    # "Entering/Leaving directory" lines: run it as a top-level make.
+    env = {k: v for k, v in service_env().items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
     done = subprocess.run(
-        ["make", "-n", target], cwd=REPO, env=service_env(), capture_output=True, text=True,
-        timeout=60, check=False,
+        ["make", "--no-print-directory", "-n", target], cwd=REPO, env=env,
+        capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     return [line.strip() for line in done.stdout.splitlines()]
