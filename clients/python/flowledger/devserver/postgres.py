@@ -13,6 +13,7 @@ import contextlib
 import importlib.util
 import os
 import pwd
+import random
 import shlex
 import shutil
 import socket
@@ -63,12 +64,34 @@ def _version_key(bindir: Path) -> tuple[int, ...]:
     return tuple(int(part) for part in bindir.parent.name.split(".") if part.isdigit())
 
 
+_PICKER = random.SystemRandom()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """Ask the kernel for a currently free TCP port on ``host``."""
+    """A TCP port currently free on ``host``, below the kernel's ephemeral range when it can:
+    a port the kernel hands out for "port 0" may be handed out again (to a listener on port 0,
+    or as an outgoing connection's source port) before the caller binds it."""
+    low = _ephemeral_low()
+    for _ in range(64):
+        port = _PICKER.randrange(10_000, low) if low > 10_000 else 0
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            found: int = sock.getsockname()[1]
+            return found
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+        fallback: int = sock.getsockname()[1]
+        return fallback
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
 
 
 def _server_account() -> pwd.struct_passwd | None:
