@@ -220,19 +220,11 @@ class FlowRun(FlowLog):
                 if action is None:
                     return None
                 if isinstance(action, plan.Initialize):
-                    raise FailedPrecondition(
-                        f"flow {self.flow_id} was created but never initialized: start it again "
-                        "with the same idempotency key",
-                        reason="FLOW_NOT_INITIALIZED",
-                        metadata={"flow_id": self.flow_id},
-                    )
+                    raise _never_initialized(self.flow_id, "flow", "start", "FLOW_NOT_INITIALIZED")
                 if self._fork_version is not None and state.version <= self._fork_version:
                     # Its params were never recorded: running it would silently use the parent's.
-                    raise FailedPrecondition(
-                        f"branch {self.flow_id} was created but never initialized: branch again "
-                        "with the same idempotency key",
-                        reason="BRANCH_NOT_INITIALIZED",
-                        metadata={"flow_id": self.flow_id},
+                    raise _never_initialized(
+                        self.flow_id, "branch", "branch", "BRANCH_NOT_INITIALIZED"
                     )
                 if isinstance(action, plan.StartStep | plan.RunStep):
                     target = action.index
@@ -250,19 +242,7 @@ class FlowRun(FlowLog):
                     write = planned_now
                     if keeps_outcome(state, action):
                         planned = (action, self._generation, write)
-                try:
-                    appended = await self._append(write)
-                except ResourceExhausted as full:
-                    if full.reason != EVENTS_PER_FLOW_EXCEEDED:
-                        raise
-                    # The log may grow no more: record why the flow ends (the store lets
-                    # the append that ends a flow pass its limit once), then stop.
-                    state = await self._sync()
-                    if state.terminal:
-                        continue  # someone else ended it meanwhile
-                    appended = await self._append(
-                        out_of_room(self.flow_id, state, self._generation, full)
-                    )
+                appended = await self._append_or_end(write)
                 if appended is not Appended.APPLIED:
                     progress.failed(state.version)
                 elif write.suspends:
@@ -273,6 +253,19 @@ class FlowRun(FlowLog):
                 elif write.retry_delay_ms:
                     # A short backoff waits inside the run, lease held; a longer one suspends.
                     await asyncio.sleep(write.retry_delay_ms / 1000)
+
+    async def _append_or_end(self, write: Write) -> Appended:
+        """``_append``; when the log has reached the store's events-per-flow limit, FlowFailed
+        instead (the store lets the append that ends a flow pass its limit once)."""
+        try:
+            return await self._append(write)
+        except ResourceExhausted as full:
+            if full.reason != EVENTS_PER_FLOW_EXCEEDED:
+                raise
+            state = await self._sync()
+            if state.terminal:
+                return Appended.STALE  # someone else ended it meanwhile
+            return await self._append(out_of_room(self.flow_id, state, self._generation, full))
 
     async def run_to_end(self, *, wait_timers: bool = True) -> FlowState:
         """Advance until the flow completes, fails or is cancelled, or waits for a signal or
@@ -429,3 +422,11 @@ class FlowRun(FlowLog):
             self._snapshot_version,
         )
 
+
+def _never_initialized(flow_id: str, what: str, again: str, reason: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"{what} {flow_id} was created but never initialized: {again} it again with the same "
+        "idempotency key",
+        reason=reason,
+        metadata={"flow_id": flow_id},
+    )

@@ -23,7 +23,7 @@ from google.protobuf.message import Message
 from flowledger.errors import Unavailable
 from flowledger.server.handlers import Context, closing, stream, unary
 from flowledger.v1 import store_pb2, store_pb2_grpc
-from store_service import convert, convert_work, validation, validation_work
+from store_service import convert, convert_work, validation, validation_history, validation_work
 from store_service.ports import EventStore
 from store_service.settings import Limits
 
@@ -213,7 +213,7 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
     async def CreateBranch(
         self, request: store_pb2.CreateBranchRequest, context: Context
     ) -> store_pb2.CreateBranchResponse:
-        validation.check_create_branch(request, self.limits)
+        validation_history.check_create_branch(request, self.limits)
         flow, existed = await self.store.create_branch(convert.new_branch(request))
         return convert.create_branch_response(flow, existed)
 
@@ -221,7 +221,7 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
     async def DeleteBranch(
         self, request: store_pb2.DeleteBranchRequest, context: Context
     ) -> store_pb2.DeleteBranchResponse:
-        validation.check_delete_branch(request, self.limits)
+        validation_history.check_delete_branch(request, self.limits)
         flow = await self.store.delete_branch(
             request.namespace, request.flow_id, request.deleted_by, request.reason
         )
@@ -231,7 +231,7 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
     async def PruneFlow(
         self, request: store_pb2.PruneFlowRequest, context: Context
     ) -> store_pb2.PruneFlowResponse:
-        validation.check_prune_flow(request, self.limits)
+        validation_history.check_prune_flow(request, self.limits)
         flow, duplicate = await self.store.prune(convert.prune(request))
         return convert.prune_response(flow, duplicate)
 
@@ -239,7 +239,7 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
     async def SaveSnapshot(
         self, request: store_pb2.SaveSnapshotRequest, context: Context
     ) -> store_pb2.SaveSnapshotResponse:
-        validation.check_save_snapshot(request, self.limits)
+        validation_history.check_save_snapshot(request, self.limits)
         await self.store.save_snapshot(
             request.namespace, request.flow_id, request.version, request.state_json
         )
@@ -249,7 +249,7 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
     async def LoadSnapshot(
         self, request: store_pb2.LoadSnapshotRequest, context: Context
     ) -> store_pb2.LoadSnapshotResponse:
-        validation.check_load_snapshot(request, self.limits)
+        validation_history.check_load_snapshot(request, self.limits)
         snapshot = await self.store.load_snapshot(
             request.namespace, request.flow_id, request.max_version
         )
