@@ -74,6 +74,8 @@ class CreateFlowRequest(_message.Message):
     METADATA_JSON_FIELD_NUMBER: _builtins.int
     CREATED_BY_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
+    LEASE_OWNER_FIELD_NUMBER: _builtins.int
+    LEASE_MS_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """Namespace (tenant) the call acts in; names are unique only within it."""
     flow_id: _builtins.str
@@ -86,6 +88,13 @@ class CreateFlowRequest(_message.Message):
     """Who created the flow (free text)."""
     status: _common_pb2.FlowStatus.ValueType
     """Initial status; UNSPECIFIED means QUEUED."""
+    lease_owner: _builtins.str
+    """Optional: lease the flow to this replica as it is created (1..128 characters), which saves
+    a ClaimFlows call for a flow the caller runs at once. Only a flow this call creates is
+    leased: an idempotent repeat (`existed`) takes no lease; claim it with ClaimFlows.
+    """
+    lease_ms: _builtins.int
+    """With lease_owner: the lease's duration, 100..600000 ms."""
     def __init__(
         self,
         *,
@@ -95,10 +104,12 @@ class CreateFlowRequest(_message.Message):
         metadata_json: _builtins.str = ...,
         created_by: _builtins.str = ...,
         status: _common_pb2.FlowStatus.ValueType = ...,
+        lease_owner: _builtins.str = ...,
+        lease_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_by", b"created_by", "flow_id", b"flow_id", "metadata_json", b"metadata_json", "name", b"name", "namespace", b"namespace", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_by", b"created_by", "flow_id", b"flow_id", "lease_ms", b"lease_ms", "lease_owner", b"lease_owner", "metadata_json", b"metadata_json", "name", b"name", "namespace", b"namespace", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -112,21 +123,27 @@ class CreateFlowResponse(_message.Message):
 
     FLOW_FIELD_NUMBER: _builtins.int
     EXISTED_FIELD_NUMBER: _builtins.int
+    LEASE_FIELD_NUMBER: _builtins.int
     existed: _builtins.bool
     """True when the flow already existed (idempotent repeat)."""
     @_builtins.property
     def flow(self) -> _common_pb2.Flow:
         """The created (or existing) flow."""
 
+    @_builtins.property
+    def lease(self) -> Global___FlowLease:
+        """The lease taken for lease_owner; unset when none was asked for or the flow existed."""
+
     def __init__(
         self,
         *,
         flow: _common_pb2.Flow | None = ...,
         existed: _builtins.bool = ...,
+        lease: Global___FlowLease | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["flow", b"flow"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["flow", b"flow", "lease", b"lease"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["existed", b"existed", "flow", b"flow"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["existed", b"existed", "flow", b"flow", "lease", b"lease"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -367,6 +384,71 @@ class AppendEventsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AppendEventsResponse: _TypeAlias = AppendEventsResponse  # noqa: Y015
+
+@_typing.final
+class AppendStreamRequest(_message.Message):
+    """Request of StoreService.AppendStream: one append command."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    APPEND_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.int
+    """Caller-chosen id, echoed in the answer; unique among this stream's unanswered requests."""
+    @_builtins.property
+    def append(self) -> Global___AppendEventsRequest:
+        """The command, as AppendEvents takes it."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.int = ...,
+        append: Global___AppendEventsRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["append", b"append"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["append", b"append", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AppendStreamRequest: _TypeAlias = AppendStreamRequest  # noqa: Y015
+
+@_typing.final
+class AppendStreamResponse(_message.Message):
+    """Response of StoreService.AppendStream: the answer to one command."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.int
+    """The request answered."""
+    error: _builtins.bytes
+    """The command's failure: a serialized google.rpc.Status (code, message, and details such
+    as ErrorInfo and BadRequest), the same bytes a failed AppendEvents call carries in its
+    grpc-status-details-bin trailer. Nothing was written.
+    """
+    @_builtins.property
+    def result(self) -> Global___AppendEventsResponse:
+        """The command's result, as AppendEvents returns it."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.int = ...,
+        result: Global___AppendEventsResponse | None = ...,
+        error: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "outcome", b"outcome", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "outcome", b"outcome", "request_id", b"request_id", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["result", "error"]  # noqa: Y015
+    _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
+
+Global___AppendStreamResponse: _TypeAlias = AppendStreamResponse  # noqa: Y015
 
 @_typing.final
 class ReadEventsRequest(_message.Message):

@@ -56,6 +56,11 @@ class StoreServiceStub:
                 request_serializer=flowledger_dot_v1_dot_store__pb2.AppendEventsRequest.SerializeToString,
                 response_deserializer=flowledger_dot_v1_dot_store__pb2.AppendEventsResponse.FromString,
                 _registered_method=True)
+        self.AppendStream = channel.stream_stream(
+                '/flowledger.v1.StoreService/AppendStream',
+                request_serializer=flowledger_dot_v1_dot_store__pb2.AppendStreamRequest.SerializeToString,
+                response_deserializer=flowledger_dot_v1_dot_store__pb2.AppendStreamResponse.FromString,
+                _registered_method=True)
         self.ReadEvents = channel.unary_stream(
                 '/flowledger.v1.StoreService/ReadEvents',
                 request_serializer=flowledger_dot_v1_dot_store__pb2.ReadEventsRequest.SerializeToString,
@@ -174,6 +179,25 @@ class StoreServiceServicer:
         FAILED_PRECONDITION when the fencing token is stale or the flow is deleted.
         RESOURCE_EXHAUSTED (reason EVENTS_PER_FLOW_EXCEEDED) when the log would pass the store's
         events-per-flow limit; the append that ends the flow (a terminal new_status) may pass it once.
+        An append whose new_status is terminal (COMPLETED, FAILED, CANCELLED) also releases the
+        flow's lease, in the same transaction: an ended flow is never claimed again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AppendStream(self, request_iterator, context):
+        """AppendEvents over one long-lived stream, for callers that append often (an engine replica):
+        a stream message costs a fraction of a unary call. Each request carries one AppendEvents
+        command, validated and applied exactly as that RPC would (idempotency by command_id, the
+        expected_version and fencing checks, group commit with other appends), and is answered by
+        one response with the same request_id. Commands of one stream are applied concurrently and
+        answered as they complete, not in request order: send a flow's next command after the
+        previous one's answer. A command that fails is answered with its status in `error` (what
+        the unary call would have ended with) and the stream goes on. The stream itself ends with
+        INVALID_ARGUMENT when a request_id is reused while its command is unanswered, and with
+        UNAVAILABLE (reason SHUTTING_DOWN) when the server drains, after answering every command
+        it received.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -337,6 +361,11 @@ def add_StoreServiceServicer_to_server(servicer, server):
                     servicer.AppendEvents,
                     request_deserializer=flowledger_dot_v1_dot_store__pb2.AppendEventsRequest.FromString,
                     response_serializer=flowledger_dot_v1_dot_store__pb2.AppendEventsResponse.SerializeToString,
+            ),
+            'AppendStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.AppendStream,
+                    request_deserializer=flowledger_dot_v1_dot_store__pb2.AppendStreamRequest.FromString,
+                    response_serializer=flowledger_dot_v1_dot_store__pb2.AppendStreamResponse.SerializeToString,
             ),
             'ReadEvents': grpc.unary_stream_rpc_method_handler(
                     servicer.ReadEvents,
@@ -529,6 +558,33 @@ class StoreService:
             '/flowledger.v1.StoreService/AppendEvents',
             flowledger_dot_v1_dot_store__pb2.AppendEventsRequest.SerializeToString,
             flowledger_dot_v1_dot_store__pb2.AppendEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AppendStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/flowledger.v1.StoreService/AppendStream',
+            flowledger_dot_v1_dot_store__pb2.AppendStreamRequest.SerializeToString,
+            flowledger_dot_v1_dot_store__pb2.AppendStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

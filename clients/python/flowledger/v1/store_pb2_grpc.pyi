@@ -66,6 +66,21 @@ class StoreServiceStub:
     FAILED_PRECONDITION when the fencing token is stale or the flow is deleted.
     RESOURCE_EXHAUSTED (reason EVENTS_PER_FLOW_EXCEEDED) when the log would pass the store's
     events-per-flow limit; the append that ends the flow (a terminal new_status) may pass it once.
+    An append whose new_status is terminal (COMPLETED, FAILED, CANCELLED) also releases the
+    flow's lease, in the same transaction: an ended flow is never claimed again.
+    """
+    AppendStream: _grpc.StreamStreamMultiCallable[_store_pb2.AppendStreamRequest, _store_pb2.AppendStreamResponse]
+    """AppendEvents over one long-lived stream, for callers that append often (an engine replica):
+    a stream message costs a fraction of a unary call. Each request carries one AppendEvents
+    command, validated and applied exactly as that RPC would (idempotency by command_id, the
+    expected_version and fencing checks, group commit with other appends), and is answered by
+    one response with the same request_id. Commands of one stream are applied concurrently and
+    answered as they complete, not in request order: send a flow's next command after the
+    previous one's answer. A command that fails is answered with its status in `error` (what
+    the unary call would have ended with) and the stream goes on. The stream itself ends with
+    INVALID_ARGUMENT when a request_id is reused while its command is unanswered, and with
+    UNAVAILABLE (reason SHUTTING_DOWN) when the server drains, after answering every command
+    it received.
     """
     ReadEvents: _grpc.UnaryStreamMultiCallable[_store_pb2.ReadEventsRequest, _store_pb2.ReadEventsResponse]
     """Streams a flow's log (a branch reads as one log including its inherited prefix) in
@@ -162,6 +177,21 @@ class StoreServiceAsyncStub(StoreServiceStub):
     FAILED_PRECONDITION when the fencing token is stale or the flow is deleted.
     RESOURCE_EXHAUSTED (reason EVENTS_PER_FLOW_EXCEEDED) when the log would pass the store's
     events-per-flow limit; the append that ends the flow (a terminal new_status) may pass it once.
+    An append whose new_status is terminal (COMPLETED, FAILED, CANCELLED) also releases the
+    flow's lease, in the same transaction: an ended flow is never claimed again.
+    """
+    AppendStream: _aio.StreamStreamMultiCallable[_store_pb2.AppendStreamRequest, _store_pb2.AppendStreamResponse]  # type: ignore[assignment]
+    """AppendEvents over one long-lived stream, for callers that append often (an engine replica):
+    a stream message costs a fraction of a unary call. Each request carries one AppendEvents
+    command, validated and applied exactly as that RPC would (idempotency by command_id, the
+    expected_version and fencing checks, group commit with other appends), and is answered by
+    one response with the same request_id. Commands of one stream are applied concurrently and
+    answered as they complete, not in request order: send a flow's next command after the
+    previous one's answer. A command that fails is answered with its status in `error` (what
+    the unary call would have ended with) and the stream goes on. The stream itself ends with
+    INVALID_ARGUMENT when a request_id is reused while its command is unanswered, and with
+    UNAVAILABLE (reason SHUTTING_DOWN) when the server drains, after answering every command
+    it received.
     """
     ReadEvents: _aio.UnaryStreamMultiCallable[_store_pb2.ReadEventsRequest, _store_pb2.ReadEventsResponse]  # type: ignore[assignment]
     """Streams a flow's log (a branch reads as one log including its inherited prefix) in
@@ -279,6 +309,27 @@ class StoreServiceServicer(metaclass=_abc_1.ABCMeta):
         FAILED_PRECONDITION when the fencing token is stale or the flow is deleted.
         RESOURCE_EXHAUSTED (reason EVENTS_PER_FLOW_EXCEEDED) when the log would pass the store's
         events-per-flow limit; the append that ends the flow (a terminal new_status) may pass it once.
+        An append whose new_status is terminal (COMPLETED, FAILED, CANCELLED) also releases the
+        flow's lease, in the same transaction: an ended flow is never claimed again.
+        """
+
+    @_abc_1.abstractmethod
+    def AppendStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_store_pb2.AppendStreamRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_store_pb2.AppendStreamResponse], _abc.AsyncIterator[_store_pb2.AppendStreamResponse]]:
+        """AppendEvents over one long-lived stream, for callers that append often (an engine replica):
+        a stream message costs a fraction of a unary call. Each request carries one AppendEvents
+        command, validated and applied exactly as that RPC would (idempotency by command_id, the
+        expected_version and fencing checks, group commit with other appends), and is answered by
+        one response with the same request_id. Commands of one stream are applied concurrently and
+        answered as they complete, not in request order: send a flow's next command after the
+        previous one's answer. A command that fails is answered with its status in `error` (what
+        the unary call would have ended with) and the stream goes on. The stream itself ends with
+        INVALID_ARGUMENT when a request_id is reused while its command is unanswered, and with
+        UNAVAILABLE (reason SHUTTING_DOWN) when the server drains, after answering every command
+        it received.
         """
 
     @_abc_1.abstractmethod
