@@ -83,8 +83,14 @@ class Meter:
         calls: dict[str, float] = {}
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
-                if sample.name == "grpc_server_started_total":
-                    method = sample.labels.get("grpc_method", "?")
+                method = sample.labels.get("grpc_method", "?")
+                # An AppendStream carries one append per message: count those, not its calls.
+                counted = (
+                    "grpc_server_msg_received_total"
+                    if method == "AppendStream"
+                    else "grpc_server_started_total"
+                )
+                if sample.name == counted:
                     calls[method] = calls.get(method, 0.0) + sample.value
         return Reading(cpu, calls)
 

@@ -10,7 +10,9 @@ has seen the previous one complete.
 
 * flowledger: the store (``python -m store_service``) and one engine (``python -m
   engine_service``) run as their own processes; this process is the client. A flow's latency is
-  StartFlow → WatchFlow reports it completed: client → engine → store → Postgres and back.
+  StartFlow → WatchFlow reports it completed: client → engine → store → Postgres and back. The
+  watch is close-only (``WATCH_FILTER_CLOSE_EVENT``): the one message that ends it carries the
+  outcome, as DBOS's ``get_result`` returns only the result (not one message per append).
 * DBOS: the workflow runs in this process (DBOS is a library; its workers are the caller's
   process). A workflow's latency is ``DBOS.start_workflow`` → ``handle.get_result()`` returns;
   starters are threads, as DBOS's synchronous API runs workflows on its thread pool.
@@ -164,12 +166,8 @@ async def flowledger_run(addr: str, starters: int, flows: int) -> tuple[tuple[fl
         async def one_flow(i: int) -> None:
             t0 = time.perf_counter()
             started = await client.start_flow(NAMESPACE, DEFINITION, {"name": f"n{i}"})
-            status = None
-            async with asyncio.timeout(FLOW_DEADLINE_S):
-                async for update in client.watch_flow(NAMESPACE, started.flow_id):
-                    if update.status.terminal:
-                        status = update.status
-                        break
+            end = await client.wait_for_end(NAMESPACE, started.flow_id, within=FLOW_DEADLINE_S)
+            status = end.status
             latencies.append(time.perf_counter() - t0)
             if status is not FlowStatus.COMPLETED:
                 raise SystemExit(f"flow {started.flow_id} ended {status}")

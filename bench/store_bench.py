@@ -11,6 +11,9 @@ include protobuf, HTTP/2 and the Python server. Speed targets live here, never i
 * reading 100k events of one flow through the store takes no longer than raw psycopg
   fetch-and-decode of the same rows.
 
+Each append scenario runs twice: one AppendEvents call per event, and each client over its own
+AppendStream (send a command, await its answer, send the next).
+
 For the append scenarios it also prints the CPU each event cost in the store process, in this
 (client) process and in Postgres (Linux ``/proc``; Postgres only when its server runs on this
 machine), and the 16-client rate of the same store over its in-memory backend: the ceiling of
@@ -225,6 +228,43 @@ async def store_append(addr: str, clients: int, events_per_client: int) -> Resul
     )
 
 
+async def store_append_stream(addr: str, clients: int, events_per_client: int) -> Result:
+    """As :func:`store_append`, each client over its own AppendStream on the shared channel:
+    send one command, await its answer, send the next."""
+    async with grpc.aio.insecure_channel(addr) as channel:
+        stub = store_pb2_grpc.StoreServiceStub(channel)
+        flows = await create_store_flows(stub, clients)
+        lat: list[float] = []
+
+        async def client(flow_id: str) -> None:
+            call = stub.AppendStream()
+            try:
+                for v in range(events_per_client):
+                    t0 = time.perf_counter()
+                    request = store_pb2.AppendStreamRequest(request_id=v + 1)
+                    cmd = request.append
+                    cmd.namespace, cmd.flow_id = NAMESPACE, flow_id
+                    cmd.expected_version, cmd.command_id = v, f"c{v}"
+                    cmd.events.add(type=common_pb2.EVENT_TYPE_STEP_FINISHED, payload_json=PAYLOAD)
+                    await call.write(request)
+                    answer = await call.read()
+                    assert isinstance(answer, store_pb2.AppendStreamResponse)
+                    assert answer.HasField("result"), answer
+                    lat.append(time.perf_counter() - t0)
+                await call.done_writing()
+                assert await call.read() is grpc.aio.EOF
+            finally:
+                call.cancel()
+
+        start = time.perf_counter()
+        await asyncio.gather(*(client(f) for f in flows))
+        elapsed = time.perf_counter() - start
+    return Result(
+        f"store gRPC AppendStream, {clients} client(s)", clients * events_per_client, elapsed,
+        tuple(lat),
+    )
+
+
 async def fill_flow(addr: str, events: int, batch: int = 1000) -> str:
     async with grpc.aio.insecure_channel(addr) as channel:
         stub = store_pb2_grpc.StoreServiceStub(channel)
@@ -268,7 +308,7 @@ def fmt_row(r: Result, baseline: Result | None) -> str:
     p50, p99 = r.pct(0.50), r.pct(0.99)
     lat = f"{p50:7.2f} {p99:8.2f}" if p50 is not None and p99 is not None else f"{'-':>7} {'-':>8}"
     ratio = f"{r.rate / baseline.rate:6.2f}x" if baseline else "   base"
-    return f"{r.name:<42} {r.events:>8,} {r.seconds:8.2f} {r.rate:11,.0f} {lat} {ratio}"
+    return f"{r.name:<46} {r.events:>8,} {r.seconds:8.2f} {r.rate:11,.0f} {lat} {ratio}"
 
 
 def fmt_cpu(value: float | None) -> str:
@@ -302,6 +342,14 @@ def main() -> None:
                 proc.pid, pg_cpu, 16 * per_client,
                 lambda: asyncio.run(store_append(addr, 16, per_client)),
             )
+            one_s, one_s_cpu = measure_cpu(
+                proc.pid, pg_cpu, args.events,
+                lambda: asyncio.run(store_append_stream(addr, 1, args.events)),
+            )
+            many_s, many_s_cpu = measure_cpu(
+                proc.pid, pg_cpu, 16 * per_client,
+                lambda: asyncio.run(store_append_stream(addr, 16, per_client)),
+            )
             reads: list[tuple[Result, Result]] = []
             for size in (10_000, args.read_events):
                 flow_id = asyncio.run(fill_flow(addr, size))
@@ -320,12 +368,20 @@ def main() -> None:
                 memory_proc.pid, lambda: None, 16 * per_client,
                 lambda: asyncio.run(store_append(memory_addr, 16, per_client)),
             )
+            ceiling_s, ceiling_s_cpu = measure_cpu(
+                memory_proc.pid, lambda: None, 16 * per_client,
+                lambda: asyncio.run(store_append_stream(memory_addr, 16, per_client)),
+            )
         finally:
             memory_proc.terminate()
             memory_proc.wait(timeout=30)
     ceiling = Result(
         "store gRPC append, 16, memory backend", ceiling.events, ceiling.seconds,
         ceiling.latencies,
+    )
+    ceiling_s = Result(
+        "store gRPC AppendStream, 16, memory backend", ceiling_s.events, ceiling_s.seconds,
+        ceiling_s.latencies,
     )
 
     print()
@@ -335,7 +391,7 @@ def main() -> None:
         f" (fsync={fsync[0] if fsync else '?'})"
     )
     print(
-        f"{'scenario':<42} {'events':>8} {'seconds':>8} {'events/s':>11}"
+        f"{'scenario':<46} {'events':>8} {'seconds':>8} {'events/s':>11}"
         f" {'p50 ms':>7} {'p99 ms':>8}  ratio"
     )
     print(fmt_row(raw1, None))
@@ -343,23 +399,31 @@ def main() -> None:
     print(fmt_row(one, raw1))
     print(fmt_row(many, raw1))
     print(fmt_row(ceiling, raw1))
+    print(fmt_row(one_s, raw1))
+    print(fmt_row(many_s, raw1))
+    print(fmt_row(ceiling_s, raw1))
     for raw_r, store_r in reads:
         print(fmt_row(raw_r, None))
         print(fmt_row(store_r, raw_r))
     print()
     print("CPU per appended event (us): store process / bench client / Postgres")
-    for result, cpu in ((one, one_cpu), (many, many_cpu), (ceiling, ceiling_cpu)):
-        print(f"  {result.name:<42} {fmt_cpu(cpu.store)} / {fmt_cpu(cpu.client)}"
+    for result, cpu in (
+        (one, one_cpu), (many, many_cpu), (ceiling, ceiling_cpu),
+        (one_s, one_s_cpu), (many_s, many_s_cpu), (ceiling_s, ceiling_s_cpu),
+    ):
+        print(f"  {result.name:<46} {fmt_cpu(cpu.store)} / {fmt_cpu(cpu.client)}"
               f" / {fmt_cpu(cpu.postgres)}")
     print()
-    verdict_append = many.rate / raw1.rate
+    verdict_append = max(many.rate, many_s.rate) / raw1.rate
     verdict_read = reads[-1][1].seconds / reads[-1][0].seconds
     print(
         f"target 1: 16-client append / raw single = {verdict_append:.2f}x (target >= 2.00x)"
         f" -> {'met' if verdict_append >= 2 else 'NOT met'}"
+        f" (unary {many.rate / raw1.rate:.2f}x, AppendStream {many_s.rate / raw1.rate:.2f}x)"
     )
     print(
-        f"  (ceiling: the same store over its memory backend = {ceiling.rate / raw1.rate:.2f}x)"
+        f"  (ceiling: the same store over its memory backend = {ceiling.rate / raw1.rate:.2f}x"
+        f" unary, {ceiling_s.rate / raw1.rate:.2f}x AppendStream)"
     )
     print(
         f"target 2: store read {args.read_events:,} time / raw fetch+decode time"

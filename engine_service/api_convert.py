@@ -78,6 +78,11 @@ def page(size: int, token: str) -> Page:
     return Page(size=size or DEFAULT_PAGE_SIZE, token=token)
 
 
+def close_only(req: engine_pb2.WatchFlowRequest) -> bool:
+    """Whether the watch streams only the event that ends the flow (the filter was validated)."""
+    return req.filter == engine_pb2.WATCH_FILTER_CLOSE_EVENT
+
+
 def start_request(req: engine_pb2.StartFlowRequest) -> StartRequest:
     return StartRequest(
         namespace=req.namespace,

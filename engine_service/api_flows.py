@@ -6,6 +6,7 @@ and converts around it. Branch and verify wrap the engine core's own operations.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -88,19 +89,26 @@ class Flows:
             ) from exc
         flow_input: JsonValue = parse_json(req.input_json) if req.input_json else None
         key = req.idempotency_key or None
-        try:
-            run = await self._engine.start(
-                definition, flow_input, namespace=req.namespace, idempotency_key=key,
-                created_by=req.started_by,
-            )
-        except InvalidArgument as exc:
-            # The only request field the core still checks is the input (canonical JSON).
-            raise _renamed(exc, "input", "input_json") from exc
-        # Without a key the id is a fresh uuid4: "existed" can only mean that a retried create
-        # found its own first attempt.
-        existed = run.existed and key is not None
-        if not existed:
-            metrics.FLOWS_STARTED.labels("start").inc()
+        # With a free run slot here, the store leases the flow to this replica as it creates
+        # it, and the run starts from the handle that created it: no claim, no re-read.
+        with contextlib.ExitStack() as slot:
+            lease = None if self._worker is None else slot.enter_context(self._worker.start_slot())
+            sent = time.monotonic()
+            try:
+                run = await self._engine.start(
+                    definition, flow_input, namespace=req.namespace, idempotency_key=key,
+                    created_by=req.started_by, lease=lease,
+                )
+            except InvalidArgument as exc:
+                # The only request field the core still checks is the input (canonical JSON).
+                raise _renamed(exc, "input", "input_json") from exc
+            # Without a key the id is a fresh uuid4: "existed" can only mean that a retried
+            # create found its own first attempt.
+            existed = run.existed and key is not None
+            if not existed:
+                metrics.FLOWS_STARTED.labels("start").inc()
+            if self._worker is not None and self._worker.adopt(run, sent):
+                return run.flow_id, existed
         await self._run_here(run)
         return run.flow_id, existed
 

@@ -28,6 +28,8 @@ _NAME = re.compile(r"[A-Za-z0-9._-]{1,128}\Z")
 _STEP_ID = re.compile(r"[a-z0-9_-]{1,64}\Z")
 # DefinitionFormat and DefinitionState numbers (engine.proto) accepted in requests.
 _FORMATS = (0, 1, 2)
+# WatchFilter numbers (engine.proto): every event, the close event only.
+_WATCH_FILTERS = (0, 1)
 
 LIMITS = Limits()
 """Payload limits of JSON fields (input_json, params_json): the store's defaults."""
@@ -235,6 +237,8 @@ class WatchFlowRequest(Protocol):
     def flow_id(self) -> str: ...
     @property
     def after_version(self) -> int: ...
+    @property
+    def filter(self) -> int: ...
 
 
 def check_watch_flow(req: WatchFlowRequest) -> None:
@@ -242,6 +246,8 @@ def check_watch_flow(req: WatchFlowRequest) -> None:
     c.namespace(req.namespace)
     c.uuid(req.flow_id, "flow_id")
     c.non_negative(req.after_version, "after_version")
+    if req.filter not in _WATCH_FILTERS:
+        c.bad("filter", f"{req.filter} is not a known watch filter")
     c.done("WatchFlow")
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -134,6 +135,10 @@ class FlowDefinition:
     # FlowInitialized, carry what applies); not part of the identity beyond that.
     default_retry: RetryPolicy | None = field(default=None, compare=False)
     default_timeout_ms: int | None = field(default=None, compare=False)
+    # resolve()'s successes: id(registry) -> (the registry, its revision then, the types).
+    _resolved: dict[
+        int, tuple[weakref.ref[StepRegistry], int, tuple[StepType, ...]]
+    ] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "steps", tuple(self.steps))
@@ -205,7 +210,19 @@ class FlowDefinition:
 
     def resolve(self, registry: StepRegistry) -> tuple[StepType, ...]:
         """The step type of every step, checking that each exists, has the declared kind and
-        accepts its config. InvalidArgument names every offending field."""
+        accepts its config. InvalidArgument names every offending field.
+
+        A success is remembered per registry and its revision (a StartFlow resolves the same
+        definition twice, and validating configs against JSON Schemas is not free)."""
+        memo = self._resolved.get(id(registry))
+        if memo is not None and memo[0]() is registry and memo[1] == registry.revision:
+            return memo[2]
+        revision = registry.revision
+        resolved = self._resolve(registry)
+        self._resolved[id(registry)] = (weakref.ref(registry), revision, resolved)
+        return resolved
+
+    def _resolve(self, registry: StepRegistry) -> tuple[StepType, ...]:
         found: list[FieldViolation] = []
         resolved: list[StepType] = []
         for index, spec in enumerate(self.steps):

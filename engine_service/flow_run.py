@@ -9,9 +9,10 @@ A handle given a fencing token sends it with every append; when the store answer
 lease is lost, the handle raises :class:`~engine_service.lease.LeaseLost` and refuses to write
 ever again (reading still works).
 
-A handle may be given an append observer (:attr:`FlowRun.on_append`): it is called, without
-awaiting, with the stored form of the events of every append this handle made that the store
-applied (the engine service feeds WatchFlow with it).
+After every append this handle made that the store applied, the stored form of its events is
+handed, without awaiting, to the engine's :attr:`~engine_service.runner.Engine.append_observer`
+(the engine service feeds WatchFlow with it) and to this handle's own
+:attr:`FlowRun.on_append`, when set.
 """
 
 from __future__ import annotations
@@ -27,18 +28,19 @@ from engine_service import decide as plan
 from engine_service import snapshots
 from engine_service.artifacts import ArtifactCache
 from engine_service.definition import FlowDefinition
-from engine_service.event_codec import encode
 from engine_service.events import FlowInitialized, PropertyPreferenceAssigned
 from engine_service.flow_log import FlowLog, stored_events
-from engine_service.ids import branch_command_id, init_command_id
+from engine_service.ids import branch_command_id
 from engine_service.lease import LeaseLost, is_lease_lost
-from engine_service.planner import WritePlanner
+from engine_service.planner import WritePlanner, first_started
 from engine_service.progress import Progress
 from engine_service.replay import FlowState, StepState, StepStatus, replay, replay_stored
 from engine_service.writes import (
     EVENTS_PER_FLOW_EXCEEDED,
     Suspend,
     Write,
+    append_command,
+    initial_write,
     keeps_outcome,
     out_of_room,
 )
@@ -49,12 +51,23 @@ from flowledger.errors import (
     ResourceExhausted,
     VersionConflict,
 )
-from store_service.domain import Append, Flow, FlowStatus, NewArtifact, StoredEvent
+from store_service.domain import (
+    Append,
+    AppendResult,
+    Flow,
+    FlowLease,
+    FlowStatus,
+    NewArtifact,
+    StoredEvent,
+)
 
 if TYPE_CHECKING:
     from engine_service.runner import Engine
 
 log = logging.getLogger(__name__)
+
+AppendObserver = Callable[[str, str, tuple[StoredEvent, ...]], None]
+"""(namespace, flow id, the events of one applied append as stored)."""
 
 
 class Appended(enum.Enum):
@@ -90,6 +103,8 @@ class FlowRun(FlowLog):
         self.parent_flow_id = flow.parent_flow_id
         self.existed = False
         """True when start/branch found the flow already made for its idempotency key."""
+        self.lease: FlowLease | None = None
+        """The lease the store granted with the flow's creation (``Engine.start(lease=...)``)."""
         # A flow just created is known to be empty; anything else is read before use.
         self._state: FlowState | None = FlowState() if fresh else None
         self._stale = not fresh
@@ -152,15 +167,23 @@ class FlowRun(FlowLog):
         return self._lease_lost is not None
 
     async def initialize(
-        self, init: FlowInitialized, artifacts: tuple[NewArtifact, ...]
+        self,
+        init: FlowInitialized,
+        artifacts: tuple[NewArtifact, ...],
+        *,
+        start_first: bool = False,
     ) -> FlowInitialized:
-        """Append FlowInitialized unless the log has one; returns the one recorded."""
+        """Append FlowInitialized unless the log has one; returns the one recorded.
+
+        ``start_first``: the first step's StepStarted goes in the same append when it may
+        (:func:`~engine_service.planner.first_started`), for a caller that runs the flow at once.
+        """
 
         async def build(state: FlowState) -> Write | None:
             if state.init is not None:
                 return None
-            command = init_command_id(self.flow_id, self._generation)
-            return Write((init,), command, artifacts, FlowStatus.RUNNING)
+            started = first_started(init, self._planner.clock) if start_first else None
+            return initial_write(self.flow_id, self._generation, init, artifacts, started)
 
         await self.append_planned(build)
         recorded = (await self._current()).init
@@ -363,23 +386,23 @@ class FlowRun(FlowLog):
         self._snapshot_version = state.version
         return state
 
+    async def created(self, write: Write, cmd: Append, result: AppendResult) -> None:
+        """Take ``write`` as appended by this handle: the create call that made the flow
+        appended it (``cmd``, answered with ``result``) in the same transaction."""
+        async with self._lock:
+            state = self._state
+            assert state is not None
+            assert state.version == 0
+            assert result.first_version == 1
+            await self._applied(write, cmd, result, state)
+
     async def _append(self, write: Write) -> Appended:
         """Whether ``write`` was applied now; otherwise the log must be re-read first."""
         state = self._state
         assert state is not None
         assert not self._stale
-        cmd = Append(
-            namespace=self.namespace,
-            flow_id=self.flow_id,
-            expected_version=state.version,
-            command_id=write.command_id,
-            events=tuple(encode(e) for e in write.events),
-            artifacts=write.artifacts,
-            new_status=write.new_status,
-            fencing_token=self._fencing_token,
-            wake_at=write.wake_at,
-            task_queue=write.task_queue,
-        )
+        cmd = append_command(self.namespace, self.flow_id, state.version, write,
+                             self._fencing_token)  # fmt: skip
         try:
             result = await self._store.append(cmd)
         except FailedPrecondition as refused:
@@ -401,16 +424,28 @@ class FlowRun(FlowLog):
         if result.duplicate or result.first_version != state.version + 1:
             self._stale = True
             return Appended.DUPLICATE if result.duplicate else Appended.STALE
+        await self._applied(write, cmd, result, state)
+        return Appended.APPLIED
+
+    async def _applied(
+        self, write: Write, cmd: Append, result: AppendResult, state: FlowState
+    ) -> None:
+        """Bring the cached state, the planner, watchers, hooks and snapshots up to ``write``,
+        which the store applied right after ``state``."""
         versions = range(result.first_version, result.last_version + 1)
         self._state = replay(zip(versions, write.events, strict=True), state)
         self._planner.applied(write)
-        if self.on_append is not None:
-            self.on_append(stored_events(cmd, result.seqs, versions))
+        observer = self._engine.append_observer
+        if observer is not None or self.on_append is not None:
+            appended = stored_events(cmd, result.seqs, versions)
+            if observer is not None:
+                observer(self.namespace, self.flow_id, appended)
+            if self.on_append is not None:
+                self.on_append(appended)
         if self._engine.hooks:
             versioned = list(zip(versions, write.events, strict=True))
             await self._engine.hooks.dispatch(self.namespace, self.flow_id, versioned)
         await self._maybe_snapshot(self._state)
-        return Appended.APPLIED
 
     async def _maybe_snapshot(self, state: FlowState) -> None:
         self._snapshot_version = await snapshots.save_if_due(

@@ -204,7 +204,7 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
         validation.check_watch_flow(request)
         batches = watch_flow(
             self._store, self._notifier, request.namespace, request.flow_id,
-            request.after_version, self._draining,
+            request.after_version, self._draining, convert.close_only(request),
         )
         try:
             async for batch in batches:

@@ -110,6 +110,7 @@ class StepRegistry:
         self._types: dict[str, StepType] = {}
         self._loaded_entry_points: set[str] = set()
         self._lock = threading.Lock()
+        self._revision = 0
 
     def step(
         self,
@@ -158,7 +159,15 @@ class StepRegistry:
                     metadata={"step_type": step_type.name},
                 )
             self._types[step_type.name] = step_type
+            self._revision += 1
             return step_type
+
+    @property
+    def revision(self) -> int:
+        """Grows with every type added here or to a parent: what was looked up at one revision
+        is found the same at that revision (types are only ever added, never replaced)."""
+        own = self._revision
+        return own if self._parent is None else own + self._parent.revision
 
     def find(self, name: str) -> StepType | None:
         found = self._types.get(name)

@@ -33,18 +33,19 @@ from engine_service.events import FlowInitialized
 from engine_service.executor import PreparedArtifact, prepare
 from engine_service.fingerprint import ENGINE_VERSION
 from engine_service.flow_log import LoggedEvent
-from engine_service.flow_run import FlowRun
+from engine_service.flow_run import AppendObserver, FlowRun
 from engine_service.hooks import Hooks
 from engine_service.ids import flow_id_for_key
 from engine_service.lease import LeaseLost
+from engine_service.planner import first_started
 from engine_service.registry import StepRegistry, default_registry
 from engine_service.retry import StepDefaults
 from engine_service.stored import startable
 from engine_service.verify import Divergence, VerifyReport, verify_flow
-from engine_service.writes import utc_now
+from engine_service.writes import append_command, initial_write, utc_now
 from flowledger.canonical import JsonValue
 from flowledger.errors import AlreadyExists, InvalidArgument
-from store_service.domain import FlowStatus, NewArtifact, NewFlow, StoredDefinition
+from store_service.domain import CreatedFlow, FlowStatus, NewArtifact, NewFlow, StoredDefinition
 from store_service.ports import EventStore
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,10 @@ class Engine:
         self.settings = settings or EngineSettings()
         self.hooks = hooks if hooks is not None else Hooks()
         """In-process lifecycle hooks (:mod:`engine_service.hooks`)."""
+        self.append_observer: AppendObserver | None = None
+        """Called, without awaiting, with (namespace, flow id, the events as stored) after every
+        append any of this engine's handles made and the store applied, in the order the
+        answers arrive (the engine service feeds WatchFlow with it)."""
 
     async def start(
         self,
@@ -114,12 +119,19 @@ class Engine:
         variables: Mapping[str, JsonValue] | None = None,
         created_by: str = "",
         fencing_token: int = 0,
+        lease: tuple[str, int] | None = None,
     ) -> FlowRun:
         """Create and initialize a flow (nothing runs yet: call ``next``/``run_to_end``).
 
         With an ``idempotency_key`` the flow id is a UUIDv5 of (namespace, key): starting again
         returns the same flow and starts nothing; the same key with another definition, input
         or variables is AlreadyExists. Everything is validated before anything is written.
+
+        ``lease`` (owner, ms), for a caller about to run the flow: one store call creates the
+        flow leased to it (``FlowRun.lease``; None when the flow existed) and appends
+        FlowInitialized with the first step's StepStarted (as ``run_to_end`` chains a
+        StepStarted to a StepFinished), in one transaction; without it, creating,
+        initializing, claiming and starting the first step take four.
         """
         definition.resolve(self.registry)  # unknown types, kinds, configs: InvalidArgument
         input_artifact = _prepare_field(input, "input")
@@ -136,15 +148,6 @@ class Engine:
             if idempotency_key is not None
             else str(uuid.uuid4())
         )
-        flow, existed = await self.store.create_flow(
-            NewFlow(
-                namespace=namespace,
-                name=definition.name,
-                flow_id=flow_id,
-                created_by=created_by,
-                status=FlowStatus.QUEUED,
-            )
-        )
         init = FlowInitialized(
             definition_name=definition.name,
             definition_version=definition.version,
@@ -154,18 +157,43 @@ class Engine:
             variables_hash=variables_artifact.hash if variables_artifact else None,
             engine_version=ENGINE_VERSION,
         )
-        run = FlowRun(self, flow, definition, fencing_token=fencing_token, fresh=not existed)
-        run.existed = existed
         artifacts = [NewArtifact(input_artifact.hash, "flow_input", input_artifact.payload_json)]
-        run.remember(input_artifact.hash, input_artifact.payload)
         if variables_artifact is not None:
             artifacts.append(
                 NewArtifact(
                     variables_artifact.hash, "flow_variables", variables_artifact.payload_json
                 )
             )
+        new = NewFlow(
+            namespace=namespace,
+            name=definition.name,
+            flow_id=flow_id,
+            created_by=created_by,
+            status=FlowStatus.QUEUED,
+        )
+        created: CreatedFlow | None = None
+        if lease is None:
+            flow, existed = await self.store.create_flow(new)
+        else:
+            # One call and one commit: the flow, its lease and its first append.
+            first = first_started(init, self.settings.clock)
+            write = initial_write(flow_id, 0, init, tuple(artifacts), first)
+            cmd = append_command(namespace, flow_id, 0, write, 0)
+            created = await self.store.create_flow_with(new, lease=lease, initial=cmd)
+            flow, existed = created.flow, created.existed
+            if created.lease is not None:
+                fencing_token = created.lease.fencing_token
+        run = FlowRun(self, flow, definition, fencing_token=fencing_token, fresh=not existed)
+        run.existed = existed
+        run.remember(input_artifact.hash, input_artifact.payload)
+        if variables_artifact is not None:
             run.remember(variables_artifact.hash, variables_artifact.payload)
-        recorded = await run.initialize(init, tuple(artifacts))
+        if created is not None and created.initial is not None:
+            run.lease = created.lease
+            await run.created(write, cmd, created.initial)
+            recorded = init
+        else:
+            recorded = await run.initialize(init, tuple(artifacts))
         if not _same_request(recorded, init):
             raise _key_reused(idempotency_key, flow.flow_id)
         if existed:

@@ -171,7 +171,9 @@ async def serve(
     if store is None:
         store = _store_client(settings)
     engine = Engine(store, registry=registry, settings=settings.engine_settings())
-    notifier = FlowNotifier()
+    notifier = FlowNotifier(settings.watch_log_limits())
+    # Every append this replica makes reaches its watchers (and the local logs WatchFlow serves).
+    engine.append_observer = notifier.publish
     worker = Worker(engine, settings, notifier)
     definitions = Definitions(store, registry)
     flows = Flows(

@@ -18,6 +18,7 @@ from typing import Any
 
 from engine_service.runner import EngineSettings
 from engine_service.store_retry import StoreClientSettings
+from engine_service.watch_log import LocalLogLimits
 from flowledger.server.auth_settings import AuthSettings, read_auth
 from flowledger.server.auth_tokens import Authenticator, FileError
 from flowledger.server.env import LOG_LEVELS, Env, SettingsError
@@ -50,6 +51,11 @@ class ServiceSettings:
     max_concurrent_flows: int = 64
     # Unconsumed signals a flow may hold; SignalFlow past it is RESOURCE_EXHAUSTED.
     max_pending_signals: int = 1000
+    # WatchFlow's local logs of the flows this replica created (engine_service.watch_log):
+    # how many flows, events per flow and bytes in all are kept; 0 flows keeps none.
+    watch_log_flows: int = 4096
+    watch_log_events: int = 1000
+    watch_log_bytes: int = 64 * 1024 * 1024
     # Only flows of these namespaces (empty: all).
     namespaces: tuple[str, ...] = ()
     snapshot_every: int = 100
@@ -88,6 +94,9 @@ class ServiceSettings:
                 "or a single slow renewal would lose the lease",
             )
 
+    def watch_log_limits(self) -> LocalLogLimits:
+        return LocalLogLimits(self.watch_log_flows, self.watch_log_events, self.watch_log_bytes)
+
     def engine_settings(self) -> EngineSettings:
         return EngineSettings(snapshot_every=self.snapshot_every)
 
@@ -122,6 +131,11 @@ class ServiceSettings:
             poll_ms=env.integer("ENGINE_POLL_MS", 500, 10, 60_000),
             max_concurrent_flows=env.integer("ENGINE_MAX_CONCURRENT_FLOWS", 64, 1, 10_000),
             max_pending_signals=env.integer("ENGINE_MAX_PENDING_SIGNALS", 1000, 1, 1_000_000),
+            watch_log_flows=env.integer("ENGINE_WATCH_LOG_FLOWS", 4096, 0, 1_000_000),
+            watch_log_events=env.integer("ENGINE_WATCH_LOG_EVENTS", 1000, 1, 1_000_000),
+            watch_log_bytes=env.integer(
+                "ENGINE_WATCH_LOG_BYTES", 64 * 1024 * 1024, 0, 1024 * 1024 * 1024 * 1024
+            ),
             namespaces=env.identifiers("ENGINE_NAMESPACES"),
             snapshot_every=env.integer("ENGINE_SNAPSHOT_EVERY", 100, 0, 1_000_000),
             store_call_timeout_seconds=call_timeout,

@@ -13,6 +13,10 @@ What is retried where (transient = UNAVAILABLE or DEADLINE_EXCEEDED, see
   created without an id gets a uuid4 here, before the first attempt, so a repeat is answered as
   the same create. A definition version put without a ``request_id`` gets one here for the same
   reason. Conflicts (``VersionConflict``) and every other error are raised at once.
+* **Appends** go over one shared AppendStream (:mod:`engine_service.store_append_stream`) with
+  the same deadlines, budget and error mapping; a broken stream fails its pending appends
+  (UNAVAILABLE: retried with the same command id) and the next append opens a new one.
+  ``append_stream=False``, or a store that does not serve the stream, sends AppendEvents calls.
 * **Leases**: RenewLease and ReleaseLease are safe to repeat. ClaimFlows is *not*: when a claim
   was applied but its response lost, the repeat claims other flows and the lost claim's leases
   stay held, unused, until they expire. That delays those flows by one lease term at most and
@@ -45,6 +49,7 @@ from typing import TypeVar
 import grpc
 import grpc.aio
 
+from engine_service.store_append_stream import AppendStreams
 from engine_service.store_channel import ChannelOptions, open_channel
 from engine_service.store_client_work import WorkCalls
 from engine_service.store_retry import RetryBudget, StoreClientSettings, is_transient
@@ -58,10 +63,12 @@ from flowledger.rpc_status import from_rpc_error
 from flowledger.server.interceptors import client_interceptors
 from flowledger.v1 import store_pb2, store_pb2_grpc
 from store_service import convert_client as wire
+from store_service import convert_work as work_wire
 from store_service.domain import (
     Append,
     AppendResult,
     ArtifactLookup,
+    CreatedFlow,
     EventType,
     FeedEvent,
     Flow,
@@ -91,6 +98,7 @@ class GrpcEventStore(WorkCalls):
         credentials: grpc.ChannelCredentials | None = None,
         options: ChannelOptions = (),
         interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+        append_stream: bool = True,
     ) -> None:
         self.settings = settings or StoreClientSettings()
         self._channel = open_channel(
@@ -103,6 +111,9 @@ class GrpcEventStore(WorkCalls):
         )
         self._stub = store_pb2_grpc.StoreServiceStub(self._channel)
         self._closed = False
+        # Appends over one shared AppendStream (a fraction of a unary call's CPU on both ends);
+        # False sends each append as its own AppendEvents call.
+        self._appends = AppendStreams(self._stub, self.settings) if append_stream else None
 
     @property
     def closed(self) -> bool:
@@ -111,6 +122,8 @@ class GrpcEventStore(WorkCalls):
     async def close(self) -> None:
         """Close the channel: calls in flight fail, open subscriptions end."""
         self._closed = True
+        if self._appends is not None:
+            await self._appends.close()
         await self._channel.close()
 
     # -- flows -------------------------------------------------------------------------------
@@ -125,6 +138,28 @@ class GrpcEventStore(WorkCalls):
         # An id of our own making can only exist because an earlier attempt of this very call
         # created it (its response was lost): to the caller that is a creation.
         return wire.flow_from_pb(resp.flow), resp.existed and not chosen_here
+
+    async def create_flow_with(
+        self,
+        new: NewFlow,
+        *,
+        lease: tuple[str, int] | None = None,
+        initial: Append | None = None,
+    ) -> CreatedFlow:
+        request = wire.create_flow_request(new)
+        if lease is not None:
+            request.lease_owner, request.lease_ms = lease
+        if initial is not None:
+            request.initial_append.CopyFrom(wire.append_request(initial))
+        resp = await self._unary("CreateFlow", self._stub.CreateFlow, request)
+        # A repeat after a lost answer finds the flow existing (leased and initialized by our
+        # first attempt, under a token we never saw): it runs once that lease expires.
+        return CreatedFlow(
+            wire.flow_from_pb(resp.flow),
+            resp.existed,
+            work_wire.flow_lease_from_pb(resp.lease) if resp.HasField("lease") else None,
+            wire.append_result(resp.initial_append) if resp.HasField("initial_append") else None,
+        )
 
     async def get_flow(self, namespace: str, flow_id: str, include_deleted: bool = False) -> Flow:
         request = store_pb2.GetFlowRequest(
@@ -165,9 +200,14 @@ class GrpcEventStore(WorkCalls):
     # -- the log -----------------------------------------------------------------------------
 
     async def append(self, cmd: Append) -> AppendResult:
-        resp = await self._unary(
-            "AppendEvents", self._stub.AppendEvents, wire.append_request(cmd)
-        )
+        appends = self._appends
+        resp = None
+        if appends is not None and appends.supported:
+            resp = await appends.append(wire.append_stream_request(cmd))
+        if resp is None:
+            resp = await self._unary(
+                "AppendEvents", self._stub.AppendEvents, wire.append_request(cmd)
+            )
         return AppendResult(resp.first_version, resp.last_version, tuple(resp.seqs),
                             resp.duplicate)
 

@@ -3,11 +3,13 @@
 * **Claims.** Every ``poll_ms`` (at once again while claims come back full) the loop asks the
   store for up to ``claim_batch`` runnable flows (``ClaimFlows``: queued or running, lease free
   or expired, ``FOR UPDATE SKIP LOCKED``), never more than its free slots
-  (``max_concurrent_flows``). The replica that receives a StartFlow claims that flow by id at
-  once (:meth:`Worker.run_now`), so a new flow does not wait for a poll; its run goes on with
-  the handle that created the flow (given the claim's fencing token) instead of re-reading it.
+  (``max_concurrent_flows``). The replica that receives a StartFlow, when it has a free slot
+  (:meth:`Worker.start_slot`), has the store lease the flow to it as it creates it and runs it
+  at once with the handle that created it (:meth:`Worker.adopt`): no claim, no re-read, no
+  poll. Without a free slot the flow is created unleased and claimed by whoever has room.
 * **Watchers.** While a flow runs here, every append it makes is pushed to the flow's local
-  watchers (:class:`~engine_service.watch.FlowNotifier`), who then need not read the store.
+  watchers (:class:`~engine_service.watch.FlowNotifier`, fed by the engine's append observer),
+  who then need not read the store; the notifier is told when the run ends.
 * **Fencing.** Each claim carries a fencing token, larger than any earlier one of the flow; the
   run appends with it, so once another replica has claimed the flow (our lease expired) the
   store refuses our writes (FAILED_PRECONDITION, reason LEASE_LOST).
@@ -16,8 +18,9 @@
   expiry passes without a successful renewal (store unreachable, process paused), the run is
   cancelled at once. A step function still running in a thread cannot be killed; its result is
   dropped, and its write would be refused anyway.
-* **End of a run.** Completed, failed, cancelled, or waiting (a timer, a signal, a task: the
-  store makes it claimable again, decision 0013): the lease is released. Lease lost: nothing
+* **End of a run.** Completed, failed or cancelled: the append that ended the flow released
+  the lease (store.proto), nothing more to do. Waiting (a timer, a signal, a task: the store
+  makes it claimable again, decision 0013): the lease is released. Lease lost: nothing
   (it is not ours). A flow this replica cannot run (unknown step types, a corrupt log): the
   lease is kept until it expires, so the flow is retried once per lease period rather than in
   a hot loop.
@@ -33,9 +36,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -110,6 +113,30 @@ class Worker:
     def start(self) -> None:
         if self._loop is None:
             self._loop = asyncio.create_task(self._poll_loop(), name="flowledger-claim-loop")
+
+    @contextlib.contextmanager
+    def start_slot(self) -> Iterator[tuple[str, int] | None]:
+        """A run slot held while this replica creates a flow it means to run at once: yields
+        the (owner, lease_ms) to lease the flow with as it is created, or None when no slot is
+        free (or the replica stops): then the flow is created unleased and claimed later."""
+        if self._stopping or self.free_slots() == 0:
+            yield None
+            return
+        self._reserved += 1
+        try:
+            yield self.owner, self._settings.lease_ms
+        finally:
+            self._reserved -= 1
+
+    def adopt(self, run: FlowRun, sent: float) -> bool:
+        """Run in the background a flow this replica created leased (``run.lease``, asked for
+        with :meth:`start_slot`; ``sent``: the monotonic time the create call was sent, from
+        which the lease's local expiry is counted). False when ``run`` has no lease."""
+        lease = run.lease
+        if lease is None or (lease.flow.namespace, lease.flow.flow_id) in self._runs:
+            return False
+        self._launch(lease, "start", sent, run)
+        return True
 
     async def run_now(self, namespace: str, flow_id: str, run: FlowRun | None = None) -> bool:
         """Claim a flow this replica just started and run it in the background (with ``run``,
@@ -238,24 +265,24 @@ class Worker:
 
     async def _advance(self, entry: _Claimed) -> bool:
         """Run the flow to its end (or to the next step boundary once draining); True when
-        the lease should be released."""
+        the lease should be released (not when the flow ended: that append released it)."""
         flow = entry.lease.flow
         token = entry.lease.fencing_token
         run = entry.run
         entry.run = None  # not kept past this run
-        if run is not None and run.fencing_token < token and run.current_state is not None:
-            run.attach_lease(token)
+        if run is not None and run.fencing_token <= token and run.current_state is not None:
+            if run.fencing_token < token:
+                run.attach_lease(token)
         else:
             started = time.perf_counter()
             run = await self._engine.attach(
                 flow.flow_id, namespace=flow.namespace, fencing_token=token
             )
             metrics.REPLAY_DURATION.observe(time.perf_counter() - started)
-        run.on_append = functools.partial(self._notifier.publish, flow.namespace, flow.flow_id)
         state = run.current_state
         assert state is not None  # attach replays
         if state.terminal:
-            return True
+            return False  # the append that ended it released the lease (store.proto)
         if any(step.status is not StepStatus.PENDING for step in state.steps):
             metrics.LEASE_TAKEOVERS.inc()
             log.info("flow %s: taking over at version %d (token %d)", flow.flow_id,
@@ -277,7 +304,8 @@ class Worker:
             metrics.FLOWS_COMPLETED.inc()
         elif final is not None and final.failed:
             metrics.FLOWS_FAILED.inc()
-        return True
+        # An ended flow's lease went with the append that ended it: nothing to release.
+        return not (final is not None and final.terminal)
 
     def _after_error(self, entry: _Claimed, exc: FlowledgerError) -> bool:
         """Log what stopped a run; True when its lease should be released."""

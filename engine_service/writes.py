@@ -7,11 +7,19 @@ from datetime import UTC, datetime
 
 from engine_service.builtin_steps import is_builtin
 from engine_service.decide import Action, RunCompensation, RunStep
-from engine_service.events import CompensationFailed, EngineEvent, FlowFailed, StepAttemptFailed
-from engine_service.ids import command_id
+from engine_service.event_codec import encode
+from engine_service.events import (
+    CompensationFailed,
+    EngineEvent,
+    FlowFailed,
+    FlowInitialized,
+    StepAttemptFailed,
+    StepStarted,
+)
+from engine_service.ids import command_id, init_command_id
 from engine_service.replay import FlowState
 from flowledger.errors import ResourceExhausted
-from store_service.domain import FlowStatus, NewArtifact
+from store_service.domain import Append, FlowStatus, NewArtifact
 
 
 @dataclass(frozen=True)
@@ -79,3 +87,34 @@ def out_of_room(
     event = FlowFailed(step_id, index, full.message, "EventsPerFlowExceeded")
     command = command_id(flow_id, generation, index, 0, "events-per-flow")
     return Write((event,), command, new_status=FlowStatus.FAILED)
+
+
+def initial_write(
+    flow_id: str,
+    generation: int,
+    init: FlowInitialized,
+    artifacts: tuple[NewArtifact, ...],
+    started: StepStarted | None = None,
+) -> Write:
+    """A flow's first append: FlowInitialized (with the first StepStarted when given); the flow
+    RUNNING from then on."""
+    events: tuple[EngineEvent, ...] = (init,) if started is None else (init, started)
+    return Write(events, init_command_id(flow_id, generation), artifacts, FlowStatus.RUNNING)
+
+
+def append_command(
+    namespace: str, flow_id: str, expected_version: int, write: Write, fencing_token: int
+) -> Append:
+    """``write`` as the store's append command, after ``expected_version``."""
+    return Append(
+        namespace=namespace,
+        flow_id=flow_id,
+        expected_version=expected_version,
+        command_id=write.command_id,
+        events=tuple(encode(e) for e in write.events),
+        artifacts=write.artifacts,
+        new_status=write.new_status,
+        fencing_token=fencing_token,
+        wake_at=write.wake_at,
+        task_queue=write.task_queue,
+    )

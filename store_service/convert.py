@@ -128,6 +128,11 @@ def append(req: store_pb2.AppendEventsRequest) -> domain.Append:
     )
 
 
+def initial_append(req: store_pb2.CreateFlowRequest) -> domain.Append | None:
+    """A create call's first append (its namespace and flow id are the new flow's)."""
+    return append(req.initial_append) if req.HasField("initial_append") else None
+
+
 def read_chunk_size(req: store_pb2.ReadEventsRequest) -> int:
     return req.chunk_size or DEFAULT_READ_CHUNK
 
@@ -246,6 +251,24 @@ def append_response(result: domain.AppendResult) -> store_pb2.AppendEventsRespon
         seqs=list(result.seqs),
         duplicate=result.duplicate,
     )
+
+
+def append_stream_result(
+    request_id: int, result: domain.AppendResult
+) -> store_pb2.AppendStreamResponse:
+    # Filled in place: no AppendEventsResponse built and then copied into the oneof.
+    response = store_pb2.AppendStreamResponse(request_id=request_id)
+    out = response.result
+    out.first_version = result.first_version
+    out.last_version = result.last_version
+    out.seqs.extend(result.seqs)
+    out.duplicate = result.duplicate
+    return response
+
+
+def append_stream_error(request_id: int, status: bytes) -> store_pb2.AppendStreamResponse:
+    """The answer to a failed command: ``status`` is a serialized google.rpc.Status."""
+    return store_pb2.AppendStreamResponse(request_id=request_id, error=status)
 
 
 def count_steps_response(counts: domain.StepCounts) -> store_pb2.CountStepsResponse:

@@ -41,12 +41,6 @@ def _datetime(ts: timestamp_pb2.Timestamp) -> datetime:
     return ts.ToDatetime(tzinfo=UTC)
 
 
-def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(value)
-    return ts
-
-
 def create_flow_request(new: domain.NewFlow) -> store_pb2.CreateFlowRequest:
     return store_pb2.CreateFlowRequest(
         namespace=new.namespace,
@@ -71,32 +65,45 @@ def list_flows_request(flt: domain.FlowFilter, page: domain.Page) -> store_pb2.L
 
 
 def append_request(cmd: domain.Append) -> store_pb2.AppendEventsRequest:
-    return store_pb2.AppendEventsRequest(
-        namespace=cmd.namespace,
-        flow_id=cmd.flow_id,
-        expected_version=cmd.expected_version,
-        command_id=cmd.command_id,
-        events=[
-            common_pb2.NewEvent(type=EVENT_TYPE_TO_PB[e.type], payload_json=e.payload_json)
-            for e in cmd.events
-        ],
-        artifacts=[
-            common_pb2.NewArtifact(
+    request = store_pb2.AppendEventsRequest()
+    _fill_append(request, cmd)
+    return request
+
+
+def append_stream_request(cmd: domain.Append) -> store_pb2.AppendStreamRequest:
+    """An AppendStream request carrying ``cmd``; the sender sets its request_id."""
+    request = store_pb2.AppendStreamRequest()
+    _fill_append(request.append, cmd)
+    return request
+
+
+def _fill_append(out: store_pb2.AppendEventsRequest, cmd: domain.Append) -> None:
+    # Filled in place (no message per event built and then copied): an engine appends a lot.
+    out.namespace = cmd.namespace
+    out.flow_id = cmd.flow_id
+    out.expected_version = cmd.expected_version
+    out.command_id = cmd.command_id
+    add_event = out.events.add
+    for e in cmd.events:
+        add_event(type=EVENT_TYPE_TO_PB[e.type], payload_json=e.payload_json)
+    if cmd.artifacts:
+        add_artifact = out.artifacts.add
+        for a in cmd.artifacts:
+            add_artifact(
                 hash=a.hash,
                 kind=a.kind,
                 payload_json=a.payload_json,
                 metadata_json=a.metadata_json or "",
                 event_index=a.event_index,
             )
-            for a in cmd.artifacts
-        ],
-        new_status=FLOW_STATUS_TO_PB[cmd.new_status]
-        if cmd.new_status
-        else common_pb2.FLOW_STATUS_UNSPECIFIED,
-        fencing_token=cmd.fencing_token,
-        wake_at=None if cmd.wake_at is None else _timestamp(cmd.wake_at),
-        task_queue=cmd.task_queue or "",
-    )
+    if cmd.new_status:
+        out.new_status = FLOW_STATUS_TO_PB[cmd.new_status]
+    if cmd.fencing_token:
+        out.fencing_token = cmd.fencing_token
+    if cmd.wake_at is not None:
+        out.wake_at.FromDatetime(cmd.wake_at)
+    if cmd.task_queue:
+        out.task_queue = cmd.task_queue
 
 
 def subscribe_request(
@@ -188,4 +195,10 @@ def snapshot_from_pb(snapshot: common_pb2.Snapshot) -> domain.Snapshot:
         version=snapshot.version,
         state_json=snapshot.state_json,
         created_at=_datetime(snapshot.created_at),
+    )
+
+
+def append_result(resp: store_pb2.AppendEventsResponse) -> domain.AppendResult:
+    return domain.AppendResult(
+        resp.first_version, resp.last_version, tuple(resp.seqs), resp.duplicate
     )

@@ -335,3 +335,14 @@ class FlowLease:
     fencing_token: int
     expires_at: datetime
     owner: str
+
+
+@dataclass(frozen=True)
+class CreatedFlow:
+    """What ``create_flow_with`` did: the flow, whether it existed (then nothing else was done),
+    the lease it took and the result of the initial append, when asked for."""
+
+    flow: Flow
+    existed: bool
+    lease: FlowLease | None = None
+    initial: AppendResult | None = None

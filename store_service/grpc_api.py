@@ -21,9 +21,10 @@ from typing import TypeVar
 from google.protobuf.message import Message
 
 from flowledger.errors import Unavailable
-from flowledger.server.handlers import Context, closing, stream, unary
+from flowledger.server.handlers import Context, closing, fail, stream, unary
 from flowledger.v1 import store_pb2, store_pb2_grpc
 from store_service import convert, convert_work, validation, validation_history, validation_work
+from store_service.append_stream import AppendStreamSession
 from store_service.ports import EventStore
 from store_service.settings import Limits
 
@@ -79,8 +80,17 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
         self._store = store
 
     def drain(self) -> None:
-        """End open subscriptions (UNAVAILABLE) and refuse new ones: the server is stopping."""
+        """End open subscriptions (UNAVAILABLE) and refuse new ones: the server is stopping.
+        Append streams answer what they received, then end the same way."""
         self._draining.set()
+
+    @property
+    def draining(self) -> bool:
+        return self._draining.is_set()
+
+    async def drained(self) -> None:
+        """Return once :meth:`drain` was called."""
+        await self._draining.wait()
 
     @property
     def store(self) -> EventStore:
@@ -95,8 +105,19 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
         self, request: store_pb2.CreateFlowRequest, context: Context
     ) -> store_pb2.CreateFlowResponse:
         validation.check_create_flow(request, self.limits)
-        flow, existed = await self.store.create_flow(convert.new_flow(request))
-        return convert.create_flow_response(flow, existed)
+        new = convert.new_flow(request)
+        initial = convert.initial_append(request)
+        if not request.lease_owner and initial is None:
+            flow, existed = await self.store.create_flow(new)
+            return convert.create_flow_response(flow, existed)
+        lease = (request.lease_owner, request.lease_ms) if request.lease_owner else None
+        created = await self.store.create_flow_with(new, lease=lease, initial=initial)
+        response = convert.create_flow_response(created.flow, created.existed)
+        if created.lease is not None:
+            response.lease.CopyFrom(convert_work.flow_lease_to_pb(created.lease))
+        if created.initial is not None:
+            response.initial_append.CopyFrom(convert.append_response(created.initial))
+        return response
 
     @unary("store")
     async def GetFlow(
@@ -125,6 +146,18 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
         validation.check_append_events(request, self.limits)
         result = await self.store.append(convert.append(request))
         return convert.append_response(result)
+
+    # Reader/writer style (a coroutine, not an async generator): answers are written as their
+    # commands complete, by whichever command task is free to write; see append_stream.
+    async def AppendStream(  # type: ignore[override]
+        self,
+        request_iterator: AsyncIterator[store_pb2.AppendStreamRequest],
+        context: Context,
+    ) -> None:
+        try:
+            await AppendStreamSession(self, context).run()
+        except Exception as exc:
+            await fail(context, "store", "AppendStream", exc)
 
     @stream("store")
     async def ReadEvents(

@@ -16,6 +16,7 @@ from store_service.domain import (
     AppendResult,
     ArtifactLookup,
     ClaimRequest,
+    CreatedFlow,
     DefinitionPage,
     DefinitionTransitionCommand,
     EventType,
@@ -40,6 +41,20 @@ class EventStore(Protocol):
     async def create_flow(self, new: NewFlow) -> tuple[Flow, bool]:
         """Create a flow; returns (flow, existed). Same id + same attributes → existed=True;
         same id + other attributes → AlreadyExists."""
+        ...
+
+    async def create_flow_with(
+        self,
+        new: NewFlow,
+        *,
+        lease: tuple[str, int] | None = None,
+        initial: Append | None = None,
+    ) -> CreatedFlow:
+        """``create_flow``, and for a flow created now, in the same transaction: lease it to
+        ``lease`` (owner, ms) under a new fencing token, as a claim would, and append
+        ``initial`` (its namespace and flow id are the new flow's; expected_version must be 0
+        and fencing_token 0: it carries the new lease's token). Everything is validated before
+        anything is written. An existing flow is returned as it is: no lease, no append."""
         ...
 
     async def get_flow(self, namespace: str, flow_id: str, include_deleted: bool = False) -> Flow:

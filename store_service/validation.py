@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from typing import Literal, Protocol
 
 from flowledger.canonical import content_hash
+from flowledger.v1 import store_pb2
+from store_service.adapters.initial_append import as_initial
 from store_service.checks import FieldChecks
 from store_service.convert import FLOW_STATUS_TO_PB
 from store_service.domain import FlowStatus
@@ -30,6 +32,9 @@ MAX_HASHES_PER_GET = 1000
 MAX_NAME_LENGTH = 256  # flows.name CHECK (length(name) <= 256)
 MAX_TEXT_LENGTH = 1024  # created_by, reasons, kinds: free text we still bound
 MAX_OPAQUE_TOKEN_LENGTH = 1024  # page tokens, cursors
+MAX_OWNER_LENGTH = 128  # lease owners (replica identities)
+_STAND_IN_ID = "00000000-0000-4000-8000-000000000000"
+MIN_LEASE_MS, MAX_LEASE_MS = 100, 600_000
 _WAITING = FLOW_STATUS_TO_PB[FlowStatus.WAITING]
 
 
@@ -76,6 +81,14 @@ class CreateFlowRequest(Protocol):
     def created_by(self) -> str: ...
     @property
     def status(self) -> int: ...
+    @property
+    def lease_owner(self) -> str: ...
+    @property
+    def lease_ms(self) -> int: ...
+    @property
+    def initial_append(self) -> store_pb2.AppendEventsRequest: ...
+
+    def HasField(self, field_name: Literal["initial_append"]) -> bool: ...
 
 
 def check_create_flow(req: CreateFlowRequest, limits: Limits) -> None:
@@ -86,7 +99,29 @@ def check_create_flow(req: CreateFlowRequest, limits: Limits) -> None:
     c.json(req.metadata_json, "metadata_json", require_object=True, optional=True)
     c.text(req.created_by, "created_by", MAX_TEXT_LENGTH)
     c.flow_status(req.status, "status", allow_unspecified=True)
+    if req.lease_owner or req.lease_ms:
+        c.text(req.lease_owner, "lease_owner", MAX_OWNER_LENGTH, required=True)
+        c.within(req.lease_ms, "lease_ms", MIN_LEASE_MS, MAX_LEASE_MS)
+    initial = req.initial_append if req.HasField("initial_append") else None
+    if initial is not None:
+        if initial.namespace not in ("", req.namespace):
+            c.bad("initial_append.namespace", "must be empty or the flow's namespace")
+        if initial.flow_id not in ("", req.flow_id):
+            c.bad("initial_append.flow_id", "must be empty or the flow's id")
+        if initial.expected_version != 0:
+            c.bad("initial_append.expected_version", "must be 0 (a new flow)")
+        if initial.fencing_token != 0:
+            c.bad("initial_append.fencing_token",
+                  "must be 0 (the append carries the token of the lease asked for)")
     c.done("CreateFlow")
+    if initial is not None:
+        # As AppendEvents checks it, on the flow's own namespace and id (a stand-in id when
+        # the store picks it), with the fields named under initial_append.
+        bound = type(initial)()
+        bound.CopyFrom(initial)
+        bound.namespace, bound.flow_id = req.namespace, req.flow_id or _STAND_IN_ID
+        with as_initial():
+            check_append_events(bound, limits)
 
 
 class FlowRef(Protocol):

@@ -15,12 +15,17 @@ from flowledger.canonical import canonical_bytes
 from store_service.checks import FieldChecks
 from store_service.convert_work import definition_state_from_number
 from store_service.settings import Limits
-from store_service.validation import MAX_OPAQUE_TOKEN_LENGTH, MAX_PAGE_SIZE, MAX_TEXT_LENGTH
+from store_service.validation import (
+    MAX_LEASE_MS,
+    MAX_OPAQUE_TOKEN_LENGTH,
+    MAX_OWNER_LENGTH,
+    MAX_PAGE_SIZE,
+    MAX_TEXT_LENGTH,
+    MIN_LEASE_MS,
+)
 
 MAX_NOTE_LENGTH = 4096  # change notes: free text, bounded
-MAX_OWNER_LENGTH = 128
 MAX_CLAIM_LIMIT = 100
-MIN_LEASE_MS, MAX_LEASE_MS = 100, 600_000
 MAX_CLAIM_FILTER = 1000  # namespaces / flow ids / task queues per claim
 _MAX_TOKEN = 2**63 - 1
 

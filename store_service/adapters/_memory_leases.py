@@ -39,13 +39,15 @@ def claim(
         ),
         key=lambda r: order(r.flow),
     )
-    leases = []
-    for rec in picked[: req.limit]:
-        rec.flow = replace(rec.flow, lease_token=next_token())
-        rec.lease_owner = req.owner
-        _extend(rec, req.lease_ms)
-        leases.append(_lease(rec))
-    return tuple(leases)
+    return tuple(grant(rec, req.owner, req.lease_ms, next_token) for rec in picked[: req.limit])
+
+
+def grant(rec: Record, owner: str, lease_ms: int, next_token: Callable[[], int]) -> FlowLease:
+    """Lease ``rec`` to ``owner`` under a new token (the caller made sure nobody holds it)."""
+    rec.flow = replace(rec.flow, lease_token=next_token())
+    rec.lease_owner = owner
+    _extend(rec, lease_ms)
+    return _lease(rec)
 
 
 def renew(rec: Record, owner: str, fencing_token: int, lease_ms: int) -> FlowLease:
@@ -59,9 +61,13 @@ def renew(rec: Record, owner: str, fencing_token: int, lease_ms: int) -> FlowLea
 def release(rec: Record, fencing_token: int) -> bool:
     if fencing_token != rec.flow.lease_token:
         return False
-    # The token stays on the flow: the next claim's token is larger anyway.
-    rec.lease_owner = rec.lease_deadline = rec.lease_expires_at = None
+    end(rec)
     return True
+
+
+def end(rec: Record) -> None:
+    """Clear the lease; the token stays on the flow: the next claim's token is larger anyway."""
+    rec.lease_owner = rec.lease_deadline = rec.lease_expires_at = None
 
 
 def _extend(rec: Record, lease_ms: int) -> None:

@@ -85,6 +85,12 @@ def check_lease_ms(lease_ms: int) -> None:
         raise InvalidArgument.field("lease_ms", f"must be 1..{MAX_LEASE_MS}")
 
 
+def check_lease_request(owner: str, lease_ms: int) -> None:
+    """A lease asked for with a create call (as a claim's owner and duration)."""
+    check_owner(owner)
+    check_lease_ms(lease_ms)
+
+
 def check_token(fencing_token: int) -> None:
     if fencing_token < 1:
         raise InvalidArgument.field("fencing_token", "must be a token from a claim (>= 1)")

@@ -29,13 +29,15 @@ from store_service.adapters import _memory_support as support
 from store_service.adapters._memory_definitions import DefinitionBook
 from store_service.adapters._memory_records import Generation, Record, read_log
 from store_service.adapters.flow_limits import DEFAULT_MAX_EVENTS_PER_FLOW, check_events_per_flow
-from store_service.adapters.lease_rules import check_renewal, check_token
+from store_service.adapters.initial_append import as_initial, bind_initial, check_initial
+from store_service.adapters.lease_rules import check_lease_request, check_renewal, check_token
 from store_service.domain import (
     Append,
     AppendResult,
     Artifact,
     ArtifactLookup,
     ClaimRequest,
+    CreatedFlow,
     DefinitionPage,
     DefinitionTransitionCommand,
     EventType,
@@ -79,6 +81,34 @@ class MemoryEventStore:
         flow = support.new_flow(new, support.flow_id_or_new(new.flow_id), None, 0)
         async with self._lock:
             return self._create(flow, None)
+
+    async def create_flow_with(
+        self,
+        new: NewFlow,
+        *,
+        lease: tuple[str, int] | None = None,
+        initial: Append | None = None,
+    ) -> CreatedFlow:
+        self._check_open()
+        if lease is not None:
+            check_lease_request(*lease)
+        flow = support.new_flow(new, support.flow_id_or_new(new.flow_id), None, 0)
+        if initial is not None:
+            check_initial(initial)
+            with as_initial():
+                self._check_append(bind_initial(initial, flow, None))
+        async with self._lock:
+            created, existed = self._create(flow, None)
+            if existed:
+                return CreatedFlow(created, True)
+            rec = self._records[created.flow_id]
+            granted = None
+            if lease is not None:
+                granted = leases.grant(rec, *lease, self._lease_tokens.__next__)
+            result = None
+            if initial is not None:
+                result = self._apply(rec, bind_initial(initial, rec.flow, granted))
+            return CreatedFlow(rec.flow, False, granted, result)
 
     async def create_branch(self, new: NewBranch) -> tuple[Flow, bool]:
         self._check_open()
@@ -146,50 +176,60 @@ class MemoryEventStore:
 
     async def append(self, cmd: Append) -> AppendResult:
         self._check_open()
-        support.check_append(cmd)
-        check_events_per_flow(cmd, self._max_events_per_flow)
+        self._check_append(cmd)
         async with self._lock:
             rec = self._find(cmd.namespace, cmd.flow_id, include_deleted=True)
             first = rec.repeat(cmd.command_id, "append")
             if first is not None:
                 return replace(first, duplicate=True)
-            rec.check_writable(cmd.fencing_token)
-            if cmd.expected_version != rec.flow.version:
-                raise VersionConflict(rec.flow.flow_id, cmd.expected_version, rec.flow.version)
-            now = datetime.now(UTC)
-            flow = rec.flow
-            events = [
-                StoredEvent(
-                    self._seq + i + 1,
-                    flow.flow_id,
-                    flow.version + i + 1,
-                    e.type,
-                    e.payload_json,
-                    now,
-                    cmd.command_id,
-                )
-                for i, e in enumerate(cmd.events)
-            ]
-            # Nothing can fail below: commit everything at once.
-            self._seq += len(events)
-            rec.generations[flow.generation].events.extend(events)
-            self._feeds.setdefault(flow.namespace, []).extend(events)
-            for art in cmd.artifacts:
-                if art.hash not in self._artifacts:
-                    self._artifacts[art.hash] = Artifact(
-                        art.hash,
-                        art.kind,
-                        art.payload_json,
-                        art.metadata_json,
-                        events[art.event_index].seq,
-                    )
-            rec.flow = support.appended(flow, cmd, events[-1].version, now)
-            result = AppendResult(
-                events[0].version, events[-1].version, tuple(e.seq for e in events)
+            return self._apply(rec, cmd)
+
+    def _check_append(self, cmd: Append) -> None:
+        """What an append is refused for before anything is looked up."""
+        support.check_append(cmd)
+        check_events_per_flow(cmd, self._max_events_per_flow)
+
+    def _apply(self, rec: Record, cmd: Append) -> AppendResult:
+        """Append ``cmd`` (checked, not a repeat) to ``rec``; under the lock."""
+        rec.check_writable(cmd.fencing_token)
+        if cmd.expected_version != rec.flow.version:
+            raise VersionConflict(rec.flow.flow_id, cmd.expected_version, rec.flow.version)
+        now = datetime.now(UTC)
+        flow = rec.flow
+        events = [
+            StoredEvent(
+                self._seq + i + 1,
+                flow.flow_id,
+                flow.version + i + 1,
+                e.type,
+                e.payload_json,
+                now,
+                cmd.command_id,
             )
-            rec.commands[cmd.command_id] = ("append", result)
-            self._changed.notify_all()
-            return result
+            for i, e in enumerate(cmd.events)
+        ]
+        # Nothing can fail below: commit everything at once.
+        self._seq += len(events)
+        rec.generations[flow.generation].events.extend(events)
+        self._feeds.setdefault(flow.namespace, []).extend(events)
+        for art in cmd.artifacts:
+            if art.hash not in self._artifacts:
+                self._artifacts[art.hash] = Artifact(
+                    art.hash,
+                    art.kind,
+                    art.payload_json,
+                    art.metadata_json,
+                    events[art.event_index].seq,
+                )
+        rec.flow = support.appended(flow, cmd, events[-1].version, now)
+        if rec.flow.status.terminal:
+            leases.end(rec)  # an ended flow is never claimed again
+        result = AppendResult(
+            events[0].version, events[-1].version, tuple(e.seq for e in events)
+        )
+        rec.commands[cmd.command_id] = ("append", result)
+        self._changed.notify_all()
+        return result
 
     async def read_events(
         self,

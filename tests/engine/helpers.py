@@ -15,6 +15,7 @@ from store_service.domain import (
     AppendResult,
     ArtifactLookup,
     ClaimRequest,
+    CreatedFlow,
     DefinitionPage,
     DefinitionTransitionCommand,
     EventType,
@@ -105,6 +106,15 @@ class DelegatingStore:
 
     async def create_flow(self, new: NewFlow) -> tuple[Flow, bool]:
         return await self.inner.create_flow(new)
+
+    async def create_flow_with(
+        self,
+        new: NewFlow,
+        *,
+        lease: tuple[str, int] | None = None,
+        initial: Append | None = None,
+    ) -> CreatedFlow:
+        return await self.inner.create_flow_with(new, lease=lease, initial=initial)
 
     async def get_flow(self, namespace: str, flow_id: str, include_deleted: bool = False) -> Flow:
         return await self.inner.get_flow(namespace, flow_id, include_deleted)

@@ -193,3 +193,23 @@ def test_builder_numbers_functions_that_share_a_name() -> None:
     types = [s.type for s in definition.steps]
     assert len(set(types)) == 4
     assert types[1] == types[0] + "#2"
+
+
+def test_resolve_is_remembered_until_the_registry_grows() -> None:
+    """A success is reused while the registry is at the same revision; a type added since
+    (here: a child registry's own type shadowing its parent's) is seen at once."""
+    parent = StepRegistry()
+    parent.step("t.step", kind=StepKind.SOURCE)(seed)
+    child = StepRegistry(parent)
+    definition = FlowDefinition("memo", (StepSpec("a", "t.step", StepKind.SOURCE),))
+    first = definition.resolve(child)
+    assert first[0].fn is seed
+    assert definition.resolve(child) is first  # remembered: the same tuple
+    child.step("t.step", kind=StepKind.SOURCE)(split)
+    assert definition.resolve(child)[0].fn is split
+    # Another registry is resolved on its own, and a failure is never remembered.
+    empty = StepRegistry()
+    with pytest.raises(InvalidArgument):
+        definition.resolve(empty)
+    empty.step("t.step", kind=StepKind.SOURCE)(seed)
+    assert definition.resolve(empty)[0].fn is seed

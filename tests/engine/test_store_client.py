@@ -26,7 +26,8 @@ from store_service.domain import (
     StepCounts,
 )
 from store_service.ports import EventStore
-from tests.fixtures.store_client import BOUND, client_handled
+from tests.fixtures.gated_store import GatedStore
+from tests.fixtures.store_client import BOUND, FAST, client_handled
 from tests.store.helpers import Feed, artifact, ev, read_all
 
 
@@ -150,20 +151,27 @@ async def test_branches_prunes_and_snapshots_round_trip(
 # -- errors arrive typed -------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("append_stream", [True, False], ids=["stream", "unary"])
 async def test_version_conflict_arrives_typed_and_is_not_retried(
-    grpc_store: GrpcEventStore, ns: str
+    store_port: int, gated_store: GatedStore, ns: str, append_stream: bool
 ) -> None:
-    flow, _ = await grpc_store.create_flow(NewFlow(ns, "f"))
-    await grpc_store.append(Append(ns, flow.flow_id, 0, "c-1", (ev(), ev())))
-    before = client_handled("AppendEvents", "Aborted")
-    with pytest.raises(VersionConflict) as info:
-        await grpc_store.append(Append(ns, flow.flow_id, 1, "c-2", (ev(),)))
+    client = GrpcEventStore(f"127.0.0.1:{store_port}", FAST, append_stream=append_stream)
+    try:
+        flow, _ = await client.create_flow(NewFlow(ns, "f"))
+        await client.append(Append(ns, flow.flow_id, 0, "c-1", (ev(), ev())))
+        before, calls_before = client_handled("AppendEvents", "Aborted"), gated_store.appends
+        with pytest.raises(VersionConflict) as info:
+            await client.append(Append(ns, flow.flow_id, 1, "c-2", (ev(),)))
+    finally:
+        await client.close()
     assert (info.value.flow_id, info.value.expected_version, info.value.current_version) == (
         flow.flow_id,
         1,
         2,
     )
-    assert client_handled("AppendEvents", "Aborted") == before + 1  # one call, no retry
+    assert gated_store.appends == calls_before + 1  # one attempt, no retry
+    # Over the stream, no AppendEvents call at all; else exactly one.
+    assert client_handled("AppendEvents", "Aborted") == before + (0 if append_stream else 1)
 
 
 async def test_invalid_argument_keeps_its_field_violations(

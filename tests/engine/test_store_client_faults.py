@@ -85,6 +85,7 @@ async def test_an_attempt_past_its_deadline_is_abandoned_and_retried(
 # -- lost responses and dropped streams ----------------------------------------------------------
 
 
+@pytest.mark.parametrize("append_stream", [True, False], ids=["stream", "unary"])
 @pytest.mark.parametrize("grpc_retries", [1, 0], ids=["grpc-retries", "client-retries-only"])
 async def test_an_append_whose_response_is_lost_is_applied_once(
     store_proxy: TcpProxy,
@@ -92,11 +93,13 @@ async def test_an_append_whose_response_is_lost_is_applied_once(
     store_backend: EventStore,
     ns: str,
     grpc_retries: int,
+    append_stream: bool,
 ) -> None:
     flow, _ = await store_backend.create_flow(NewFlow(ns, "f"))
     # Either layer must cope alone: gRPC's retry policy, or (switched off) the client's loop.
     client = GrpcEventStore(
-        f"127.0.0.1:{store_proxy.port}", FAST, options=[("grpc.enable_retries", grpc_retries)]
+        f"127.0.0.1:{store_proxy.port}", FAST, options=[("grpc.enable_retries", grpc_retries)],
+        append_stream=append_stream,
     )
     lost = gated_store.hold("append")
     try:

@@ -23,7 +23,6 @@ from store_service.domain import ClaimRequest
 from store_service.ports import EventStore
 from tests.engine_service import gate_steps
 from tests.engine_service.conftest import BOUND_S, Stack, published, running_engine
-from tests.fixtures.store_client import client_handled
 from tests.fixtures.store_server import running_store, store_settings, wait_until
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -97,8 +96,9 @@ async def test_a_draining_replica_releases_its_leases_for_another_to_continue(
 
 
 async def test_health_follows_the_store_and_a_flow_survives_a_store_restart(
-    store_backend: EventStore, ns: str, gate_dir: Path
+    store_backend: EventStore, ns: str, gate_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG, logger="engine_service.store_retry")  # failed attempts
     # A lease that outlives the outage: the run itself retries its write until the store is back.
     port = 0
     async with running_store(store_backend) as store:
@@ -122,10 +122,12 @@ async def test_health_follows_the_store_and_a_flow_survives_a_store_restart(
                                  BOUND_S)
         # Down again, mid-step; the step finishes while the store is away and its
         # StepFinished append fails and is retried.
-        refused = _failed_appends()
+        refused = _failed_appends(caplog)
         (gate_dir / "r1.open").touch()
         await wait_until(_status_is(engine.address, NOT_SERVING), "NOT_SERVING", BOUND_S)
-        await wait_until(lambda: _failed_appends() > refused, "a failed append attempt", BOUND_S)
+        await wait_until(
+            lambda: _failed_appends(caplog) > refused, "a failed append attempt", BOUND_S
+        )
         async with running_store(
             store_backend, store_settings(listen=f"127.0.0.1:{port}")
         ), FlowledgerClient(engine.address) as client:
@@ -137,9 +139,14 @@ async def test_health_follows_the_store_and_a_flow_survives_a_store_restart(
         await engine_cm.__aexit__(None, None, None)
 
 
-def _failed_appends() -> float:
-    # With wait_for_ready, an attempt against a store that is down ends at its deadline.
-    return sum(client_handled("AppendEvents", code) for code in ("Unavailable", "DeadlineExceeded"))
+def _failed_appends(caplog: pytest.LogCaptureFixture) -> int:
+    # With wait_for_ready, an attempt against a store that is down ends at its deadline; the
+    # store client logs each failed attempt it retries (appends go over the AppendStream).
+    return sum(
+        1 for r in caplog.records
+        if r.name == "engine_service.store_retry"
+        and r.getMessage().startswith(("AppendStream", "AppendEvents"))
+    )
 
 
 def _status_is(address: str, wanted: int) -> Callable[[], Awaitable[bool]]:
@@ -200,7 +207,9 @@ async def test_a_run_whose_lease_was_taken_has_its_write_refused_and_stops(
     backend = await PostgresEventStore.open(
         migrated_database_url, min_connections=1, max_connections=4, apply_migrations=False
     )
-    slow_heartbeat = {"lease_ms": 120_000, "heartbeat_ms": 5_000}
+    # No claim poll: the replica must not claim the expired lease itself before the thief does
+    # (the test's synchronous UPDATE holds the loop, so an overdue poll would run first).
+    slow_heartbeat = {"lease_ms": 120_000, "heartbeat_ms": 5_000, "poll_ms": 60_000}
     try:
         async with running_store(backend) as store, running_engine(
             store.server.address, **slow_heartbeat
@@ -230,6 +239,7 @@ async def test_a_run_whose_lease_was_taken_has_its_write_refused_and_stops(
             assert (await backend.get_flow(ns, flow_id)).lease_token == thief.fencing_token
             # The holder lets go; a replica picks the flow up and finishes it, once.
             assert await backend.release_lease(ns, flow_id, thief.fencing_token)
+            assert await engine.worker.run_now(ns, flow_id)
             view = await client.wait_for_flow(ns, flow_id, within=BOUND_S)
             assert view.variants == "ISFSFSFSFC"
     finally:

@@ -76,7 +76,7 @@ UPDATABLE_COLUMNS: dict[str, set[str]] = {
     # Only so that SELECT ... FOR UPDATE may lock the row; no statement updates it.
     "definitions": {"created_at"},
 }  # fmt: skip
-FUNCTIONS = {"flowledger_append_batch": {"EXECUTE"}}
+FUNCTIONS = {"flowledger_append_batch": {"EXECUTE"}, "flowledger_create_flow": {"EXECUTE"}}
 
 # Statements the serving role must never get through: (what, statement).
 FORBIDDEN = [

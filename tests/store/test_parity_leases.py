@@ -7,6 +7,7 @@ take it over, or until the clock has passed its ``expires_at``, within a bounded
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -19,6 +20,7 @@ from store_service.domain import (
     FlowLease,
     FlowStatus,
     NewBranch,
+    NewFlow,
 )
 from store_service.ports import EventStore
 from tests.store.helpers import append, ev, new_flow, read_all
@@ -215,3 +217,62 @@ async def test_finished_waiting_and_deleted_flows_are_never_claimed(
     # A waiting flow that runs again becomes claimable.
     await append(store, ns, waiting.flow_id, 0, ev(), status=FlowStatus.RUNNING)
     assert [lease.flow.flow_id for lease in await claim(store, ns, "a")] == [waiting.flow_id]
+
+
+async def test_create_can_lease_the_flow_it_creates(store: EventStore, ns: str) -> None:
+    flow_id = str(uuid.uuid4())
+    new = NewFlow(ns, "leased", flow_id=flow_id)
+    before = datetime.now(UTC)
+    created = await store.create_flow_with(new, lease=("replica-a", LONG_MS))
+    flow, lease = created.flow, created.lease
+    assert not created.existed
+    assert lease is not None
+    assert (lease.owner, lease.flow.flow_id) == ("replica-a", flow_id)
+    assert lease.fencing_token >= 1
+    assert flow.lease_token == lease.flow.lease_token == lease.fencing_token
+    assert lease.expires_at > before + timedelta(seconds=50)
+    assert await claim(store, ns, "replica-b", flow_id) == ()  # held from the start
+    await append_with(store, ns, flow, lease.fencing_token, "first")
+    await store.renew_lease(ns, flow_id, "replica-a", lease.fencing_token, LONG_MS)
+
+    # A repeat finds the flow and takes no lease: the first one stands.
+    again = await store.create_flow_with(new, lease=("replica-b", LONG_MS))
+    assert again.existed
+    assert again.lease is None
+    assert again.flow.lease_token == lease.fencing_token
+    assert await claim(store, ns, "replica-b", flow_id) == ()
+
+
+async def test_a_bad_lease_request_creates_nothing(store: EventStore, ns: str) -> None:
+    flow_id = str(uuid.uuid4())
+    new = NewFlow(ns, "bad", flow_id=flow_id)
+    for owner, ms, field in (("", LONG_MS, "owner"), ("a", 0, "lease_ms")):
+        with pytest.raises(InvalidArgument) as err:
+            await store.create_flow_with(new, lease=(owner, ms))
+        assert [v.field for v in err.value.violations] == [field]
+    with pytest.raises(NotFound):
+        await store.get_flow(ns, flow_id)
+
+
+@pytest.mark.parametrize("status", [FlowStatus.COMPLETED, FlowStatus.FAILED, FlowStatus.CANCELLED])
+async def test_the_append_that_ends_a_flow_releases_its_lease(
+    store: EventStore, ns: str, status: FlowStatus
+) -> None:
+    flow = await new_flow(store, ns)
+    (lease,) = await claim(store, ns, "replica-a", flow.flow_id)
+    token = lease.fencing_token
+    # A status that does not end the flow keeps the lease.
+    await store.append(
+        Append(ns, flow.flow_id, 0, "run", (ev(),), new_status=FlowStatus.RUNNING,
+               fencing_token=token)
+    )  # fmt: skip
+    await store.renew_lease(ns, flow.flow_id, "replica-a", token, LONG_MS)
+    await store.append(
+        Append(ns, flow.flow_id, 1, "end", (ev(),), new_status=status, fencing_token=token)
+    )
+    with pytest.raises(FailedPrecondition) as err:
+        await store.renew_lease(ns, flow.flow_id, "replica-a", token, LONG_MS)
+    assert err.value.reason == "LEASE_LOST"
+    ended = await store.get_flow(ns, flow.flow_id)
+    assert (ended.status, ended.lease_token) == (status, token)  # the token stays
+    assert await claim(store, ns, "replica-b", flow.flow_id) == ()  # ended: never claimed

@@ -15,11 +15,14 @@ import grpc
 import grpc.aio
 import pytest
 from google.protobuf.message import Message
+from google.rpc import status_pb2
 from grpc_status import rpc_status as grpc_rpc_status
 
+from flowledger import rpc_status
 from flowledger.errors import (
     AlreadyExists,
     FailedPrecondition,
+    FlowledgerError,
     InternalError,
     InvalidArgument,
     NotFound,
@@ -62,6 +65,22 @@ async def call(running: RunningStore, rpc: str, request: Message) -> Any:
     return await method(request)
 
 
+async def failing_call(running: RunningStore, rpc: str, request: Message) -> FlowledgerError:
+    """Invoke ``rpc``, which must fail; the error it failed with. AppendStream sends
+    ``request`` (an AppendEventsRequest) as its one command, whose answer must be an error: the
+    stream itself ends OK."""
+    if rpc != "AppendStream":
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call(running, rpc, request)
+        return failure(caught.value)
+    assert isinstance(request, store_pb2.AppendEventsRequest)
+    answers = [a async for a in running.stub.AppendStream(
+        iter([store_pb2.AppendStreamRequest(request_id=1, append=request)])
+    )]
+    assert [(a.request_id, a.WhichOneof("outcome")) for a in answers] == [(1, "error")]
+    return rpc_status.from_status(status_pb2.Status.FromString(answers[0].error))
+
+
 @dataclass(frozen=True)
 class Case:
     rpc: str
@@ -72,19 +91,8 @@ class Case:
 BAD_HASH = "ABC"
 UPPER_UUID = str(uuid.uuid4()).upper()
 
-CASES = {
-    "CreateFlow": Case("CreateFlow", lambda space, _: store_pb2.CreateFlowRequest(
-        namespace=space, flow_id="not-a-uuid", name="x" * 300, metadata_json="[1]",
-        status=common_pb2.FlowStatus.ValueType(99),
-    ), frozenset({"flow_id", "name", "metadata_json", "status"})),
-    "GetFlow": Case("GetFlow", lambda space, _: store_pb2.GetFlowRequest(
-        namespace="bad namespace", flow_id=UPPER_UUID,
-    ), frozenset({"namespace", "flow_id"})),
-    "ListFlows": Case("ListFlows", lambda space, _: store_pb2.ListFlowsRequest(
-        namespace=space, statuses=[common_pb2.FLOW_STATUS_UNSPECIFIED], page_size=5000,
-        parent_flow_id="parent",
-    ), frozenset({"statuses[0]", "page_size", "parent_flow_id"})),
-    "AppendEvents": Case("AppendEvents", lambda space, flow_id: store_pb2.AppendEventsRequest(
+def bad_append(space: str, flow_id: str) -> store_pb2.AppendEventsRequest:
+    return store_pb2.AppendEventsRequest(
         namespace=space, flow_id=flow_id, expected_version=-1, command_id="bad id!",
         events=[
             common_pb2.NewEvent(type=common_pb2.EVENT_TYPE_UNSPECIFIED, payload_json="{"),
@@ -98,12 +106,33 @@ CASES = {
             common_pb2.NewArtifact(hash="0" * 64, kind="", payload_json='{"x": 1}'),
         ],
         new_status=common_pb2.FlowStatus.ValueType(42),
-    ), frozenset({
-        "expected_version", "command_id", "events[0].type", "events[0].payload_json",
-        "events[1].payload_json", "events[2].payload_json", "events[3].payload_json",
-        "artifacts[0].hash", "artifacts[0].event_index", "artifacts[1].kind",
-        "artifacts[1].hash", "new_status",
-    })),
+    )
+
+
+BAD_APPEND_FIELDS = frozenset({
+    "expected_version", "command_id", "events[0].type", "events[0].payload_json",
+    "events[1].payload_json", "events[2].payload_json", "events[3].payload_json",
+    "artifacts[0].hash", "artifacts[0].event_index", "artifacts[1].kind",
+    "artifacts[1].hash", "new_status",
+})
+
+CASES = {
+    "CreateFlow": Case("CreateFlow", lambda space, _: store_pb2.CreateFlowRequest(
+        namespace=space, flow_id="not-a-uuid", name="x" * 300, metadata_json="[1]",
+        status=common_pb2.FlowStatus.ValueType(99),
+    ), frozenset({"flow_id", "name", "metadata_json", "status"})),
+    "GetFlow": Case("GetFlow", lambda space, _: store_pb2.GetFlowRequest(
+        namespace="bad namespace", flow_id=UPPER_UUID,
+    ), frozenset({"namespace", "flow_id"})),
+    "ListFlows": Case("ListFlows", lambda space, _: store_pb2.ListFlowsRequest(
+        namespace=space, statuses=[common_pb2.FLOW_STATUS_UNSPECIFIED], page_size=5000,
+        parent_flow_id="parent",
+    ), frozenset({"statuses[0]", "page_size", "parent_flow_id"})),
+    "AppendEvents": Case("AppendEvents", lambda space, flow_id: bad_append(space, flow_id),
+                         BAD_APPEND_FIELDS),
+    # Answered in the command's ``error`` (see failing_call), with AppendEvents' field paths.
+    "AppendStream": Case("AppendStream", lambda space, flow_id: bad_append(space, flow_id),
+                         BAD_APPEND_FIELDS),
     "ReadEvents": Case("ReadEvents", lambda space, flow_id: store_pb2.ReadEventsRequest(
         namespace=space, flow_id=flow_id, after_version=-1, chunk_size=20_000,
     ), frozenset({"after_version", "chunk_size"})),
@@ -194,17 +223,65 @@ async def test_bad_input_is_invalid_argument_naming_every_field(
     await append(memory_service.stub, space, flow.flow_id, 0, ev(n=1))
     before = await snapshot_of_state(memory_service, space, flow.flow_id)
 
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call(memory_service, rpc, case.build(space, flow.flow_id))
+    error = await failing_call(memory_service, rpc, case.build(space, flow.flow_id))
 
-    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    error = failure(caught.value)
+    assert rpc_status.grpc_code(error) == grpc.StatusCode.INVALID_ARGUMENT
     assert isinstance(error, InvalidArgument)
-    assert field_paths(caught.value) == case.fields
+    assert {v.field for v in error.violations} == case.fields
     assert all(v.description for v in error.violations)
     # The message names fields too, for people reading logs.
     assert sorted(case.fields)[0] in error.message or len(case.fields) > 3
     assert await snapshot_of_state(memory_service, space, flow.flow_id) == before
+
+
+async def test_append_stream_answers_a_bad_command_and_goes_on(
+    store_service: RunningStore,
+) -> None:
+    stub, space = store_service.stub, ns()
+    flow = await create_flow(stub, space)
+    good = store_pb2.AppendEventsRequest(
+        namespace=space, flow_id=flow.flow_id, expected_version=0, command_id="good",
+        events=[ev(n=1)],
+    )
+    answers = [a async for a in stub.AppendStream(iter([
+        store_pb2.AppendStreamRequest(request_id=1, append=bad_append(space, flow.flow_id)),
+        store_pb2.AppendStreamRequest(request_id=2, append=store_pb2.AppendEventsRequest(
+            namespace=space, flow_id="nope", expected_version=0, command_id="c", events=[ev()],
+        )),
+    ]))]
+    # Both bad commands answered; the stream ended OK after them, nothing written.
+    assert sorted(a.request_id for a in answers) == [1, 2]
+    for answer in answers:
+        assert answer.WhichOneof("outcome") == "error"
+        status = status_pb2.Status.FromString(answer.error)
+        assert status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        error = rpc_status.from_status(status)
+        assert isinstance(error, InvalidArgument)
+        expected = BAD_APPEND_FIELDS if answer.request_id == 1 else {"flow_id"}
+        assert {v.field for v in error.violations} == expected
+    assert await read_all(stub, space, flow.flow_id) == []
+
+    call = stub.AppendStream()
+    try:
+        await call.write(store_pb2.AppendStreamRequest(
+            request_id=1, append=bad_append(space, flow.flow_id)
+        ))
+        first = await call.read()
+        assert isinstance(first, store_pb2.AppendStreamResponse)
+        assert isinstance(
+            rpc_status.from_status(status_pb2.Status.FromString(first.error)), InvalidArgument
+        )
+        await call.write(store_pb2.AppendStreamRequest(request_id=1, append=good))
+        second = await call.read()
+        assert isinstance(second, store_pb2.AppendStreamResponse)
+        assert second.WhichOneof("outcome") == "result"
+        assert (second.request_id, second.result.last_version) == (1, 1)
+        await call.done_writing()
+        assert await call.read() is grpc.aio.EOF
+        assert await call.code() == grpc.StatusCode.OK
+    finally:
+        call.cancel()
+    assert [e.command_id for e in await read_all(stub, space, flow.flow_id)] == ["good"]
 
 
 async def test_status_details_hold_error_info_and_bad_request(

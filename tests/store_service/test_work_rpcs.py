@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 
 import grpc
 import grpc.aio
@@ -12,7 +13,7 @@ from flowledger.canonical import content_hash
 from flowledger.errors import AlreadyExists, FailedPrecondition, NotFound
 from flowledger.v1 import common_pb2, store_pb2
 from tests.fixtures.store_server import RunningStore
-from tests.store_service.helpers import append, create_flow, ev, failure, ns
+from tests.store_service.helpers import append, art, create_flow, ev, failure, ns
 
 DRAFT = store_pb2.STORED_DEFINITION_STATE_DRAFT
 PUBLISHED = store_pb2.STORED_DEFINITION_STATE_PUBLISHED
@@ -177,3 +178,114 @@ async def test_leases(store_service: RunningStore) -> None:
         )
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
     assert isinstance(failure(caught.value), NotFound)
+
+
+async def test_create_flow_with_a_lease(store_service: RunningStore) -> None:
+    stub, space = store_service.stub, ns()
+    flow_id = str(uuid.uuid4())
+    request = store_pb2.CreateFlowRequest(
+        namespace=space, flow_id=flow_id, name="leased", lease_owner="replica-a", lease_ms=60_000
+    )
+    created = await stub.CreateFlow(request)
+    assert not created.existed
+    assert created.HasField("lease")
+    assert (created.lease.owner, created.lease.flow.flow_id) == ("replica-a", flow_id)
+    assert created.lease.fencing_token >= 1
+    assert created.lease.expires_at.ToDatetime() > created.flow.created_at.ToDatetime()
+    held = await stub.ClaimFlows(
+        store_pb2.ClaimFlowsRequest(owner="replica-b", limit=1, lease_ms=60_000,
+                                    flow_ids=[flow_id])
+    )
+    assert list(held.leases) == []
+    token = created.lease.fencing_token
+    await append(stub, space, flow_id, 0, ev(n=1), fencing_token=token)
+    # The append that ends the flow takes the lease with it.
+    await append(stub, space, flow_id, 1, ev(n=2), fencing_token=token,
+                 new_status=common_pb2.FLOW_STATUS_COMPLETED)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.RenewLease(
+            store_pb2.RenewLeaseRequest(namespace=space, flow_id=flow_id, owner="replica-a",
+                                        fencing_token=token, lease_ms=1000)
+        )
+    assert failure(caught.value).reason == "LEASE_LOST"
+
+    repeat = await stub.CreateFlow(request)
+    assert repeat.existed
+    assert not repeat.HasField("lease")
+
+
+@pytest.mark.parametrize(
+    ("owner", "lease_ms", "field"),
+    [("", 60_000, "lease_owner"), ("a" * 129, 60_000, "lease_owner"), ("a", 99, "lease_ms"),
+     ("a", 0, "lease_ms")],
+)
+async def test_create_flow_refuses_a_bad_lease(
+    store_service: RunningStore, owner: str, lease_ms: int, field: str
+) -> None:
+    stub, space = store_service.stub, ns()
+    flow_id = str(uuid.uuid4())
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.CreateFlow(
+            store_pb2.CreateFlowRequest(namespace=space, flow_id=flow_id, name="x",
+                                        lease_owner=owner, lease_ms=lease_ms)
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in failure(caught.value).violations] == [field]
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await stub.GetFlow(store_pb2.GetFlowRequest(namespace=space, flow_id=flow_id))
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_create_flow_with_its_first_append(store_service: RunningStore) -> None:
+    stub, space = store_service.stub, ns()
+    initial = store_pb2.AppendEventsRequest(
+        command_id="init", events=[ev(n=1), ev(n=2)], artifacts=[art({"input": 1})],
+        new_status=common_pb2.FLOW_STATUS_RUNNING,
+    )
+    created = await stub.CreateFlow(
+        store_pb2.CreateFlowRequest(namespace=space, name="f", lease_owner="replica-a",
+                                    lease_ms=60_000, initial_append=initial)
+    )
+    assert created.HasField("initial_append")
+    assert (created.initial_append.first_version, created.initial_append.last_version) == (1, 2)
+    assert (created.flow.version, created.flow.status) == (2, common_pb2.FLOW_STATUS_RUNNING)
+    read = [e async for chunk in stub.ReadEvents(
+        store_pb2.ReadEventsRequest(namespace=space, flow_id=created.flow.flow_id)
+    ) for e in chunk.events]  # fmt: skip
+    assert [(e.version, e.command_id, e.seq) for e in read] == [
+        (1, "init", created.initial_append.seqs[0]), (2, "init", created.initial_append.seqs[1]),
+    ]  # fmt: skip
+    await append(stub, space, created.flow.flow_id, 2, ev(n=3),
+                 fencing_token=created.lease.fencing_token)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("initial", "field"),
+    [
+        (store_pb2.AppendEventsRequest(command_id="c", events=[ev()], expected_version=3),
+         "initial_append.expected_version"),
+        (store_pb2.AppendEventsRequest(command_id="c", events=[ev()], fencing_token=4),
+         "initial_append.fencing_token"),
+        (store_pb2.AppendEventsRequest(command_id="c", events=[ev()], namespace="other"),
+         "initial_append.namespace"),
+        (store_pb2.AppendEventsRequest(command_id="c", events=[]), "initial_append.events"),
+        (store_pb2.AppendEventsRequest(
+            command_id="c", events=[common_pb2.NewEvent(type=ev().type, payload_json="[1]")]),
+         "initial_append.events[0].payload_json"),
+    ],
+)
+async def test_create_flow_refuses_a_bad_first_append(
+    store_service: RunningStore, initial: store_pb2.AppendEventsRequest, field: str
+) -> None:
+    stub, space = store_service.stub, ns()
+    flow_id = str(uuid.uuid4())
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.CreateFlow(
+            store_pb2.CreateFlowRequest(namespace=space, flow_id=flow_id, name="x",
+                                        initial_append=initial)
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in failure(caught.value).violations] == [field]
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await stub.GetFlow(store_pb2.GetFlowRequest(namespace=space, flow_id=flow_id))
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND

@@ -34,6 +34,7 @@ import {
   SignalFlowRequest,
   StartFlowRequest,
   VerifyFlowRequest,
+  WatchFilter,
   WatchFlowRequest,
 
   type BranchFlowResponse,
@@ -175,14 +176,21 @@ export class FlowledgerClient {
   }
 
   /**
-   * The flow's events from `afterVersion`: catch-up, then live until the flow ends. Breaking out
-   * of the loop cancels the stream; a failed stream throws the typed error.
+   * The flow's events from `afterVersion`: catch-up, then live until the flow ends. With
+   * `closeOnly` only the event that ends the flow comes, in one message with the final status
+   * (none when that event is at or before `afterVersion`). Breaking out of the loop cancels the
+   * stream; a failed stream throws the typed error.
    */
   async *watchFlow(
-    namespace: string, flowId: string, opts: { afterVersion?: number; deadlineMs?: number } = {},
+    namespace: string, flowId: string,
+    opts: { afterVersion?: number; deadlineMs?: number; closeOnly?: boolean } = {},
   ): AsyncGenerator<WatchFlowResponse, void, undefined> {
+    const filter = opts.closeOnly === true
+      ? WatchFilter.WATCH_FILTER_CLOSE_EVENT : WatchFilter.WATCH_FILTER_UNSPECIFIED;
     const call = this.#stub.watchFlow(
-      WatchFlowRequest.fromPartial({ namespace, flowId, afterVersion: opts.afterVersion ?? 0 }),
+      WatchFlowRequest.fromPartial({
+        namespace, flowId, afterVersion: opts.afterVersion ?? 0, filter,
+      }),
       this.#connection.metadata(),
       opts.deadlineMs === undefined ? {} : { deadline: Date.now() + opts.deadlineMs },
     );

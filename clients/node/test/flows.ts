@@ -27,7 +27,8 @@ export function untilWaiting(client: FlowledgerClient, ns: string, flowId: strin
 
 /** Watches the flow to its end and describes it. */
 export async function finished(client: FlowledgerClient, ns: string, flowId: string): Promise<FlowView> {
-  for await (const batch of client.watchFlow(ns, flowId, { deadlineMs: DEADLINE_MS })) {
+  const opts = { deadlineMs: DEADLINE_MS, closeOnly: true };
+  for await (const batch of client.watchFlow(ns, flowId, opts)) {
     if (isFinal(batch.status)) break;
   }
   return until(client, ns, flowId, (v) => isFinal(v.flow!.status), "finished");

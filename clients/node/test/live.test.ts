@@ -56,6 +56,16 @@ describe("live services", { timeout: 120_000 }, () => {
     assert.equal(kinds.at(-1), "FlowCompleted");
     assert.equal(kinds.filter((k) => k === "StepFinished").length, 3);
 
+    // Close-only: one message holding just the event that ended the flow.
+    const closing = [];
+    for await (const batch of client.watchFlow(ns, flowId, { deadlineMs: 60_000, closeOnly: true })) {
+      closing.push(batch);
+    }
+    assert.equal(closing.length, 1);
+    assert.equal(closing[0]!.status, FlowStatus.FLOW_STATUS_COMPLETED);
+    assert.deepEqual(closing[0]!.events.map((e) => JSON.parse(e.payloadJson).kind),
+      ["FlowCompleted"]);
+
     const view = await client.describeFlow(ns, flowId);
     assert.equal(view.flow!.status, FlowStatus.FLOW_STATUS_COMPLETED);
     assert.match(view.flowFingerprint, /^[0-9a-f]{64}$/);

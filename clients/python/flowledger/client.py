@@ -26,7 +26,7 @@ import grpc.aio
 
 from flowledger import _wire
 from flowledger import types as t
-from flowledger.errors import DeadlineExceeded, Unavailable
+from flowledger.errors import DeadlineExceeded, InternalError, Unavailable
 from flowledger.rpc_status import from_rpc_error
 from flowledger.v1 import engine_pb2, engine_pb2_grpc
 
@@ -203,9 +203,17 @@ class FlowledgerClient:
         return t.FlowPage(tuple(_wire.flow(f) for f in resp.flows), resp.next_page_token)
 
     async def watch_flow(
-        self, namespace: str, flow_id: str, after_version: int = 0, *, resume: int = 3
+        self,
+        namespace: str,
+        flow_id: str,
+        after_version: int = 0,
+        *,
+        close_only: bool = False,
+        resume: int = 3,
     ) -> AsyncIterator[t.WatchUpdate]:
         """The flow's events after ``after_version``: catch-up, then live until the flow ends.
+        With ``close_only`` only the event that ends the flow comes, in one update with the
+        final status (none when that event is at or before ``after_version``).
 
         A stream that breaks transiently (a replica shutting down, a lost connection) is resumed
         after the last version received, up to ``resume`` times in a row, so no event is missed
@@ -213,9 +221,14 @@ class FlowledgerClient:
         """
         after = after_version
         failures = 0
+        watch_filter = engine_pb2.WATCH_FILTER_UNSPECIFIED
+        if close_only:
+            watch_filter = engine_pb2.WATCH_FILTER_CLOSE_EVENT
         while True:
+            # Close-only receives nothing before the end, so a resumed one asks from where it
+            # started: the engine follows the flow from there again, the caller sees one update.
             request = engine_pb2.WatchFlowRequest(
-                namespace=namespace, flow_id=flow_id, after_version=after
+                namespace=namespace, flow_id=flow_id, after_version=after, filter=watch_filter
             )
             call = self._stub.WatchFlow(request)
             try:
@@ -235,15 +248,25 @@ class FlowledgerClient:
                 call.cancel()
             await asyncio.sleep(min(0.05 * 2**failures, 1.0))
 
+    async def wait_for_end(
+        self, namespace: str, flow_id: str, *, within: float | None = None
+    ) -> t.WatchUpdate:
+        """Wait until the flow has ended: its final status and the event that ended it
+        (FlowCompleted, FlowFailed or FlowCancelled), one message off the wire whatever the
+        flow's length. TimeoutError when that takes longer than ``within`` seconds."""
+        async with asyncio.timeout(within):
+            async for update in self.watch_flow(namespace, flow_id, close_only=True):
+                if update.status.terminal:  # (an engine without the filter sends every batch)
+                    return update
+        # The engine ends a watch only with the flow, and from version 0 that event is new.
+        raise InternalError(f"the watch of flow {flow_id} ended without the flow's last event")
+
     async def wait_for_flow(
         self, namespace: str, flow_id: str, *, within: float | None = None
     ) -> t.FlowView:
-        """Watch until the flow has ended, then describe it. TimeoutError when that takes
+        """Wait until the flow has ended, then describe it. TimeoutError when the wait takes
         longer than ``within`` seconds."""
-        async with asyncio.timeout(within):
-            async for update in self.watch_flow(namespace, flow_id):
-                if update.status.terminal:
-                    break
+        await self.wait_for_end(namespace, flow_id, within=within)
         return await self.describe_flow(namespace, flow_id)
 
     async def fetch_artifacts(self, namespace: str, hashes: Iterable[str]) -> t.Artifacts:

@@ -1,9 +1,11 @@
 """The one seam between flowledger errors and gRPC status.
 
 Servers call :func:`to_status` (through :func:`abort`) for every error they return; clients call
-:func:`from_rpc_error` on every ``grpc.RpcError``. The details are a ``google.rpc.ErrorInfo``
-(stable ``reason`` and metadata) and, for invalid arguments, a ``google.rpc.BadRequest`` with one
-field violation per offending field — never a message string to be parsed.
+:func:`from_rpc_error` on every ``grpc.RpcError`` (and :func:`from_status` on a status carried
+inside a message, as AppendStream answers a failed command). The details are a
+``google.rpc.ErrorInfo`` (stable ``reason`` and metadata) and, for invalid arguments, a
+``google.rpc.BadRequest`` with one field violation per offending field — never a message string
+to be parsed.
 """
 
 from __future__ import annotations
@@ -83,9 +85,24 @@ def from_rpc_error(exc: grpc.RpcError) -> FlowledgerError:
     """The flowledger error a failed call stands for (the inverse of :func:`to_status`)."""
     # grpc.aio raises AioRpcError, which has the Call accessors without being a grpc.Call.
     call: Any = exc if isinstance(exc, (grpc.Call, grpc.aio.AioRpcError)) else None
-    call_code = call.code() if call is not None else grpc.StatusCode.UNKNOWN
-    details = call.details() if call is not None else str(exc)
-    status = rpc_status.from_call(call) if call is not None else None
+    if call is None:
+        return _from_parts(grpc.StatusCode.UNKNOWN, str(exc), None)
+    return _from_parts(call.code(), call.details(), rpc_status.from_call(call))
+
+
+def from_status(status: status_pb2.Status) -> FlowledgerError:
+    """The flowledger error a ``google.rpc.Status`` stands for (the inverse of
+    :func:`to_status`): for statuses carried in a message, as AppendStream's ``error``."""
+    code = _BY_NUMBER.get(status.code, grpc.StatusCode.UNKNOWN)
+    return _from_parts(code, status.message, status)
+
+
+_BY_NUMBER: dict[int, grpc.StatusCode] = {c.value[0]: c for c in grpc.StatusCode}
+
+
+def _from_parts(
+    call_code: grpc.StatusCode, details: str | None, status: status_pb2.Status | None
+) -> FlowledgerError:
     error_code = _ERROR_CODE.get(call_code)
     if error_code is None:
         # UNKNOWN, CANCELLED, ...: no flowledger meaning; transport-level trouble is transient.
@@ -124,5 +141,8 @@ def is_transient(code: grpc.StatusCode) -> bool:
     return code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
-__all__ = ["ERROR_DOMAIN", "abort", "from_rpc_error", "grpc_code", "is_transient", "to_status"]
+__all__ = [
+    "ERROR_DOMAIN", "abort", "from_rpc_error", "from_status", "grpc_code", "is_transient",
+    "to_status",
+]
 _ = code_pb2  # google.rpc.code is the numbering the status codes follow

@@ -84,10 +84,16 @@ class GroupCommitAppender:
         self._closing = False
         self._task = asyncio.create_task(self._dispatch(), name="flowledger-appender")
 
-    async def append(self, cmd: Append) -> AppendResult:
+    def check(self, cmd: Append) -> Append:
+        """What ``append`` refuses a command for before it joins a batch; returns it with a
+        canonical flow id."""
         cmd = validate_append(cmd)
         # Decided by the command alone (flow_limits), so it never has to join a batch.
         check_events_per_flow(cmd, self._max_events_per_flow)
+        return cmd
+
+    async def append(self, cmd: Append) -> AppendResult:
+        cmd = self.check(cmd)
         if self._closing:
             raise Unavailable("the store is shutting down; retry later", reason="SHUTTING_DOWN")
         future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()

@@ -18,13 +18,15 @@ from store_service.adapters.lease_rules import lease_lost
 from store_service.adapters.postgres.rows import flow_deleted, flow_not_found
 from store_service.domain import Append, AppendResult
 
-APPEND_BATCH = """
-SELECT outcome, first_version, last_version, seqs, current_version, used_by, artifacts_inserted
-FROM flowledger_append_batch(
+# The function's array arguments, in order, as :func:`batch_params` packs them.
+APPEND_ARGUMENTS = """
     %b::text[], %b::uuid[], %b::bigint[], %b::text[], %b::text[], %b::timestamptz[],
     %b::text[], %b::bigint[], %b::int[],
     %b::int[], %b::int[], %b::text[], %b::text[],
-    %b::int[], %b::int[], %b::text[], %b::text[], %b::text[], %b::text[])
+    %b::int[], %b::int[], %b::text[], %b::text[], %b::text[], %b::text[]"""
+APPEND_BATCH = f"""
+SELECT outcome, first_version, last_version, seqs, current_version, used_by, artifacts_inserted
+FROM flowledger_append_batch({APPEND_ARGUMENTS})
 """
 
 # A result row: (outcome, first_version, last_version, seqs, current_version, used_by,

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from flowledger.errors import AlreadyExists, InvalidArgument, VersionConflict
-from store_service.adapters.postgres import pagetoken
+from store_service.adapters import lease_rules
+from store_service.adapters.initial_append import as_initial, bind_initial, check_initial
+from store_service.adapters.postgres import appendsql, pagetoken
 from store_service.adapters.postgres.db import Conn, Database
 from store_service.adapters.postgres.rows import (
     FLOW_COLUMNS,
@@ -17,8 +21,21 @@ from store_service.adapters.postgres.rows import (
     flow_not_found,
     flow_uuid,
 )
-from store_service.domain import Flow, FlowFilter, FlowPage, NewBranch, NewFlow, Page, Prune
-from store_service.metrics import VERSION_CONFLICTS
+from store_service.domain import (
+    Append,
+    AppendResult,
+    CreatedFlow,
+    Flow,
+    FlowFilter,
+    FlowLease,
+    FlowPage,
+    FlowStatus,
+    NewBranch,
+    NewFlow,
+    Page,
+    Prune,
+)
+from store_service.metrics import EVENTS_APPENDED, VERSION_CONFLICTS
 
 _INSERT_FLOW = f"""
 INSERT INTO flows (flow_id, namespace, name, status, metadata, created_by,
@@ -42,6 +59,12 @@ SELECT namespace = %(ns)s AND name = %(name)s AND metadata = %(meta)s::jsonb
        {columns}
 FROM flows WHERE flow_id = %(id)s
 """.replace("{columns}", FLOW_COLUMNS)
+# A root flow, its lease and its first append in one statement (migration 0006).
+_CREATE_ROOT = (
+    "SELECT * FROM flowledger_create_flow(%s, %s, %s, %s, %s, %s, %s, %s, "
+    + appendsql.APPEND_ARGUMENTS
+    + ")"
+)
 _GET = f"SELECT {FLOW_COLUMNS} FROM flows WHERE flow_id = %s AND namespace = %s"
 _LOCK_PARENT = f"{_GET} FOR SHARE"
 _LOCK = f"{_GET} FOR UPDATE"
@@ -54,9 +77,67 @@ class _Creation:
 
 
 async def create_flow(db: Database, new: NewFlow) -> tuple[Flow, bool]:
+    created = await create_flow_with(db, new, None, None, lambda cmd: cmd)
+    return created.flow, created.existed
+
+
+async def create_flow_with(
+    db: Database,
+    new: NewFlow,
+    lease: tuple[str, int] | None,
+    initial: Append | None,
+    check_append: Callable[[Append], Append],
+) -> CreatedFlow:
+    """``EventStore.create_flow_with``: one ``flowledger_create_flow`` statement makes the flow,
+    its lease and its first append (``check_append``: the appender's own checks, run before
+    anything is written)."""
+    if lease is not None:
+        lease_rules.check_lease_request(*lease)
     c = _creation(new.flow_id, new.namespace, new.name, new.metadata_json, new.created_by)
+    p = c.params
+    cmd = None
+    if initial is not None:
+        check_initial(initial)
+        with as_initial():
+            cmd = check_append(bind_initial(initial, _unborn(c), None))
+    owner, ms = lease if lease is not None else (None, None)
+    params = (p["id"], p["ns"], p["name"], new.status.value, p["meta"], p["by"], owner, ms,
+              *appendsql.batch_params([] if cmd is None else [cmd]))  # fmt: skip
+
+    async def once(conn: Conn) -> CreatedFlow | None:
+        cur = await conn.execute(_CREATE_ROOT, params)
+        row = await cur.fetchone()
+        assert row is not None  # the function always answers one row
+        if not row[0]:
+            return None
+        flow_row, lease_row, append_row = row[1:17], row[17:19], row[19:]
+        flow = flow_from_row(flow_row)
+        granted = None
+        if owner is not None:
+            granted = FlowLease(flow, flow.lease_token, lease_row[0], lease_row[1])
+        answer = None
+        if cmd is not None:
+            result = appendsql.outcome(cmd, append_row)
+            assert isinstance(result, AppendResult)  # anything else raised in the function
+            answer = result
+            for event in cmd.events:
+                EVENTS_APPENDED.labels(event.type.value).inc()
+        return CreatedFlow(flow, False, granted, answer)
+
+    created = await db.run(once)
+    if created is not None:
+        return created
+    # It existed (a repeat, or our own first attempt whose answer was lost): no lease, no append.
     c.params.update(status=new.status.value, parent=None, fork=0)
     return await _create(db, c)
+
+
+def _unborn(c: _Creation) -> Flow:
+    """The flow ``c`` would create, as far as binding an initial append needs it."""
+    now = datetime.now(UTC)
+    p = c.params
+    return Flow(p["id"], p["ns"], p["name"], FlowStatus.QUEUED, p["meta"], None, 0, 0, 0, p["by"],
+                now, now)
 
 
 async def create_branch(db: Database, new: NewBranch) -> tuple[Flow, bool]:
@@ -65,7 +146,8 @@ async def create_branch(db: Database, new: NewBranch) -> tuple[Flow, bool]:
         raise InvalidArgument.field("fork_version", "must be >= 0")
     c = _creation(new.flow_id, new.namespace, new.name, new.metadata_json, new.created_by)
     c.params.update(status=new.status.value, parent=parent, fork=new.fork_version)
-    return await _create(db, c)
+    created = await _create(db, c)
+    return created.flow, created.existed
 
 
 def _creation(flow_id: str | None, ns: str, name: str, meta: str, by: str) -> _Creation:
@@ -82,16 +164,16 @@ def _creation(flow_id: str | None, ns: str, name: str, meta: str, by: str) -> _C
     return _Creation(params, generated)
 
 
-async def _create(db: Database, c: _Creation) -> tuple[Flow, bool]:
+async def _create(db: Database, c: _Creation) -> CreatedFlow:
     p = c.params
 
-    async def tx(conn: Conn) -> tuple[Flow, bool]:
+    async def tx(conn: Conn) -> CreatedFlow:
         inherit: tuple[str | None, int | None] = (None, None)
         if p["parent"] is not None:
             # A repeat must find its branch even if the parent moved on (pruned, deleted) since.
             cur = await conn.execute("SELECT 1 FROM flows WHERE flow_id = %s", (p["id"],))
             if await cur.fetchone() is not None:
-                return await _existing(conn, c)
+                return CreatedFlow(*(await _existing(conn, c)))
             # FOR SHARE: the parent cannot be pruned or deleted under the branch being created.
             cur = await conn.execute(_LOCK_PARENT, (p["parent"], p["ns"]))
             row = await cur.fetchone()
@@ -107,11 +189,11 @@ async def _create(db: Database, c: _Creation) -> tuple[Flow, bool]:
         cur = await conn.execute(_INSERT_FLOW, p)
         row = await cur.fetchone()
         if row is None:
-            return await _existing(conn, c)
+            return CreatedFlow(*(await _existing(conn, c)))
         await conn.execute(
             _INSERT_GENERATION, (p["id"], 0, p["fork"], *inherit, p["by"], "created")
         )
-        return flow_from_row(row), False
+        return CreatedFlow(flow_from_row(row), False)
 
     return await db.transaction(tx)
 

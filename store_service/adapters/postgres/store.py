@@ -28,6 +28,7 @@ from store_service.domain import (
     Artifact,
     ArtifactLookup,
     ClaimRequest,
+    CreatedFlow,
     DefinitionPage,
     DefinitionTransitionCommand,
     EventType,
@@ -121,6 +122,16 @@ class PostgresEventStore:
     async def create_flow(self, new: NewFlow) -> tuple[Flow, bool]:
         self._check_open()
         return await flows.create_flow(self._db, new)
+
+    async def create_flow_with(
+        self,
+        new: NewFlow,
+        *,
+        lease: tuple[str, int] | None = None,
+        initial: Append | None = None,
+    ) -> CreatedFlow:
+        self._check_open()
+        return await flows.create_flow_with(self._db, new, lease, initial, self._appender.check)
 
     async def get_flow(self, namespace: str, flow_id: str, include_deleted: bool = False) -> Flow:
         self._check_open()

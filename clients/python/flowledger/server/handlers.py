@@ -33,14 +33,20 @@ async def fail(context: Context, service: str, method: str, exc: BaseException) 
     """End the call with the status ``exc`` stands for (always raises)."""
     if isinstance(exc, grpc.aio.AbortError):
         raise exc  # already a status
+    await rpc_status.abort(context, as_error(service, method, exc))
+
+
+def as_error(service: str, method: str, exc: BaseException) -> FlowledgerError:
+    """The error a caller is told for ``exc``: itself when it is a FlowledgerError, else a
+    generic INTERNAL one (the details are logged, never sent). Internal errors are logged."""
     if not isinstance(exc, FlowledgerError):
         log.error("unexpected error in %s.%s", service, method, exc_info=exc)
-        exc = InternalError(
+        return InternalError(
             f"internal error in the {service} while handling {method}; it was logged"
         )
-    elif isinstance(exc, InternalError):
+    if isinstance(exc, InternalError):
         log.error("%s.%s failed: %s", service, method, exc.message)
-    await rpc_status.abort(context, exc)
+    return exc
 
 
 def unary(

@@ -122,6 +122,32 @@ STEP_STATUS_SKIPPED: StepStatus.ValueType  # 5
 """Skipped by its condition."""
 Global___StepStatus: _TypeAlias = StepStatus  # noqa: Y015
 
+class _WatchFilter:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _WatchFilterEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WatchFilter.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    WATCH_FILTER_UNSPECIFIED: _WatchFilter.ValueType  # 0
+    """Every event (the default)."""
+    WATCH_FILTER_CLOSE_EVENT: _WatchFilter.ValueType  # 1
+    """Only the event that ends the flow (FlowCompleted, FlowFailed or FlowCancelled), in one
+    message whose status is the flow's final status; then the stream ends. For a caller that
+    waits for the outcome: it costs one message instead of one per append.
+    """
+
+class WatchFilter(_WatchFilter, metaclass=_WatchFilterEnumTypeWrapper):
+    """Which events WatchFlow streams."""
+
+WATCH_FILTER_UNSPECIFIED: WatchFilter.ValueType  # 0
+"""Every event (the default)."""
+WATCH_FILTER_CLOSE_EVENT: WatchFilter.ValueType  # 1
+"""Only the event that ends the flow (FlowCompleted, FlowFailed or FlowCancelled), in one
+message whose status is the flow's final status; then the stream ends. For a caller that
+waits for the outcome: it costs one message instead of one per append.
+"""
+Global___WatchFilter: _TypeAlias = WatchFilter  # noqa: Y015
+
 @_typing.final
 class CreateDefinitionVersionRequest(_message.Message):
     """Request of EngineService.CreateDefinitionVersion."""
@@ -938,22 +964,26 @@ class WatchFlowRequest(_message.Message):
     NAMESPACE_FIELD_NUMBER: _builtins.int
     FLOW_ID_FIELD_NUMBER: _builtins.int
     AFTER_VERSION_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """Namespace (tenant) the call acts in; names are unique only within it."""
     flow_id: _builtins.str
     """The flow to watch."""
     after_version: _builtins.int
     """Stream events after this version (exclusive); 0 streams from the start."""
+    filter: Global___WatchFilter.ValueType
+    """Which events are streamed; UNSPECIFIED streams every event."""
     def __init__(
         self,
         *,
         namespace: _builtins.str = ...,
         flow_id: _builtins.str = ...,
         after_version: _builtins.int = ...,
+        filter: Global___WatchFilter.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_version", b"after_version", "flow_id", b"flow_id", "namespace", b"namespace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_version", b"after_version", "filter", b"filter", "flow_id", b"flow_id", "namespace", b"namespace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -187,7 +187,9 @@ class EngineServiceServicer:
 
     def WatchFlow(self, request, context):
         """Streams a flow's events from `after_version`: catch-up, then live until the flow ends (or the
-        client cancels). Read-only.
+        client cancels). With `filter` WATCH_FILTER_CLOSE_EVENT only the event that ends the flow is
+        sent, in one message, then the stream ends (nothing when that event is at or before
+        `after_version`). Read-only.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

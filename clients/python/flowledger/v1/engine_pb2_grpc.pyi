@@ -76,7 +76,9 @@ class EngineServiceStub:
     """Flows of a namespace, newest first, filtered and paginated. Read-only."""
     WatchFlow: _grpc.UnaryStreamMultiCallable[_engine_pb2.WatchFlowRequest, _engine_pb2.WatchFlowResponse]
     """Streams a flow's events from `after_version`: catch-up, then live until the flow ends (or the
-    client cancels). Read-only.
+    client cancels). With `filter` WATCH_FILTER_CLOSE_EVENT only the event that ends the flow is
+    sent, in one message, then the stream ends (nothing when that event is at or before
+    `after_version`). Read-only.
     """
     FetchArtifacts: _grpc.UnaryUnaryMultiCallable[_engine_pb2.FetchArtifactsRequest, _engine_pb2.FetchArtifactsResponse]
     """Artifacts by hash. Read-only."""
@@ -141,7 +143,9 @@ class EngineServiceAsyncStub(EngineServiceStub):
     """Flows of a namespace, newest first, filtered and paginated. Read-only."""
     WatchFlow: _aio.UnaryStreamMultiCallable[_engine_pb2.WatchFlowRequest, _engine_pb2.WatchFlowResponse]  # type: ignore[assignment]
     """Streams a flow's events from `after_version`: catch-up, then live until the flow ends (or the
-    client cancels). Read-only.
+    client cancels). With `filter` WATCH_FILTER_CLOSE_EVENT only the event that ends the flow is
+    sent, in one message, then the stream ends (nothing when that event is at or before
+    `after_version`). Read-only.
     """
     FetchArtifacts: _aio.UnaryUnaryMultiCallable[_engine_pb2.FetchArtifactsRequest, _engine_pb2.FetchArtifactsResponse]  # type: ignore[assignment]
     """Artifacts by hash. Read-only."""
@@ -263,7 +267,9 @@ class EngineServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_engine_pb2.WatchFlowResponse], _abc.AsyncIterator[_engine_pb2.WatchFlowResponse]]:
         """Streams a flow's events from `after_version`: catch-up, then live until the flow ends (or the
-        client cancels). Read-only.
+        client cancels). With `filter` WATCH_FILTER_CLOSE_EVENT only the event that ends the flow is
+        sent, in one message, then the stream ends (nothing when that event is at or before
+        `after_version`). Read-only.
         """
 
     @_abc_1.abstractmethod

@@ -76,6 +76,7 @@ class CreateFlowRequest(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     LEASE_OWNER_FIELD_NUMBER: _builtins.int
     LEASE_MS_FIELD_NUMBER: _builtins.int
+    INITIAL_APPEND_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """Namespace (tenant) the call acts in; names are unique only within it."""
     flow_id: _builtins.str
@@ -95,6 +96,17 @@ class CreateFlowRequest(_message.Message):
     """
     lease_ms: _builtins.int
     """With lease_owner: the lease's duration, 100..600000 ms."""
+    @_builtins.property
+    def initial_append(self) -> Global___AppendEventsRequest:
+        """Optional: the flow's first append, made in the same transaction as its creation (one call
+        and one commit instead of two). Validated and applied as AppendEvents would, with these
+        differences: namespace and flow_id may be left empty (they are the flow's), expected_version
+        must be 0, and fencing_token must be 0 (the append carries the token of the lease asked for
+        with lease_owner, if any). Only a flow this call creates gets it: for an existing flow
+        (`existed`) nothing is appended; append it with AppendEvents, whose command_id makes a
+        repeat safe.
+        """
+
     def __init__(
         self,
         *,
@@ -106,10 +118,11 @@ class CreateFlowRequest(_message.Message):
         status: _common_pb2.FlowStatus.ValueType = ...,
         lease_owner: _builtins.str = ...,
         lease_ms: _builtins.int = ...,
+        initial_append: Global___AppendEventsRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["initial_append", b"initial_append"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_by", b"created_by", "flow_id", b"flow_id", "lease_ms", b"lease_ms", "lease_owner", b"lease_owner", "metadata_json", b"metadata_json", "name", b"name", "namespace", b"namespace", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_by", b"created_by", "flow_id", b"flow_id", "initial_append", b"initial_append", "lease_ms", b"lease_ms", "lease_owner", b"lease_owner", "metadata_json", b"metadata_json", "name", b"name", "namespace", b"namespace", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -124,6 +137,7 @@ class CreateFlowResponse(_message.Message):
     FLOW_FIELD_NUMBER: _builtins.int
     EXISTED_FIELD_NUMBER: _builtins.int
     LEASE_FIELD_NUMBER: _builtins.int
+    INITIAL_APPEND_FIELD_NUMBER: _builtins.int
     existed: _builtins.bool
     """True when the flow already existed (idempotent repeat)."""
     @_builtins.property
@@ -134,16 +148,21 @@ class CreateFlowResponse(_message.Message):
     def lease(self) -> Global___FlowLease:
         """The lease taken for lease_owner; unset when none was asked for or the flow existed."""
 
+    @_builtins.property
+    def initial_append(self) -> Global___AppendEventsResponse:
+        """The result of initial_append; unset when none was given or the flow existed."""
+
     def __init__(
         self,
         *,
         flow: _common_pb2.Flow | None = ...,
         existed: _builtins.bool = ...,
         lease: Global___FlowLease | None = ...,
+        initial_append: Global___AppendEventsResponse | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["flow", b"flow", "lease", b"lease"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["flow", b"flow", "initial_append", b"initial_append", "lease", b"lease"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["existed", b"existed", "flow", b"flow", "lease", b"lease"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["existed", b"existed", "flow", b"flow", "initial_append", b"initial_append", "lease", b"lease"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,178 @@
+"""StoreService.AppendStream: AppendEvents commands over one long-lived bidirectional stream.
+
+A stream message costs a fraction of a unary call (no call set-up, no per-call metrics and
+interceptor work), which is what an engine replica that appends all the time pays for.
+
+* A reader task reads requests and starts one task per command, so that the commands of one
+  stream run concurrently and share the store's group commits.
+* A command is validated and applied exactly as :meth:`StoreServicer.AppendEvents` does it; a
+  failure becomes the ``google.rpc.Status`` that call would have ended with (through the same
+  mapping, :func:`flowledger.server.handlers.as_error` and :func:`flowledger.rpc_status.to_status`),
+  sent in the answer's ``error``. The stream goes on.
+* gRPC allows one write in flight per call. The command that finds no write in progress writes
+  its answer, then the answers that other commands queued meanwhile; the others just queue and
+  finish. No lock, no writer task to wake: an answer costs one write.
+* A request_id is "unanswered" from its request until its answer is queued for writing. Reusing
+  one that is unanswered ends the stream with INVALID_ARGUMENT.
+* The stream ends after every command read so far is answered: OK when the client half-closes,
+  INVALID_ARGUMENT on a reused request_id, UNAVAILABLE (``SHUTTING_DOWN``) when the server drains.
+  Requests read after that decision are not started (the client sees the stream end and sends
+  them again, safely: appends are idempotent by command_id).
+* A client that cancels cancels the handler; every task is cancelled and awaited on the way out.
+* The metrics interceptor sees no message of a reader/writer handler, so the messages received
+  and sent (one per command and answer) are counted here, on go-grpc-prometheus'
+  ``grpc_server_msg_received_total`` / ``grpc_server_msg_sent_total``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections import deque
+from typing import TYPE_CHECKING
+
+import grpc.aio
+
+from flowledger import rpc_status
+from flowledger.errors import FieldViolation, FlowledgerError, InvalidArgument, Unavailable
+from flowledger.server.handlers import Context, as_error
+from flowledger.server.interceptors import SERVER_MSG_RECEIVED, SERVER_MSG_SENT
+from flowledger.v1 import store_pb2
+from store_service import convert, validation
+
+if TYPE_CHECKING:
+    from store_service.grpc_api import StoreServicer
+
+log = logging.getLogger("store_service")
+
+_EOF = grpc.aio.EOF
+_LABELS = ("bidi_stream", store_pb2.DESCRIPTOR.services_by_name["StoreService"].full_name,
+           "AppendStream")
+_RECEIVED = SERVER_MSG_RECEIVED.labels(*_LABELS)
+_SENT = SERVER_MSG_SENT.labels(*_LABELS)
+
+
+class AppendStreamSession:
+    """One AppendStream call (see the module docstring)."""
+
+    __slots__ = (
+        "_backlog", "_broken", "_context", "_idle", "_reading", "_servicer", "_tasks",
+        "_unanswered", "_writing",
+    )
+
+    def __init__(self, servicer: StoreServicer, context: Context) -> None:
+        self._servicer = servicer
+        self._context = context
+        self._unanswered: set[int] = set()
+        # Every command task still running (computing, queueing or writing its answer).
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._backlog: deque[store_pb2.AppendStreamResponse] = deque()
+        self._writing = False
+        self._broken = False  # a write failed: the call is over, answers go nowhere
+        self._reading = True
+        self._idle: asyncio.Future[None] | None = None
+
+    async def run(self) -> None:
+        """Serve the stream until it ends; raise the error it ends with, if any."""
+        if self._servicer.draining:
+            raise _shutting_down()
+        loop = asyncio.get_running_loop()
+        reader = loop.create_task(self._read())
+        drained = loop.create_task(self._servicer.drained())
+        try:
+            await asyncio.wait((reader, drained), return_when=asyncio.FIRST_COMPLETED)
+            self._reading = False  # from here on nothing new starts
+            ending = reader.result() if reader.done() else _shutting_down()
+            while self._tasks:
+                self._idle = loop.create_future()
+                await self._idle
+            if ending is not None:
+                raise ending
+        finally:
+            pending = [reader, drained, *self._tasks.values()]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _read(self) -> FlowledgerError | None:
+        """Start a command per request until the client half-closes (None) or reuses an
+        unanswered request_id (the error the stream ends with)."""
+        read = self._context.read
+        unanswered, tasks = self._unanswered, self._tasks
+        create_task = asyncio.get_running_loop().create_task
+        command = self._command
+        keys = itertools.count()
+        received = _RECEIVED.inc
+        while True:
+            request = await read()
+            if request is _EOF or not self._reading:
+                return None
+            received()
+            assert isinstance(request, store_pb2.AppendStreamRequest)
+            request_id = request.request_id
+            if request_id in unanswered:
+                log.warning("AppendStream: request_id %d was reused while its command is "
+                            "unanswered; the stream ends", request_id)
+                return InvalidArgument(
+                    f"request_id {request_id} is reused while its command is unanswered",
+                    violations=[FieldViolation(
+                        "request_id", "must differ from every unanswered request's id"
+                    )],
+                )
+            unanswered.add(request_id)
+            key = next(keys)
+            tasks[key] = create_task(command(key, request_id, request.append))
+
+    async def _command(
+        self, key: int, request_id: int, append: store_pb2.AppendEventsRequest
+    ) -> None:
+        try:
+            servicer = self._servicer
+            try:
+                validation.check_append_events(append, servicer.limits)
+                result = await servicer.store.append(convert.append(append))
+                response = convert.append_stream_result(request_id, result)
+            except Exception as exc:  # the command's failure is its answer
+                error = as_error("store", "AppendStream", exc)
+                response = convert.append_stream_error(
+                    request_id, rpc_status.to_status(error).SerializeToString()
+                )
+            self._unanswered.discard(request_id)
+            await self._send(response)
+        finally:
+            tasks = self._tasks
+            del tasks[key]
+            idle = self._idle
+            if not tasks and idle is not None and not idle.done():
+                idle.set_result(None)
+
+    async def _send(self, response: store_pb2.AppendStreamResponse) -> None:
+        if self._writing:
+            self._backlog.append(response)  # the writing command writes it next
+            return
+        if self._broken:
+            return
+        self._writing = True
+        write = self._context.write
+        backlog = self._backlog
+        sent = _SENT.inc
+        try:
+            await write(response)
+            sent()
+            while backlog:
+                await write(backlog.popleft())
+                sent()
+        except Exception as exc:  # the call ended under us (client gone, server stopped)
+            log.debug("AppendStream: an answer could not be written: %r", exc)
+            self._broken = True
+            backlog.clear()
+        finally:
+            self._writing = False
+
+
+def _shutting_down() -> Unavailable:
+    return Unavailable(
+        "the store is shutting down; send unanswered appends again on another stream",
+        reason="SHUTTING_DOWN",
+    )
