@@ -57,6 +57,7 @@ def run_store(env: Mapping[str, str]) -> tuple[int, str]:
         ({"DATABASE_URL": "host=h port", "STORE_LISTEN": "127.0.0.1:0"}, "DATABASE_URL"),
         ({"DATABASE_URL": "memory:", "DATABASE_MIN_CONNECTIONS": "9",
           "DATABASE_MAX_CONNECTIONS": "4"}, "DATABASE_MAX_CONNECTIONS"),
+        ({"DATABASE_URL": "memory:", "FLOWLEDGER_EVENT_LOOP": "tokio"}, "FLOWLEDGER_EVENT_LOOP"),
     ],
 )
 def test_bad_settings_exit_2_with_one_line_naming_the_variable(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -32,6 +33,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from flowledger.server.env import SettingsError
+from flowledger.server.event_loop import loop_runner
 from flowledger.server.interceptors import ServerMetricsInterceptor
 
 log = logging.getLogger("flowledger.server")
@@ -288,6 +290,7 @@ def run_service(
     """
     try:
         loaded = load()
+        run_loop = loop_runner(os.environ)
     except SettingsError as exc:
         print(f"{prog}: bad setting: {exc}", file=sys.stderr)
         return 2
@@ -297,7 +300,7 @@ def run_service(
         stream=sys.stderr,
     )
     try:
-        asyncio.run(run(loaded))
+        run_loop(run(loaded))
     except start_errors as exc:
         log.error("cannot start: %s", exc)
         return 1
