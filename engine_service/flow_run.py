@@ -32,9 +32,10 @@ from engine_service.events import FlowInitialized, PropertyPreferenceAssigned
 from engine_service.flow_log import FlowLog, stored_events
 from engine_service.ids import branch_command_id
 from engine_service.lease import LeaseLost, is_lease_lost
-from engine_service.planner import WritePlanner, first_started
+from engine_service.planner import WritePlanner
 from engine_service.progress import Progress
 from engine_service.replay import FlowState, StepState, StepStatus, replay, replay_stored
+from engine_service.step_start import first_started
 from engine_service.writes import (
     EVENTS_PER_FLOW_EXCEEDED,
     Suspend,

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from engine_service import compensation, waits
 from engine_service import decide as plan
 from engine_service.artifacts import ArtifactCache
-from engine_service.builtin_steps import format_time, is_builtin, parse_time
+from engine_service.builtin_steps import is_builtin, parse_time
 from engine_service.definition import FlowDefinition
 from engine_service.events import (
     EngineEvent,
@@ -39,6 +39,7 @@ from engine_service.replay import FlowState
 from engine_service.retry import STEP_TIMEOUT_ERROR_TYPE as STEP_TIMEOUT
 from engine_service.retry import StepDefaults
 from engine_service.step_binding import bind_step_types
+from engine_service.step_start import started_event
 from engine_service.steps import StepContext, StepFailure
 from engine_service.when import plan_condition
 from engine_service.writes import Suspend, Write, utc_now
@@ -360,28 +361,6 @@ class WritePlanner:
 
     def command(self, generation: int, index: int, attempt: int, kind: str) -> str:
         return command_id(self.flow_id, generation, index, attempt, kind)
-
-
-def started_event(
-    init: FlowInitialized, index: int, attempt: int, clock: Callable[[], datetime]
-) -> StepStarted:
-    """StepStarted; the first attempt of a step with a step timeout records its deadline."""
-    spec = init.steps[index]
-    deadline = None
-    if spec.step_timeout_ms is not None and attempt == 1:
-        deadline = format_time(clock() + timedelta(milliseconds=spec.step_timeout_ms))
-    return StepStarted(spec.id, index, attempt, deadline)
-
-
-def first_started(init: FlowInitialized, clock: Callable[[], datetime]) -> StepStarted | None:
-    """The first step's StepStarted, to record with FlowInitialized by a caller that runs the
-    flow at once (as ``run_to_end`` chains the next StepStarted to a StepFinished); None when
-    the step must be started by StartStep: it has a condition (StartStep evaluates it), or it
-    is a commit step (at most once: only the run that records its start may run it)."""
-    first = init.steps[0] if init.steps else None
-    if first is None or first.when is not None or first.commit:
-        return None
-    return started_event(init, 0, 1, clock)
 
 
 def _inputs(

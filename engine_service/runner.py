@@ -37,9 +37,9 @@ from engine_service.flow_run import AppendObserver, FlowRun
 from engine_service.hooks import Hooks
 from engine_service.ids import flow_id_for_key
 from engine_service.lease import LeaseLost
-from engine_service.planner import first_started
 from engine_service.registry import StepRegistry, default_registry
 from engine_service.retry import StepDefaults
+from engine_service.step_start import first_started
 from engine_service.stored import startable
 from engine_service.verify import Divergence, VerifyReport, verify_flow
 from engine_service.writes import append_command, initial_write, utc_now
