@@ -146,6 +146,9 @@ class GrpcEventStore(WorkCalls):
         lease: tuple[str, int] | None = None,
         initial: Append | None = None,
     ) -> CreatedFlow:
+        chosen_here = not new.flow_id  # as create_flow: the id is fixed before any attempt
+        if chosen_here:
+            new = replace(new, flow_id=str(uuid.uuid4()))
         request = wire.create_flow_request(new)
         if lease is not None:
             request.lease_owner, request.lease_ms = lease
@@ -156,7 +159,7 @@ class GrpcEventStore(WorkCalls):
         # first attempt, under a token we never saw): it runs once that lease expires.
         return CreatedFlow(
             wire.flow_from_pb(resp.flow),
-            resp.existed,
+            resp.existed and not chosen_here,
             work_wire.flow_lease_from_pb(resp.lease) if resp.HasField("lease") else None,
             wire.append_result(resp.initial_append) if resp.HasField("initial_append") else None,
         )

@@ -135,6 +135,28 @@ async def test_a_create_whose_response_is_lost_is_still_a_creation(
     assert [f.flow_id for f in page.flows] == [flow.flow_id]
 
 
+async def test_a_leased_create_whose_response_is_lost_is_one_flow(
+    proxied_store: GrpcEventStore,
+    store_proxy: TcpProxy,
+    gated_store: GatedStore,
+    store_backend: EventStore,
+    ns: str,
+) -> None:
+    """The repeat finds the flow its first attempt made (leased, under a token it never saw):
+    one flow, reported as this call's creation, without the lease or the append's answer."""
+    lost = gated_store.hold("create_flow")
+    creating = asyncio.create_task(
+        proxied_store.create_flow_with(NewFlow(ns, "once"), lease=("replica-a", 60_000))
+    )
+    await asyncio.wait_for(lost.reached.wait(), BOUND)
+    await store_proxy.reset_all()
+    created = await asyncio.wait_for(creating, BOUND)
+    assert not created.existed
+    assert created.lease is None
+    page = await store_backend.list_flows(FlowFilter(ns), Page())
+    assert [f.flow_id for f in page.flows] == [created.flow.flow_id]
+
+
 async def test_a_read_resumes_after_a_dropped_connection(
     proxied_store: GrpcEventStore,
     store_proxy: TcpProxy,
