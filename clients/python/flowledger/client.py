@@ -26,6 +26,7 @@ import grpc.aio
 
 from flowledger import _wire
 from flowledger import types as t
+from flowledger._channel import open_channel
 from flowledger.errors import DeadlineExceeded, InternalError, Unavailable
 from flowledger.rpc_status import from_rpc_error
 from flowledger.v1 import engine_pb2, engine_pb2_grpc
@@ -48,10 +49,7 @@ class FlowledgerClient:
         options: Iterable[tuple[str, Any]] = (),
     ) -> None:
         self.timeout = timeout
-        if credentials is None:
-            self._channel = grpc.aio.insecure_channel(address, options=list(options))
-        else:
-            self._channel = grpc.aio.secure_channel(address, credentials, options=list(options))
+        self._channel = open_channel(address, credentials, options)
         self._stub = engine_pb2_grpc.EngineServiceStub(self._channel)
 
     async def close(self) -> None:

@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 import grpc
 import grpc.aio
 
+from flowledger._channel import open_channel
 from flowledger.errors import FailedPrecondition, FlowledgerError, Unavailable
 from flowledger.rpc_status import from_rpc_error
 from flowledger.types import JsonValue
@@ -101,10 +102,7 @@ class TaskClient:
         options: Iterable[tuple[str, Any]] = (),
     ) -> None:
         self.timeout = timeout
-        if credentials is None:
-            self._channel = grpc.aio.insecure_channel(address, options=list(options))
-        else:
-            self._channel = grpc.aio.secure_channel(address, credentials, options=list(options))
+        self._channel = open_channel(address, credentials, options)
         self._stub = worker_pb2_grpc.WorkerServiceStub(self._channel)
 
     async def close(self) -> None:
