@@ -2,11 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any, TypeVar
 
 import psycopg
+
+from flowledger.server.event_loop import VARIABLE, default_loop
+
+T = TypeVar("T")
+
+
+def client_loop() -> str:
+    """The event loop the bench's gRPC clients run on: the services' (``FLOWLEDGER_EVENT_LOOP``,
+    default uvloop), since the store's clients are engine replicas, which run on it."""
+    return os.environ.get(VARIABLE, "") or default_loop()
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run`` on :func:`client_loop`."""
+    if client_loop() == "uvloop":
+        import uvloop
+
+        return uvloop.run(coro)
+    return asyncio.run(coro)
 
 
 def process_cpu(pid: int) -> float | None:

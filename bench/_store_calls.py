@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import grpc
 import grpc.aio
 
+from engine_service.store_append_stream import AppendStreams
+from engine_service.store_retry import StoreClientSettings
 from flowledger.v1 import common_pb2, store_pb2, store_pb2_grpc
 
 NAMESPACE = "bench"
@@ -110,7 +112,46 @@ async def store_append_stream(addr: str, clients: int, events_per_client: int) -
         await asyncio.gather(*(client(f) for f in flows))
         elapsed = time.perf_counter() - start
     return Result(
-        f"store gRPC AppendStream, {clients} client(s)", clients * events_per_client, elapsed,
+        f"store gRPC AppendStream, {clients} client(s)",
+        clients * events_per_client,
+        elapsed,
+        tuple(lat),
+    )
+
+
+async def store_append_shared(addr: str, clients: int, events_per_client: int) -> Result:
+    """As :func:`store_append_stream`, but the clients append through one shared client, the
+    one an engine replica's flows share (``engine_service.store_append_stream``): one stream,
+    and the requests waiting to be written at a time go in one message."""
+    async with grpc.aio.insecure_channel(addr) as channel:
+        stub = store_pb2_grpc.StoreServiceStub(channel)
+        flows = await create_store_flows(stub, clients)
+        streams = AppendStreams(stub, StoreClientSettings())
+        lat: list[float] = []
+
+        async def client(flow_id: str) -> None:
+            for v in range(events_per_client):
+                t0 = time.perf_counter()
+                request = store_pb2.AppendStreamRequest()
+                cmd = request.append
+                cmd.namespace, cmd.flow_id = NAMESPACE, flow_id
+                cmd.expected_version, cmd.command_id = v, f"c{v}"
+                cmd.events.add(type=common_pb2.EVENT_TYPE_STEP_FINISHED, payload_json=PAYLOAD)
+                result = await streams.append(request)
+                assert result is not None
+                assert result.last_version == v + 1, result
+                lat.append(time.perf_counter() - t0)
+
+        try:
+            start = time.perf_counter()
+            await asyncio.gather(*(client(f) for f in flows))
+            elapsed = time.perf_counter() - start
+        finally:
+            await streams.close()
+    return Result(
+        f"store gRPC shared client, {clients} client(s)",
+        clients * events_per_client,
+        elapsed,
         tuple(lat),
     )
 

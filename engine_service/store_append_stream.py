@@ -9,6 +9,9 @@ the time; so :class:`~engine_service.store_client.GrpcEventStore` sends its appe
 * Writes go through one writer task: gRPC allows one write in flight per call, and grpc.aio
   cancels the whole call when a write is cancelled, so a caller cancelled mid-write would fail
   every other append. A caller only ever waits on its own future.
+* The writer sends every request queued at the time in one message (`more`, up to
+  MAX_COALESCED_BYTES), and the store then answers in kind: each message costs both ends far
+  more than a command in it, so concurrent appends share messages as they share commits.
 * An attempt has the deadline a unary attempt has: no answer in time raises ``DeadlineExceeded``
   and drops the future (a late answer is ignored; the request is not sent if still queued).
 * When the call ends (connection lost, store draining), every pending append fails with the error
@@ -140,7 +143,7 @@ class _Stream:
                 while outbox:
                     request = outbox.popleft()
                     if request.request_id in pending:  # else abandoned: deadline or cancel
-                        await call.write(request)
+                        await call.write(_coalesced(request, outbox, pending))
                 self._wakeup = wakeup = self._loop.create_future()
                 await wakeup
         except (grpc.RpcError, asyncio.InvalidStateError) as exc:
@@ -157,9 +160,9 @@ class _Stream:
                     self._end(None)
                     return
                 assert isinstance(response, store_pb2.AppendStreamResponse)
-                answer = pending.pop(response.request_id, None)
-                if answer is not None and not answer.done():
-                    answer.set_result(response)
+                _resolve(pending, response)
+                for more in response.more:
+                    _resolve(pending, more)
         except grpc.RpcError as exc:
             self._end(exc)
         except asyncio.CancelledError:
@@ -210,6 +213,37 @@ class _Stream:
         self._stop_writer()
         await asyncio.gather(self._reader, self._writer, return_exceptions=True)
         self._end(None)  # in case the reader ended before close() began
+
+
+# A coalesced request stays well under the 4 MiB a store receives by default.
+MAX_COALESCED_BYTES = 1 << 20
+
+
+def _coalesced(
+    first: store_pb2.AppendStreamRequest,
+    outbox: deque[store_pb2.AppendStreamRequest],
+    pending: dict[int, _Answer],
+) -> store_pb2.AppendStreamRequest:
+    """``first`` carrying, in ``more``, the queued requests that fit (taken off ``outbox``;
+    abandoned ones are dropped): one message instead of one per command."""
+    size = first.ByteSize()
+    more = first.more
+    while outbox:
+        request = outbox[0]
+        if request.request_id not in pending:
+            outbox.popleft()
+            continue
+        size += request.ByteSize() + 8  # the field's tag and length
+        if size > MAX_COALESCED_BYTES:
+            break
+        more.append(outbox.popleft())
+    return first
+
+
+def _resolve(pending: dict[int, _Answer], response: store_pb2.AppendStreamResponse) -> None:
+    answer = pending.pop(response.request_id, None)
+    if answer is not None and not answer.done():
+        answer.set_result(response)
 
 
 def _expire(answer: _Answer, within: float) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 import grpc.aio
 import pytest
+from prometheus_client import REGISTRY
 
 from engine_service.store_client import GrpcEventStore
 from flowledger.errors import FailedPrecondition, Unavailable
@@ -41,6 +42,7 @@ async def test_appends_share_one_stream(
 ) -> None:
     flows = [(await grpc_store.create_flow(NewFlow(ns, f"f{i}")))[0].flow_id for i in range(8)]
     before = client_handled("AppendEvents", "OK")
+    received, sent = _stream_messages("received"), _stream_messages("sent")
 
     async def run(flow_id: str) -> list[int]:
         return [
@@ -51,6 +53,11 @@ async def test_appends_share_one_stream(
     results = await asyncio.wait_for(asyncio.gather(*(run(f) for f in flows)), BOUND)
     assert results == [[1, 2, 3, 4]] * len(flows)
     assert client_handled("AppendEvents", "OK") == before  # no unary call
+    # Appends that wait to be written together go in one message (`more`), and so do their
+    # answers: fewer messages than commands, both ways.
+    commands = 4 * len(flows)
+    assert 0 < _stream_messages("received") - received < commands
+    assert 0 < _stream_messages("sent") - sent < commands
     for flow_id in flows:
         events = await read_all(store_backend, ns, flow_id)
         assert [(e.version, e.command_id) for e in events] == [
@@ -229,3 +236,11 @@ async def test_a_store_without_the_stream_gets_unary_appends(
         await client.close()
     assert (first.last_version, second.last_version) == (1, 2)
     assert client_handled("AppendEvents", "OK") == before + 2
+
+
+def _stream_messages(direction: str) -> float:
+    """AppendStream messages the store (served in this process) received or sent so far."""
+    return REGISTRY.get_sample_value(f"grpc_server_msg_{direction}_total", {
+        "grpc_type": "bidi_stream", "grpc_service": "flowledger.v1.StoreService",
+        "grpc_method": "AppendStream",
+    }) or 0.0

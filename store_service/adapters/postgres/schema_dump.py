@@ -84,7 +84,9 @@ _QUERIES: list[tuple[str, str]] = [
     (
         "function",
         "SELECT p.proname, pg_get_function_identity_arguments(p.oid), "
-        "pg_get_function_result(p.oid), md5(p.prosrc) FROM pg_proc p "
+        "pg_get_function_result(p.oid), md5(p.prosrc), "
+        # A function's SET options (plan_cache_mode, enable_seqscan) change how it runs.
+        "coalesce(array_to_string(p.proconfig, ','), '') FROM pg_proc p "
         "WHERE p.pronamespace = {s} AND " + _NOT_EXT.format(oid="p.oid"),
     ),
     (

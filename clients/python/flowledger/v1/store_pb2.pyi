@@ -412,21 +412,30 @@ class AppendStreamRequest(_message.Message):
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     APPEND_FIELD_NUMBER: _builtins.int
+    MORE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.int
     """Caller-chosen id, echoed in the answer; unique among this stream's unanswered requests."""
     @_builtins.property
     def append(self) -> Global___AppendEventsRequest:
         """The command, as AppendEvents takes it."""
 
+    @_builtins.property
+    def more(self) -> _containers.RepeatedCompositeFieldContainer[Global___AppendStreamRequest]:
+        """Further commands carried by the same message, in order, each with its own request_id and
+        answered on its own, exactly as if it had come in a message of its own. Their own `more`
+        must be empty (INVALID_ARGUMENT ends the stream otherwise).
+        """
+
     def __init__(
         self,
         *,
         request_id: _builtins.int = ...,
         append: Global___AppendEventsRequest | None = ...,
+        more: _abc.Iterable[Global___AppendStreamRequest] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["append", b"append"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["append", b"append", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["append", b"append", "more", b"more", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -441,6 +450,7 @@ class AppendStreamResponse(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    MORE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.int
     """The request answered."""
     error: _builtins.bytes
@@ -452,16 +462,23 @@ class AppendStreamResponse(_message.Message):
     def result(self) -> Global___AppendEventsResponse:
         """The command's result, as AppendEvents returns it."""
 
+    @_builtins.property
+    def more(self) -> _containers.RepeatedCompositeFieldContainer[Global___AppendStreamResponse]:
+        """Further answers carried by the same message, each as above (their own `more` is empty).
+        Only on a stream whose client sent `more` (see StoreService.AppendStream).
+        """
+
     def __init__(
         self,
         *,
         request_id: _builtins.int = ...,
         result: Global___AppendEventsResponse | None = ...,
         error: _builtins.bytes = ...,
+        more: _abc.Iterable[Global___AppendStreamResponse] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "outcome", b"outcome", "result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "outcome", b"outcome", "request_id", b"request_id", "result", b"result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "more", b"more", "outcome", b"outcome", "request_id", b"request_id", "result", b"result"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["result", "error"]  # noqa: Y015
     _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015

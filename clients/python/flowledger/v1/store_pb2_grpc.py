@@ -198,6 +198,10 @@ class StoreServiceServicer:
         INVALID_ARGUMENT when a request_id is reused while its command is unanswered, and with
         UNAVAILABLE (reason SHUTTING_DOWN) when the server drains, after answering every command
         it received.
+        A client may send several commands in one message (`more`), which saves both ends most of
+        the cost of a message per command; each is still answered on its own. Once a stream has
+        carried such a message, the server may likewise put several answers in one response
+        (`more`); a stream whose client never sends `more` always gets one answer per response.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

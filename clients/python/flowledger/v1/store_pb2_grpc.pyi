@@ -81,6 +81,10 @@ class StoreServiceStub:
     INVALID_ARGUMENT when a request_id is reused while its command is unanswered, and with
     UNAVAILABLE (reason SHUTTING_DOWN) when the server drains, after answering every command
     it received.
+    A client may send several commands in one message (`more`), which saves both ends most of
+    the cost of a message per command; each is still answered on its own. Once a stream has
+    carried such a message, the server may likewise put several answers in one response
+    (`more`); a stream whose client never sends `more` always gets one answer per response.
     """
     ReadEvents: _grpc.UnaryStreamMultiCallable[_store_pb2.ReadEventsRequest, _store_pb2.ReadEventsResponse]
     """Streams a flow's log (a branch reads as one log including its inherited prefix) in
@@ -192,6 +196,10 @@ class StoreServiceAsyncStub(StoreServiceStub):
     INVALID_ARGUMENT when a request_id is reused while its command is unanswered, and with
     UNAVAILABLE (reason SHUTTING_DOWN) when the server drains, after answering every command
     it received.
+    A client may send several commands in one message (`more`), which saves both ends most of
+    the cost of a message per command; each is still answered on its own. Once a stream has
+    carried such a message, the server may likewise put several answers in one response
+    (`more`); a stream whose client never sends `more` always gets one answer per response.
     """
     ReadEvents: _aio.UnaryStreamMultiCallable[_store_pb2.ReadEventsRequest, _store_pb2.ReadEventsResponse]  # type: ignore[assignment]
     """Streams a flow's log (a branch reads as one log including its inherited prefix) in
@@ -330,6 +338,10 @@ class StoreServiceServicer(metaclass=_abc_1.ABCMeta):
         INVALID_ARGUMENT when a request_id is reused while its command is unanswered, and with
         UNAVAILABLE (reason SHUTTING_DOWN) when the server drains, after answering every command
         it received.
+        A client may send several commands in one message (`more`), which saves both ends most of
+        the cost of a message per command; each is still answered on its own. Once a stream has
+        carried such a message, the server may likewise put several answers in one response
+        (`more`); a stream whose client never sends `more` always gets one answer per response.
         """
 
     @_abc_1.abstractmethod
