@@ -161,10 +161,11 @@ class EventStore(Protocol):
     async def claim_flows(self, req: ClaimRequest) -> tuple[FlowLease, ...]:
         """Lease claimable flows (not deleted, lease free or expired), skipping rows other
         claimers hold (SKIP LOCKED). Without ``task_queues`` (engines): QUEUED/RUNNING flows and
-        WAITING ones whose wake_at has passed, in the order they became claimable (updated_at,
-        or wake_at for WAITING ones); with them (task workers): WAITING flows on one of those
-        queues, whatever their wake_at, oldest updated_at first. Every claim takes a new fencing
-        token from one global increasing sequence, so a takeover always has a larger token."""
+        WAITING ones whose wake_at has passed, in the order they became claimable (since they
+        entered their status, or their wake_at for WAITING ones); with them (task workers):
+        WAITING flows on one of those queues, whatever their wake_at, longest waiting first.
+        Every claim takes a new fencing token from one global increasing sequence, so a
+        takeover always has a larger token."""
         ...
 
     async def renew_lease(

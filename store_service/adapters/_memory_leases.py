@@ -37,7 +37,7 @@ def claim(
             and (not spaces or r.flow.namespace in spaces)
             and (not wanted or r.flow.flow_id in wanted)
         ),
-        key=lambda r: order(r.flow),
+        key=lambda r: order(r.flow, r.status_since),
     )
     return tuple(grant(rec, req.owner, req.lease_ms, next_token) for rec in picked[: req.limit])
 

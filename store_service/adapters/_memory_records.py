@@ -27,6 +27,8 @@ class Generation:
 class Record:
     flow: Flow
     generations: list[Generation]
+    # When the flow entered its status (flows.status_since): the claims' order.
+    status_since: datetime
     # command_id -> (kind, first result), kind "append" or "prune" as in flow_commands.
     commands: dict[str, tuple[str, AppendResult]] = field(default_factory=dict)
     # (generation, version) -> snapshot, as the snapshots table's key.

@@ -54,17 +54,18 @@ def claimable(flow: Flow, task_queues: Collection[str], now: datetime) -> bool:
     return flow.status in _RUNNABLE
 
 
-def engine_claim_order(flow: Flow) -> tuple[datetime, str]:
-    """Engines claim in the order flows became claimable: since their last write, or their
-    wake_at for WAITING ones."""
+def engine_claim_order(flow: Flow, status_since: datetime) -> tuple[datetime, str]:
+    """Engines claim in the order flows became claimable: since they entered their status
+    (``status_since``: creation, or the last command that set a status), or their wake_at for
+    WAITING ones."""
     if flow.status is FlowStatus.WAITING and flow.wake_at is not None:
         return (flow.wake_at, flow.flow_id)
-    return (flow.updated_at, flow.flow_id)
+    return (status_since, flow.flow_id)
 
 
-def task_claim_order(flow: Flow) -> tuple[datetime, str]:
+def task_claim_order(flow: Flow, status_since: datetime) -> tuple[datetime, str]:
     """Task workers claim the flows that have waited on their queues longest first."""
-    return (flow.updated_at, flow.flow_id)
+    return (status_since, flow.flow_id)
 
 
 def check_renewal(owner: str, fencing_token: int, lease_ms: int) -> None:

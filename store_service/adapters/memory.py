@@ -129,7 +129,9 @@ class MemoryEventStore:
     def _create(self, flow: Flow, inherit: tuple[str, int] | None) -> tuple[Flow, bool]:
         existing = self._records.get(flow.flow_id)
         if existing is None:
-            self._records[flow.flow_id] = Record(flow, [Generation(flow.fork_version, inherit)])
+            self._records[flow.flow_id] = Record(
+                flow, [Generation(flow.fork_version, inherit)], flow.created_at
+            )
             return flow, False
         if not support.same_creation(existing.flow, flow):
             raise AlreadyExists(
@@ -222,6 +224,8 @@ class MemoryEventStore:
                     events[art.event_index].seq,
                 )
         rec.flow = support.appended(flow, cmd, events[-1].version, now)
+        if cmd.new_status is not None:
+            rec.status_since = now
         if rec.flow.status.terminal:
             leases.end(rec)  # an ended flow is never claimed again
         result = AppendResult(

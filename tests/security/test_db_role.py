@@ -69,8 +69,9 @@ TABLES: dict[str, set[str]] = {
 }
 UPDATABLE_COLUMNS: dict[str, set[str]] = {
     "flows": {
-        "status", "version", "generation", "updated_at", "wake_at", "task_queue", "lease_owner",
-        "lease_token", "lease_expires_at", "deleted_at", "deleted_by", "delete_reason",
+        "status", "status_since", "version", "generation", "updated_at", "wake_at", "task_queue",
+        "lease_owner", "lease_token", "lease_expires_at", "deleted_at", "deleted_by",
+        "delete_reason",
     },
     "definition_versions": {"state", "published_at"},
     # Only so that SELECT ... FOR UPDATE may lock the row; no statement updates it.

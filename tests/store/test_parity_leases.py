@@ -184,6 +184,19 @@ async def test_release_then_claim_again(store: EventStore, ns: str) -> None:
         await store.release_lease(ns, "00000000-0000-4000-8000-000000000000", 1)
 
 
+async def test_claims_order_by_when_flows_entered_their_status(store: EventStore, ns: str) -> None:
+    """An append that sets no status leaves a flow's place in the claim order; one that sets a
+    status moves it to the back (migration 0008: status_since, not the last write)."""
+    first = await new_flow(store, ns, "first", status=FlowStatus.RUNNING)
+    second = await new_flow(store, ns, "second", status=FlowStatus.RUNNING)
+    third = await new_flow(store, ns, "third", status=FlowStatus.RUNNING)
+    await append(store, ns, first.flow_id, 0)  # a plain append: first stays first
+    await append(store, ns, second.flow_id, 0, status=FlowStatus.RUNNING)  # re-entered RUNNING
+    assert (await store.get_flow(ns, first.flow_id)).updated_at > third.updated_at
+    order = [lease.flow.flow_id for lease in await claim(store, ns, "a")]
+    assert order == [first.flow_id, third.flow_id, second.flow_id]
+
+
 async def test_filters_by_flow_id_and_namespace(store: EventStore, ns: str) -> None:
     mine = [await new_flow(store, ns, f"f{i}") for i in range(3)]
     theirs = await new_flow(store, f"{ns}-other", "f")

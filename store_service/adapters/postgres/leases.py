@@ -29,15 +29,15 @@ _LEASE = "now() + %(ms)s * interval '1 millisecond'"
 # Each inner SELECT locks what it picks and skips what other claimers hold; a row changed since
 # the statement's snapshot is re-checked against the WHERE clause before it is locked, so a lease
 # taken meanwhile is never taken twice. Engines claim in the order flows became claimable:
-# QUEUED/RUNNING ones since their last write (updated_at), WAITING ones since their wake_at. The
-# two kinds come from two index scans that stop at the limit; the better half of what they
-# locked is leased, the rest is released at commit.
+# QUEUED/RUNNING ones since they entered that status (status_since, migration 0008), WAITING
+# ones since their wake_at. The two kinds come from two index scans that stop at the limit; the
+# better half of what they locked is leased, the rest is released at commit.
 _FREE = "deleted_at IS NULL AND (lease_expires_at IS NULL OR lease_expires_at <= now())"
 _CLAIM_ENGINE = """
 WITH runnable AS (
-    SELECT flow_id, updated_at AS ready_at FROM flows
+    SELECT flow_id, status_since AS ready_at FROM flows
     WHERE status IN ('queued', 'running') AND {free} {filters}
-    ORDER BY updated_at, flow_id
+    ORDER BY status_since, flow_id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 ), woken AS (
@@ -56,14 +56,14 @@ WHERE flow_id IN (
 )
 RETURNING {columns}
 """
-# Task workers: flows waiting on one of their queues, whatever their wake_at, oldest first.
+# Task workers: flows waiting on one of their queues, whatever their wake_at, longest first.
 _CLAIM_TASKS = """
 UPDATE flows SET lease_owner = %(owner)s, lease_token = nextval('flow_lease_tokens'),
                  lease_expires_at = {lease}
 WHERE flow_id IN (
     SELECT flow_id FROM flows
     WHERE status = 'waiting' AND task_queue = ANY(%(queues)s::text[]) AND {free} {filters}
-    ORDER BY updated_at, flow_id
+    ORDER BY status_since, flow_id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 )
@@ -102,7 +102,10 @@ async def claim_flows(db: Database, req: ClaimRequest) -> tuple[FlowLease, ...]:
     if req.task_queues:
         shape = _CLAIM_TASKS
         params["queues"] = list(req.task_queues)
-    query = shape.format(lease=_LEASE, free=_FREE, filters=filters, columns=_RETURNING)
+    # The claim order's status_since comes last, after the lease's columns.
+    query = shape.format(
+        lease=_LEASE, free=_FREE, filters=filters, columns=_RETURNING + ", status_since"
+    )
 
     async def tx(conn: Conn) -> list[tuple[Any, ...]]:
         cur = await conn.execute(query, params)
@@ -111,7 +114,8 @@ async def claim_flows(db: Database, req: ClaimRequest) -> tuple[FlowLease, ...]:
     rows = await db.transaction(tx)
     # RETURNING follows no order: hand them out in the order they were picked.
     key = rules.task_claim_order if req.task_queues else rules.engine_claim_order
-    return tuple(sorted((_lease(r) for r in rows), key=lambda x: key(x.flow)))
+    picked = sorted(((_lease(r[:-1]), r[-1]) for r in rows), key=lambda x: key(x[0].flow, x[1]))
+    return tuple(lease for lease, _ in picked)
 
 
 async def renew_lease(

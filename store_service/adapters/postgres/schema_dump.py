@@ -41,7 +41,9 @@ _QUERIES: list[tuple[str, str]] = [
     ("extension", "SELECT extname FROM pg_extension WHERE extname <> 'plpgsql'"),
     (
         "table",
-        "SELECT c.relname, c.relkind::text FROM pg_class c WHERE c.relnamespace = {s} "
+        # Storage options (fillfactor) too: they decide whether an update can be HOT.
+        "SELECT c.relname, c.relkind::text, coalesce(array_to_string(c.reloptions, ','), '') "
+        "FROM pg_class c WHERE c.relnamespace = {s} "
         "AND c.relkind IN ('r', 'p', 'v', 'm', 'S') AND " + _NOT_EXT.format(oid="c.oid"),
     ),
     (
