@@ -9,9 +9,11 @@ the time; so :class:`~engine_service.store_client.GrpcEventStore` sends its appe
 * Writes go through one writer task: gRPC allows one write in flight per call, and grpc.aio
   cancels the whole call when a write is cancelled, so a caller cancelled mid-write would fail
   every other append. A caller only ever waits on its own future.
-* The writer sends every request queued at the time in one message (`more`, up to
-  MAX_COALESCED_BYTES), and the store then answers in kind: each message costs both ends far
-  more than a command in it, so concurrent appends share messages as they share commits.
+* Once the stream's initial metadata says the store reads `more` (MORE_HEADER; an older store
+  would drop those commands unanswered), the writer sends every request queued at the time in
+  one message (up to MAX_COALESCED_BYTES), and the store answers in kind: each message costs
+  both ends far more than a command in it, so concurrent appends share messages as they share
+  commits.
 * An attempt has the deadline a unary attempt has: no answer in time raises ``DeadlineExceeded``
   and drops the future (a late answer is ignored; the request is not sent if still queued).
 * When the call ends (connection lost, store draining), every pending append fails with the error
@@ -38,6 +40,7 @@ from engine_service.store_retry import RetryBudget, StoreClientSettings, is_tran
 from flowledger.errors import DeadlineExceeded, FailedPrecondition, FlowledgerError, Unavailable
 from flowledger.rpc_status import from_rpc_error, from_status
 from flowledger.v1 import store_pb2, store_pb2_grpc
+from store_service.append_stream import MORE_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +110,7 @@ class _Stream:
         self._wakeup: asyncio.Future[None] | None = None
         self._closing = False
         self._started = False  # the call was set up: writes from here on are gRPC operations
+        self._coalesce = False  # the store said it reads `more`
         self.ended = False
         self.unimplemented = False
         self._reader = loop.create_task(self._read())
@@ -143,7 +147,9 @@ class _Stream:
                 while outbox:
                     request = outbox.popleft()
                     if request.request_id in pending:  # else abandoned: deadline or cancel
-                        await call.write(_coalesced(request, outbox, pending))
+                        if self._coalesce:
+                            request = _coalesced(request, outbox, pending)
+                        await call.write(request)
                 self._wakeup = wakeup = self._loop.create_future()
                 await wakeup
         except (grpc.RpcError, asyncio.InvalidStateError) as exc:
@@ -154,6 +160,9 @@ class _Stream:
     async def _read(self) -> None:
         call, pending = self._call, self._pending
         try:
+            # Sent by the store first thing, or with its first answer (an older store).
+            metadata = await call.initial_metadata()
+            self._coalesce = (MORE_HEADER, "1") in tuple(metadata or ())
             while True:
                 response = await call.read()
                 if response is grpc.aio.EOF:  # the store ended it OK: not a thing it does

@@ -9,7 +9,9 @@ interceptor work), which is what an engine replica that appends all the time pay
   failure becomes the ``google.rpc.Status`` that call would have ended with (through the same
   mapping, :func:`flowledger.server.handlers.as_error` and :func:`flowledger.rpc_status.to_status`),
   sent in the answer's ``error``. The stream goes on.
-* A message may carry several commands (`more`); each is started as if it had come alone.
+* A message may carry several commands (`more`); each is started as if it had come alone. The
+  stream's initial metadata says so (MORE_HEADER), first thing: a client sends `more` only
+  after seeing it, since a store that predates the field would drop those commands unanswered.
 * gRPC allows one write in flight per call. The command that finds no write in progress writes
   its answer, then the answers that other commands queued meanwhile; the others just queue and
   finish. No lock, no writer task to wake: an answer costs one write. Once the client has sent
@@ -84,6 +86,7 @@ class AppendStreamSession:
         """Serve the stream until it ends; raise the error it ends with, if any."""
         if self._servicer.draining:
             raise _shutting_down()
+        await self._context.send_initial_metadata(ADVERTISED)
         loop = asyncio.get_running_loop()
         reader = loop.create_task(self._read())
         drained = loop.create_task(self._servicer.drained())
@@ -200,6 +203,10 @@ class AppendStreamSession:
         finally:
             self._writing = False
 
+
+# Initial metadata of every AppendStream call: this store reads `more` (see store.proto).
+MORE_HEADER = "flowledger-append-more"
+ADVERTISED: tuple[tuple[str, str], ...] = ((MORE_HEADER, "1"),)
 
 # A coalesced response stays well under the 4 MiB a client receives by default.
 MAX_COALESCED_BYTES = 1 << 20

@@ -199,9 +199,12 @@ class StoreServiceServicer:
         UNAVAILABLE (reason SHUTTING_DOWN) when the server drains, after answering every command
         it received.
         A client may send several commands in one message (`more`), which saves both ends most of
-        the cost of a message per command; each is still answered on its own. Once a stream has
-        carried such a message, the server may likewise put several answers in one response
-        (`more`); a stream whose client never sends `more` always gets one answer per response.
+        the cost of a message per command; each is still answered on its own. A store that accepts
+        `more` says so in the stream's initial metadata (`flowledger-append-more: 1`): send `more`
+        only after seeing it, since a store that predates the field would ignore it and never
+        answer those commands. Once a stream has carried such a message, the server may likewise
+        put several answers in one response (`more`); a stream whose client never sends `more`
+        always gets one answer per response.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

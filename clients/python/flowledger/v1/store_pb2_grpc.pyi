@@ -82,9 +82,12 @@ class StoreServiceStub:
     UNAVAILABLE (reason SHUTTING_DOWN) when the server drains, after answering every command
     it received.
     A client may send several commands in one message (`more`), which saves both ends most of
-    the cost of a message per command; each is still answered on its own. Once a stream has
-    carried such a message, the server may likewise put several answers in one response
-    (`more`); a stream whose client never sends `more` always gets one answer per response.
+    the cost of a message per command; each is still answered on its own. A store that accepts
+    `more` says so in the stream's initial metadata (`flowledger-append-more: 1`): send `more`
+    only after seeing it, since a store that predates the field would ignore it and never
+    answer those commands. Once a stream has carried such a message, the server may likewise
+    put several answers in one response (`more`); a stream whose client never sends `more`
+    always gets one answer per response.
     """
     ReadEvents: _grpc.UnaryStreamMultiCallable[_store_pb2.ReadEventsRequest, _store_pb2.ReadEventsResponse]
     """Streams a flow's log (a branch reads as one log including its inherited prefix) in
@@ -197,9 +200,12 @@ class StoreServiceAsyncStub(StoreServiceStub):
     UNAVAILABLE (reason SHUTTING_DOWN) when the server drains, after answering every command
     it received.
     A client may send several commands in one message (`more`), which saves both ends most of
-    the cost of a message per command; each is still answered on its own. Once a stream has
-    carried such a message, the server may likewise put several answers in one response
-    (`more`); a stream whose client never sends `more` always gets one answer per response.
+    the cost of a message per command; each is still answered on its own. A store that accepts
+    `more` says so in the stream's initial metadata (`flowledger-append-more: 1`): send `more`
+    only after seeing it, since a store that predates the field would ignore it and never
+    answer those commands. Once a stream has carried such a message, the server may likewise
+    put several answers in one response (`more`); a stream whose client never sends `more`
+    always gets one answer per response.
     """
     ReadEvents: _aio.UnaryStreamMultiCallable[_store_pb2.ReadEventsRequest, _store_pb2.ReadEventsResponse]  # type: ignore[assignment]
     """Streams a flow's log (a branch reads as one log including its inherited prefix) in
@@ -339,9 +345,12 @@ class StoreServiceServicer(metaclass=_abc_1.ABCMeta):
         UNAVAILABLE (reason SHUTTING_DOWN) when the server drains, after answering every command
         it received.
         A client may send several commands in one message (`more`), which saves both ends most of
-        the cost of a message per command; each is still answered on its own. Once a stream has
-        carried such a message, the server may likewise put several answers in one response
-        (`more`); a stream whose client never sends `more` always gets one answer per response.
+        the cost of a message per command; each is still answered on its own. A store that accepts
+        `more` says so in the stream's initial metadata (`flowledger-append-more: 1`): send `more`
+        only after seeing it, since a store that predates the field would ignore it and never
+        answer those commands. Once a stream has carried such a message, the server may likewise
+        put several answers in one response (`more`); a stream whose client never sends `more`
+        always gets one answer per response.
         """
 
     @_abc_1.abstractmethod
