@@ -61,13 +61,8 @@ def renew(rec: Record, owner: str, fencing_token: int, lease_ms: int) -> FlowLea
 def release(rec: Record, fencing_token: int) -> bool:
     if fencing_token != rec.flow.lease_token:
         return False
-    end(rec)
+    rec.end_lease()
     return True
-
-
-def end(rec: Record) -> None:
-    """Clear the lease; the token stays on the flow: the next claim's token is larger anyway."""
-    rec.lease_owner = rec.lease_deadline = rec.lease_expires_at = None
 
 
 def _extend(rec: Record, lease_ms: int) -> None:

@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from flowledger.errors import AlreadyExists, FailedPrecondition
+from store_service.adapters._memory_support import appended
 from store_service.adapters.lease_rules import lease_lost
-from store_service.domain import AppendResult, Flow, Snapshot, StoredEvent
+from store_service.domain import Append, AppendResult, Flow, Snapshot, StoredEvent
 
 
 @dataclass
@@ -62,6 +63,30 @@ class Record:
             )
         if fencing_token != 0 and not self.lease_held(fencing_token):
             raise lease_lost(self.flow.flow_id, fencing_token)
+
+    def apply(self, cmd: Append, first_seq: int, now: datetime) -> list[StoredEvent]:
+        """Append ``cmd`` (checked: not a repeat, writable, at the expected version) with seqs
+        from ``first_seq``: its events, the flow's new head and status, the command's result.
+        An append that ends the flow ends its lease too (it is never claimed again)."""
+        flow = self.flow
+        events = [
+            StoredEvent(first_seq + i, flow.flow_id, flow.version + i + 1, e.type,
+                        e.payload_json, now, cmd.command_id)
+            for i, e in enumerate(cmd.events)
+        ]  # fmt: skip
+        self.generations[flow.generation].events.extend(events)
+        self.flow = appended(flow, cmd, events[-1].version, now)
+        if cmd.new_status is not None:
+            self.status_since = now
+        if self.flow.status.terminal:
+            self.end_lease()
+        result = AppendResult(events[0].version, events[-1].version, tuple(e.seq for e in events))
+        self.commands[cmd.command_id] = ("append", result)
+        return events
+
+    def end_lease(self) -> None:
+        """Clear the lease; the token stays on the flow: the next claim's token is larger."""
+        self.lease_owner = self.lease_deadline = self.lease_expires_at = None
 
     def lease_live(self) -> bool:
         """Whether a lease is held now (the Postgres test: lease_expires_at > now())."""

@@ -4,14 +4,13 @@ The layout mirrors the schema so that both backends answer alike: a flow is a ch
 generations (a branch's generation 0 inherits its parent's log up to the fork version, a prune
 opens a generation that inherits the previous one up to the kept version), commands are
 remembered per flow, snapshots are keyed by (generation, version). One asyncio lock serialises
-writes; its condition wakes live subscribers. Payload texts are kept as received, whereas
-Postgres (jsonb) returns them normalised: compare parsed JSON across backends.
+writes; the feed (:mod:`._memory_feed`) wakes live subscribers. Payload texts are kept as
+received, whereas Postgres (jsonb) returns them normalised: compare parsed JSON across backends.
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
 import itertools
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
@@ -27,6 +26,7 @@ from flowledger.errors import (
 from store_service.adapters import _memory_leases as leases
 from store_service.adapters import _memory_support as support
 from store_service.adapters._memory_definitions import DefinitionBook
+from store_service.adapters._memory_feed import MemoryFeed
 from store_service.adapters._memory_records import Generation, Record, read_log
 from store_service.adapters.flow_limits import DEFAULT_MAX_EVENTS_PER_FLOW, check_events_per_flow
 from store_service.adapters.initial_append import as_initial, bind_initial, check_initial
@@ -64,11 +64,9 @@ class MemoryEventStore:
     def __init__(self, *, max_events_per_flow: int = DEFAULT_MAX_EVENTS_PER_FLOW) -> None:
         self._max_events_per_flow = max_events_per_flow
         self._lock = asyncio.Lock()
-        self._changed = asyncio.Condition(self._lock)
+        self._feed = MemoryFeed(self._lock)
         self._records: dict[str, Record] = {}
         self._artifacts: dict[str, Artifact] = {}
-        # Per namespace, every event in seq order (= commit order here: writes hold the lock).
-        self._feeds: dict[str, list[StoredEvent]] = {}
         self._seq = 0
         self._definitions = DefinitionBook()
         self._lease_tokens = itertools.count(1)  # the flow_lease_tokens sequence
@@ -196,44 +194,17 @@ class MemoryEventStore:
         rec.check_writable(cmd.fencing_token)
         if cmd.expected_version != rec.flow.version:
             raise VersionConflict(rec.flow.flow_id, cmd.expected_version, rec.flow.version)
-        now = datetime.now(UTC)
-        flow = rec.flow
-        events = [
-            StoredEvent(
-                self._seq + i + 1,
-                flow.flow_id,
-                flow.version + i + 1,
-                e.type,
-                e.payload_json,
-                now,
-                cmd.command_id,
-            )
-            for i, e in enumerate(cmd.events)
-        ]
-        # Nothing can fail below: commit everything at once.
+        events = rec.apply(cmd, self._seq + 1, datetime.now(UTC))
+        # Nothing can fail from here on: the store's half of the commit.
         self._seq += len(events)
-        rec.generations[flow.generation].events.extend(events)
-        self._feeds.setdefault(flow.namespace, []).extend(events)
         for art in cmd.artifacts:
             if art.hash not in self._artifacts:
                 self._artifacts[art.hash] = Artifact(
-                    art.hash,
-                    art.kind,
-                    art.payload_json,
-                    art.metadata_json,
+                    art.hash, art.kind, art.payload_json, art.metadata_json,
                     events[art.event_index].seq,
-                )
-        rec.flow = support.appended(flow, cmd, events[-1].version, now)
-        if cmd.new_status is not None:
-            rec.status_since = now
-        if rec.flow.status.terminal:
-            leases.end(rec)  # an ended flow is never claimed again
-        result = AppendResult(
-            events[0].version, events[-1].version, tuple(e.seq for e in events)
-        )
-        rec.commands[cmd.command_id] = ("append", result)
-        self._changed.notify_all()
-        return result
+                )  # fmt: skip
+        self._feed.publish(rec.flow.namespace, events)
+        return rec.commands[cmd.command_id][1]
 
     async def read_events(
         self,
@@ -278,26 +249,10 @@ class MemoryEventStore:
         self._check_open()
         after_seq = support.decode_cursor(after_cursor)
         support.check_chunk_size(chunk_size)
-        wanted = frozenset(types)
-        async with self._lock:
-            feed = self._feeds.setdefault(namespace, [])
-            pos = bisect.bisect_right(feed, after_seq, key=lambda e: e.seq)
-        while True:
-            async with self._changed:
-                while len(feed) <= pos and not self._closed:
-                    await self._changed.wait()
-                # A closing store ends its subscriptions as the Postgres one does: Unavailable,
-                # so a client resubscribes elsewhere from its last cursor.
-                self._check_open()
-                batch: list[FeedEvent] = []
-                while pos < len(feed) and len(batch) < chunk_size:
-                    event = feed[pos]
-                    pos += 1
-                    if not wanted or event.type in wanted:
-                        batch.append(FeedEvent(event, f"mem:{event.seq}"))
-            # Yield outside the lock: a slow consumer must not block writers.
-            if batch:
-                yield batch
+        async for batch in self._feed.follow(
+            namespace, after_seq, types, chunk_size, self._check_open
+        ):
+            yield batch
 
     # -- artifacts, branches, prunes, snapshots ----------------------------------------------
 
@@ -411,9 +366,8 @@ class MemoryEventStore:
             return leases.release(rec, fencing_token)
 
     async def close(self) -> None:
-        async with self._changed:
-            self._closed = True
-            self._changed.notify_all()
+        self._closed = True
+        await self._feed.close()
 
     # -- lookups -----------------------------------------------------------------------------
 
