@@ -33,11 +33,6 @@ from tests.fixtures.tcp_proxy import ProxyFactory, TcpProxy
 from tests.store.helpers import ev, read_all
 
 
-@pytest.fixture
-def ns() -> str:
-    return f"t-{uuid.uuid4().hex[:12]}"
-
-
 async def test_appends_share_one_stream(
     grpc_store: GrpcEventStore, store_backend: EventStore, ns: str
 ) -> None:

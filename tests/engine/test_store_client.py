@@ -30,12 +30,6 @@ from tests.fixtures.gated_store import GatedStore
 from tests.fixtures.store_client import BOUND, FAST, client_handled
 from tests.store.helpers import Feed, artifact, ev, read_all
 
-
-@pytest.fixture
-def ns() -> str:
-    return f"t-{uuid.uuid4().hex[:12]}"
-
-
 # -- every method round-trips --------------------------------------------------------------------
 
 

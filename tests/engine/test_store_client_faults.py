@@ -23,12 +23,6 @@ from tests.fixtures.store_server import running_store, wait_until
 from tests.fixtures.tcp_proxy import ProxyFactory, TcpProxy
 from tests.store.helpers import Feed, aclose, ev, read_all
 
-
-@pytest.fixture
-def ns() -> str:
-    return f"t-{uuid.uuid4().hex[:12]}"
-
-
 # -- an unreachable or slow store ----------------------------------------------------------------
 
 

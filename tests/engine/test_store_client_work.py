@@ -9,7 +9,6 @@ between "applied" and "answered".
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import pytest
 
@@ -33,11 +32,6 @@ from tests.store.helpers import ev
 
 DOC = canonical_bytes({"name": "chem", "steps": [{"id": "seed", "type": "chem.seed"}]}).decode()
 HASH = "c" * 64
-
-
-@pytest.fixture
-def ns() -> str:
-    return f"t-{uuid.uuid4().hex[:12]}"
 
 
 def new_version(ns: str, request_id: str | None = None, note: str = "") -> NewDefinitionVersion:
