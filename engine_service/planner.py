@@ -168,16 +168,13 @@ class WritePlanner:
         chain: bool,
         outcome: Outcome,
         prefix: Sequence[EngineEvent] = (),
-        extra_inputs: tuple[str, ...] = (),
     ) -> Write:
         """The write recording ``outcome`` of step ``index`` attempt ``attempt`` (a function's,
-        an external worker's or a wait's), after the ``prefix`` events. ``extra_inputs`` join
-        the hashes the step fingerprint covers (a signal's payload)."""
+        an external worker's or a wait's), after the ``prefix`` events."""
         init = _init_of(state)
         spec = init.steps[index]
         was_waiting = state.steps[index].waiting
         _, fingerprint_inputs = _inputs(state, init, index)
-        fingerprint_inputs += extra_inputs
         events: list[EngineEvent] = list(prefix)
         if outcome.failure is not None:
             failure = outcome.failure
@@ -229,6 +226,7 @@ class WritePlanner:
                 return Write(tuple(events), command, new_status=FlowStatus.RUNNING)
             events.append(FlowFailed(spec.id, index, failure.reason, failure.error_type))
             return Write(tuple(events), command, new_status=FlowStatus.FAILED)
+        fingerprint_inputs = finished_inputs_of(state, index)
         fingerprint = step_fingerprint(
             step_id=spec.id,
             input_hashes=fingerprint_inputs,
@@ -383,6 +381,16 @@ def inputs_of(state: FlowState, index: int) -> tuple[str, ...]:
 def fingerprint_inputs_of(state: FlowState, index: int) -> tuple[str, ...]:
     """The hashes step ``index``'s fingerprint covers (the first step's adds the variables)."""
     return _inputs(state, _init_of(state), index)[1]
+
+
+def finished_inputs_of(state: FlowState, index: int) -> tuple[str, ...]:
+    """The hashes the fingerprint of step ``index`` finishing now covers, in the order its
+    StepFinished records them (``input_hashes``): those of :func:`fingerprint_inputs_of`, then,
+    for a ``signal`` step, the payload of the signal it consumes (its one output). The run
+    records them with this function and verification recomputes them with it."""
+    consumed = state.consumed_signal(index)
+    signal = (consumed.payload_hash,) if consumed is not None else ()
+    return fingerprint_inputs_of(state, index) + signal
 
 
 def _init_of(state: FlowState) -> FlowInitialized:

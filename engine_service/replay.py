@@ -134,6 +134,22 @@ class FlowState:
                 return signal
         return None
 
+    def consumes_signal(self, index: int) -> bool:
+        """True when step ``index`` finishing now consumes a signal: a ``signal`` step whose
+        timeout has not fired (after it, the step fails or outputs its ``default``)."""
+        if self.init is None:
+            return False
+        return self.init.steps[index].type == SIGNAL and not self.steps[index].timer_fired
+
+    def consumed_signal(self, index: int) -> PendingSignal | None:
+        """The signal step ``index`` consumes if it finishes now (the first pending one of its
+        name), None when it consumes none or none is pending. The one rule shared by the run
+        (the payload is the step's output and an input of its fingerprint), the replay and
+        verification."""
+        if not self.consumes_signal(index):
+            return None
+        return self.pending_signal(str(self.params_of(index).get("name")))
+
     @property
     def step_fingerprints(self) -> tuple[str, ...]:
         return tuple(s.fingerprint for s in self.steps if s.fingerprint is not None)
@@ -206,11 +222,9 @@ def apply(state: FlowState, event: EngineEvent, version: int) -> FlowState:
                 **_NOT_WAITING,
             )
             at = replace(_set_step(at, event.index, done), cursor=event.index + 1)
-            spec = state.init.steps[event.index]
-            if spec.type == SIGNAL and not step.timer_fired:
+            if state.consumes_signal(event.index):
                 # The step consumed the first pending signal of its name (its one output).
-                name = str(state.params_of(event.index).get("name"))
-                consumed = state.pending_signal(name)
+                consumed = state.consumed_signal(event.index)
                 if consumed is None or event.output_hashes != (consumed.payload_hash,):
                     _corrupt(state, f"signal step {event.step_id!r} finished without signal")
                 remaining = list(state.signals)

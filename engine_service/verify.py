@@ -8,9 +8,13 @@ docs/decisions/0003-fingerprints.md):
 * FlowInitialized: ``definition_hash`` from the ordered step ids (``definition_hash``), and the
   flow input (and variables) artifacts;
 * StepFinished: its ``input_hashes`` must be what the step received (the flow input, + variables,
-  for the first step; the previous step's outputs otherwise), its fingerprint is recomputed from
-  them and the step's *effective* params (branch overrides included) (``step_fingerprint``),
-  then each of its output artifacts;
+  for the first step; the previous step's outputs otherwise; + the payload of the signal a
+  ``signal`` step consumed), its fingerprint is recomputed from them and the step's *effective*
+  params (branch overrides included) (``step_fingerprint``), then each of its output artifacts;
+
+The inputs are computed by the very functions the run records them with
+(:func:`~engine_service.planner.finished_inputs_of`, ``fingerprint_inputs_of``), over the same
+replayed state, so a step kind the run hashes differently cannot verify as diverged.
 * FlowCompleted: the flow fingerprint over the step fingerprints (``flow_fingerprint``).
 
 Each artifact is fetched once and its stored payload re-hashed (``missing_artifact`` when the
@@ -42,6 +46,7 @@ from engine_service.fingerprint import (
     skipped_step_fingerprint,
     step_fingerprint,
 )
+from engine_service.planner import fingerprint_inputs_of, finished_inputs_of
 from engine_service.replay import FlowState, apply
 from flowledger.canonical import content_hash, parse_json
 from flowledger.errors import FailedPrecondition, InternalError
@@ -179,7 +184,7 @@ class _Verifier:
     def _finished(self, version: int, event: StepFinished, before: FlowState) -> None:
         init = before.init
         assert init is not None  # apply() refuses a StepFinished before FlowInitialized
-        received = _received(before, event.index)
+        received = finished_inputs_of(before, event.index)
         if tuple(event.input_hashes) != received:
             raise _Diverged(
                 Divergence(
@@ -218,7 +223,7 @@ class _Verifier:
         assert init is not None
         recomputed = failed_step_fingerprint(
             step_id=event.step_id,
-            input_hashes=_received(before, event.index),
+            input_hashes=fingerprint_inputs_of(before, event.index),
             params=before.params_of(event.index),
             definition_hash=init.definition_hash,
             error_type=event.error_type,
@@ -242,7 +247,7 @@ class _Verifier:
         assert init is not None
         recomputed = skipped_step_fingerprint(
             step_id=event.step_id,
-            input_hashes=_received(before, event.index),
+            input_hashes=fingerprint_inputs_of(before, event.index),
             params=before.params_of(event.index),
             definition_hash=init.definition_hash,
         )
@@ -310,15 +315,6 @@ async def verify_flow(
     except _Diverged as diverged:
         return VerifyReport(False, verifier.events, verifier.artifacts_checked, diverged.divergence)
     return VerifyReport(True, verifier.events, verifier.artifacts_checked)
-
-
-def _received(before: FlowState, index: int) -> tuple[str, ...]:
-    """The hashes step ``index`` received (the fingerprint's inputs)."""
-    init = before.init
-    assert init is not None
-    if index == 0:
-        return (init.input_hash,) + ((init.variables_hash,) if init.variables_hash else ())
-    return before.steps[index - 1].output_hashes
 
 
 def _continues(before: FlowState, event: StepFailed) -> bool:

@@ -59,15 +59,12 @@ async def plan_wait(
     fire_at = None if step.fire_at is None else parse_time(step.fire_at)
     due = fire_at is not None and fire_at <= now
 
-    if spec.type == SIGNAL and not step.timer_fired:
-        pending = state.pending_signal(str(params["name"]))
-        if pending is not None:
-            # The payload is the step's one output, and an input of its fingerprint.
-            outcome = Outcome(output_hashes=(pending.payload_hash,))
-            return planner.outcome_write(
-                state, index, attempt, generation, chain, outcome,
-                extra_inputs=(pending.payload_hash,),
-            )  # fmt: skip
+    pending = state.consumed_signal(index)  # a signal step's signal, before its timeout
+    if pending is not None:
+        # The payload is the step's one output, and an input of its fingerprint
+        # (planner.finished_inputs_of).
+        outcome = Outcome(output_hashes=(pending.payload_hash,))
+        return planner.outcome_write(state, index, attempt, generation, chain, outcome)
     if not step.waiting:
         return _begin(planner, state, index, attempt, generation, now)
     if not (due or step.timer_fired):

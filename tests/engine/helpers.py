@@ -51,21 +51,29 @@ async def verify_independently(store: EventStore, run: FlowRun) -> list[str]:
     assert payloads[0][0] is EventType.FLOW_INITIALIZED
     step_ids = [s["id"] for s in init["steps"]]
     assert init["definition_hash"] == oracle(step_ids)
-    previous_outputs = [init["input_hash"]]
+    previous_outputs = [init["input_hash"]] + ([init["variables_hash"]] if init.get(
+        "variables_hash") else [])  # fmt: skip
     params = {s["id"]: s["config"] for s in init["steps"]}
+    types = [s["type"] for s in init["steps"]]
     fingerprints: list[str] = []
+    fired: set[int] = set()  # steps whose timer fired (a signal step then consumes none)
     for etype, p in payloads:
         if etype is EventType.PROPERTY_PREFERENCE_ASSIGNED:
             params.update(p["params"])
+        if etype is EventType.TIMER_FIRED:
+            fired.add(p["index"])
         if etype is not EventType.STEP_FINISHED:
             continue
         index = p["index"]
-        assert p["input_hashes"] == previous_outputs
+        inputs = list(previous_outputs)
+        if types[index] == "signal" and index not in fired:
+            inputs += p["output_hashes"]  # the consumed signal's payload (decision 0003)
+        assert p["input_hashes"] == inputs
         expected = oracle(
             {
                 "engine_version": "flowledger-fp/1",
                 "step_id": step_ids[index],
-                "inputs": sorted(previous_outputs),
+                "inputs": sorted(inputs),
                 "params": params[step_ids[index]],
                 "definition_hash": oracle(step_ids),
             }

@@ -227,6 +227,22 @@ async def test_a_signal_sent_before_the_wait_is_consumed_by_it(
     # approve started and finished at once (no TimerStarted of its own): the signal was kept.
     assert view.variants == "ISFSTNWFSFC"
     assert await outputs(client, ns, view, "approve") == [{"by": "ana"}]
+    assert (await client.verify_flow(ns, flow_id)).ok
+
+
+async def test_a_flow_whose_signal_step_consumed_a_signal_verifies(
+    client: FlowledgerClient, ns: str
+) -> None:
+    """VerifyFlow recomputes the signal step's inputs as the run hashed them: what it received
+    and the payload it consumed (it once reported every such flow diverged)."""
+    flow_id = await start(client, ns, "verified", doc(GREET, APPROVE, DONE), None)
+    await until_status(client, ns, flow_id, FlowStatus.WAITING)
+    await client.signal_flow(ns, flow_id, "approved", {"message": "ok"})
+    view = await client.wait_for_flow(ns, flow_id, within=BOUND_S)
+    assert view.status is FlowStatus.COMPLETED
+    report = await client.verify_flow(ns, flow_id)
+    assert report.ok, report.divergence
+    assert report.events_checked == view.flow.version
 
 
 async def test_signals_to_ended_or_unknown_flows_and_bad_signals_are_refused(
