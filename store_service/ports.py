@@ -100,7 +100,11 @@ class EventStore(Protocol):
         transaction commits late, never twice. Runs until the consumer stops iterating."""
         ...
 
-    async def get_artifacts(self, namespace: str, hashes: Sequence[str]) -> ArtifactLookup: ...
+    async def get_artifacts(self, namespace: str, hashes: Sequence[str]) -> ArtifactLookup:
+        """The artifacts ``namespace`` references: an accepted append of one of its flows
+        offered the hash (so a branch sees its parent's). Any other hash is missing, stored for
+        another namespace or not at all alike. At most 1000 hashes (InvalidArgument)."""
+        ...
 
     async def create_branch(self, new: NewBranch) -> tuple[Flow, bool]:
         """O(1) copy-on-write branch at ``fork_version`` (≤ the parent's version)."""

@@ -67,6 +67,7 @@ class MemoryEventStore:
         self._feed = MemoryFeed(self._lock)
         self._records: dict[str, Record] = {}
         self._artifacts: dict[str, Artifact] = {}
+        self._artifact_refs: set[tuple[str, str]] = set()  # (namespace, hash), as migration 0009
         self._seq = 0
         self._definitions = DefinitionBook()
         self._lease_tokens = itertools.count(1)  # the flow_lease_tokens sequence
@@ -203,6 +204,7 @@ class MemoryEventStore:
                     art.hash, art.kind, art.payload_json, art.metadata_json,
                     events[art.event_index].seq,
                 )  # fmt: skip
+            self._artifact_refs.add((rec.flow.namespace, art.hash))
         self._feed.publish(rec.flow.namespace, events)
         return rec.commands[cmd.command_id][1]
 
@@ -261,8 +263,10 @@ class MemoryEventStore:
         if len(hashes) > 1000:
             raise InvalidArgument.field("hashes", "at most 1000 hashes per call")
         async with self._lock:
-            found = [self._artifacts[h] for h in dict.fromkeys(hashes) if h in self._artifacts]
-            missing = [h for h in dict.fromkeys(hashes) if h not in self._artifacts]
+            # Only what ``namespace`` references; anything else is missing, as a hash never stored.
+            wanted = list(dict.fromkeys(hashes))
+            found = [self._artifacts[h] for h in wanted if (namespace, h) in self._artifact_refs]
+            missing = [h for h in wanted if (namespace, h) not in self._artifact_refs]
         return ArtifactLookup(tuple(found), tuple(missing))
 
     async def prune(self, cmd: Prune) -> tuple[Flow, bool]:

@@ -165,11 +165,15 @@ def engine_store_tls(pki: Pki, leaf: Leaf | None = None) -> ClientTLS:
 
 @contextlib.asynccontextmanager
 async def secure_stack(
-    pki: Pki, keys: Keys, token_file: Path, **engine_overrides: Any
+    pki: Pki, keys: Keys, token_file: Path, *, database_url: str = "", **engine_overrides: Any
 ) -> AsyncIterator[SecureStack]:
-    memory = MemoryEventStore()
+    """The two services over mutual TLS; the store on Postgres at ``database_url`` if given,
+    else in memory."""
+    memory = None if database_url else MemoryEventStore()
+    backend = {"database_url": database_url} if database_url else {}
     store = await serve_store(
-        store_settings(insecure=False, tls=store_tls(pki), health_listen="127.0.0.1:0"), memory
+        store_settings(insecure=False, tls=store_tls(pki), health_listen="127.0.0.1:0", **backend),
+        memory,
     )
     try:
         settings = engine_settings(
@@ -196,7 +200,8 @@ async def secure_stack(
             await engine.stop(grace=1.0)
     finally:
         await store.stop(grace=1.0)
-        await memory.close()
+        if memory is not None:
+            await memory.close()
 
 
 # -- calls ---------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ isolation (NOT_FOUND, no existence oracle, nothing written), and the recorded ac
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import grpc.aio
 import pytest
 from google.protobuf import json_format
 
+from flowledger.canonical import content_hash
 from flowledger.errors import NotFound
 from flowledger.server.auth import Principal, Role, current_principal
 from flowledger.server.auth_interceptor import AuthInterceptor
@@ -24,11 +26,13 @@ from tests.fixtures.store_server import wait_until
 from tests.security.helpers import (
     Keys,
     Outcome,
+    Pki,
     SecureStack,
     bearer,
     call,
     engine,
     request_class,
+    secure_stack,
     write_token_file,
 )
 
@@ -192,6 +196,53 @@ async def test_a_token_sees_its_own_namespace_and_a_star_token_every_one(
     everywhere = await call(stack.channel, engine("ListFlowRuns"),
                             engine_pb2.ListFlowRunsRequest(namespace="ns-b"), tenants.admin)
     assert [f.flow_id for f in everywhere.response.flows] == [tenants.flow_id]
+
+
+@pytest.mark.parametrize("backend", ["memory", "postgres"])
+async def test_another_namespaces_artifacts_are_not_found_by_their_hashes(
+    pki: Pki, keys: Keys, token_file: Path, request: pytest.FixtureRequest, backend: str
+) -> None:
+    """Artifacts are stored once for every namespace, but a hash taken from another tenant's
+    flow (its input, its step outputs) reads nothing: missing, as a hash never stored."""
+    url = request.getfixturevalue("migrated_database_url") if backend == "postgres" else ""
+    admin = keys.mint("root", "admin", "*")
+    viewer = keys.mint("alice", "viewer", ["ns-a"])
+    secret = {"who": "b", "secret": uuid.uuid4().hex}
+    async with secure_stack(pki, keys, token_file, database_url=url) as stack:
+        ch = stack.channel
+        for method, req in [
+            ("CreateDefinitionVersion", engine_pb2.CreateDefinitionVersionRequest(
+                namespace="ns-b", name="hello", document=json.dumps(HELLO_DOCUMENT))),
+            ("PublishDefinitionVersion", engine_pb2.PublishDefinitionVersionRequest(
+                namespace="ns-b", name="hello", version=1)),
+        ]:  # fmt: skip
+            assert (await call(ch, engine(method), req, admin)).code == grpc.StatusCode.OK
+        started = await call(ch, engine("StartFlow"), engine_pb2.StartFlowRequest(
+            namespace="ns-b", definition_name="hello", input_json=json.dumps(secret)), admin)
+        assert started.code == grpc.StatusCode.OK, started
+        outputs: list[str] = []
+
+        async def done() -> bool:
+            view = await call(ch, engine("DescribeFlow"), engine_pb2.DescribeFlowRequest(
+                namespace="ns-b", flow_id=started.response.flow_id), admin)
+            outputs[:] = [h for s in view.response.flow.steps for h in s.output_hashes]
+            return bool(view.response.flow.flow_fingerprint)
+
+        await wait_until(done, "the ns-b flow to complete")
+        theirs = [content_hash(secret), *dict.fromkeys(outputs)]
+        own = await call(ch, engine("FetchArtifacts"), engine_pb2.FetchArtifactsRequest(
+            namespace="ns-b", hashes=theirs), admin)
+        assert sorted(a.hash for a in own.response.artifacts) == sorted(theirs)
+
+        stolen = await call(ch, engine("FetchArtifacts"), engine_pb2.FetchArtifactsRequest(
+            namespace="ns-a", hashes=theirs), viewer)
+        never = [content_hash({"never": uuid.uuid4().hex}) for _ in theirs]
+        unseen = await call(ch, engine("FetchArtifacts"), engine_pb2.FetchArtifactsRequest(
+            namespace="ns-a", hashes=never), viewer)
+        assert stolen.code == unseen.code == grpc.StatusCode.OK
+        assert list(stolen.response.artifacts) == list(unseen.response.artifacts) == []
+        assert list(stolen.response.missing) == theirs
+        assert list(unseen.response.missing) == never
 
 
 def test_an_empty_namespace_is_invalid_not_a_wildcard() -> None:

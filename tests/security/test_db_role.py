@@ -57,6 +57,7 @@ TABLES: dict[str, set[str]] = {
     "schema_migrations": {"SELECT"},
     "event_log": {"SELECT", "INSERT"},
     "workflow_step_artifacts": {"SELECT", "INSERT"},
+    "artifact_refs": {"SELECT", "INSERT"},
     "flow_commands": {"SELECT", "INSERT"},
     "flow_generations": {"SELECT", "INSERT"},
     "snapshots": {"SELECT", "INSERT"},

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import uuid
 from typing import Any
 
 import psycopg
 import pytest
 
+from flowledger.canonical import canonical_bytes, content_hash
 from store_service.adapters.postgres import migrate
 from store_service.adapters.postgres.migrate import MigrationError, apply_migrations
 from store_service.adapters.postgres.schema_dump import (
@@ -160,3 +163,41 @@ async def test_the_flows_table_refuses_a_misplaced_or_malformed_task_queue(
     with pytest.raises(psycopg.errors.CheckViolation):
         await _query(migrated_database_url, insert.format(status, queue))
     assert await _query(migrated_database_url, insert.format("waiting", "q" * 128)) == [(1,)]
+
+
+async def test_0009_backfills_artifact_references_of_producers_and_consumers(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = migrate.load_migrations()
+    monkeypatch.setattr(migrate, "load_migrations", lambda: real[:8])
+    assert await apply_migrations(database_url) == list(range(1, 9))
+    shared, alone = content_hash({"shared": 1}), content_hash({"alone": 1})
+    flows = {"ns-a": str(uuid.uuid4()), "ns-b": str(uuid.uuid4()), "ns-c": str(uuid.uuid4())}
+    offered = {"ns-a": [shared, alone], "ns-b": [shared], "ns-c": []}
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        for ns, flow in flows.items():
+            await conn.execute(
+                "INSERT INTO flows (flow_id, namespace, name, status) "
+                "VALUES (%s, %s, 'f', 'running')",
+                (flow, ns),
+            )
+            # Through 0008's function, as the previous release appended: ns-b offers the
+            # artifact ns-a stored first (deduplicated: nothing but its event names it).
+            hashes = offered[ns]
+            payload = json.dumps({"input_hash": hashes[0]} if hashes else {"n": 0})
+            await conn.execute(
+                "SELECT * FROM flowledger_append_batch(%s, %s::uuid[], %s, %s, %s, %s, %s, %s, "
+                "%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                ([ns], [flow], [0], ["c1"], [None], [None], [None], [0], [1], [1], [0],
+                 ["flow_initialized"], [payload], [1] * len(hashes), [0] * len(hashes), hashes,
+                 ["json"] * len(hashes), [canonical_bytes(_VALUES[h]).decode() for h in hashes],
+                 [None] * len(hashes)),
+            )  # fmt: skip
+
+    monkeypatch.setattr(migrate, "load_migrations", lambda: real[:9])
+    assert await apply_migrations(database_url) == [9]
+    refs = await _query(database_url, "SELECT namespace, artifact_hash FROM artifact_refs")
+    assert sorted(refs) == sorted([("ns-a", shared), ("ns-a", alone), ("ns-b", shared)])
+
+
+_VALUES = {content_hash({"shared": 1}): {"shared": 1}, content_hash({"alone": 1}): {"alone": 1}}

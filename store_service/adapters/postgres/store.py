@@ -50,9 +50,12 @@ from store_service.domain import (
 
 log = logging.getLogger(__name__)
 
+# Only artifacts the namespace references (migration 0009): one primary-key probe of
+# artifact_refs per hash, then one of the artifacts.
 _ARTIFACTS = """
-SELECT artifact_hash, kind, payload::text, metadata::text, produced_in_seq
-FROM workflow_step_artifacts WHERE artifact_hash = ANY(%s::text[])
+SELECT a.artifact_hash, a.kind, a.payload::text, a.metadata::text, a.produced_in_seq
+FROM artifact_refs r JOIN workflow_step_artifacts a ON a.artifact_hash = r.artifact_hash
+WHERE r.namespace = %s AND r.artifact_hash = ANY(%s::text[])
 """
 
 
@@ -173,15 +176,15 @@ class PostgresEventStore:
         return feed.subscribe(self._db, self._notifier, namespace, after_cursor, types, chunk_size)
 
     async def get_artifacts(self, namespace: str, hashes: Sequence[str]) -> ArtifactLookup:
-        # Artifacts are content-addressed and shared across flows; ``namespace`` is accepted so
-        # per-tenant visibility can be added without a contract change.
+        # Artifacts are content-addressed and stored once; one that ``namespace`` does not
+        # reference is missing to it, exactly as a hash nobody stored.
         self._check_open()
         if len(hashes) > 1000:
             raise InvalidArgument.field("hashes", "at most 1000 hashes per call")
         wanted = list(dict.fromkeys(hashes))
 
         async def fetch(conn: Conn) -> list[tuple[Any, ...]]:
-            cur = await conn.execute(_ARTIFACTS, (wanted,))
+            cur = await conn.execute(_ARTIFACTS, (namespace, wanted))
             return await cur.fetchall()
 
         by_hash = {r[0]: Artifact(*r) for r in await self._db.run(fetch)} if wanted else {}

@@ -1059,7 +1059,9 @@ class FetchArtifactsResponse(_message.Message):
 
     @_builtins.property
     def missing(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Requested hashes that no stored artifact has."""
+        """Requested hashes that no artifact of the namespace has (stored for another namespace or
+        not at all: the two are not told apart).
+        """
 
     def __init__(
         self,

@@ -701,8 +701,8 @@ class GetArtifactsRequest(_message.Message):
     NAMESPACE_FIELD_NUMBER: _builtins.int
     HASHES_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
-    """Artifacts are content-addressed and deduplicated across flows; the namespace is required
-    so that per-tenant visibility can be enforced without a contract change.
+    """Artifacts are content-addressed and deduplicated across flows and namespaces; only those
+    this namespace references (an accepted append of one of its flows offered them) are read.
     """
     @_builtins.property
     def hashes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -736,7 +736,9 @@ class GetArtifactsResponse(_message.Message):
 
     @_builtins.property
     def missing(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Requested hashes that no stored artifact has."""
+        """Requested hashes that no artifact of the namespace has (stored for another namespace or
+        not at all: the two are not told apart).
+        """
 
     def __init__(
         self,
