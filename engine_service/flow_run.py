@@ -25,7 +25,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from engine_service import decide as plan
-from engine_service import snapshots
+from engine_service import permanent, snapshots
 from engine_service.artifacts import ArtifactCache
 from engine_service.definition import FlowDefinition
 from engine_service.events import FlowInitialized, PropertyPreferenceAssigned
@@ -48,6 +48,7 @@ from engine_service.writes import (
 from flowledger.canonical import JsonValue
 from flowledger.errors import (
     FailedPrecondition,
+    FlowledgerError,
     InvalidArgument,
     ResourceExhausted,
     VersionConflict,
@@ -255,9 +256,14 @@ class FlowRun(FlowLog):
                 if planned is not None and planned[:2] == (action, self._generation):
                     write = planned[2]
                 else:
-                    planned_now = await self._planner.plan(
-                        state, action, self._generation, chain=chain
-                    )
+                    try:
+                        planned_now = await self._planner.plan(
+                            state, action, self._generation, chain=chain
+                        )
+                    except FlowledgerError as exc:
+                        if not await self._end_for_good(exc, permanent.artifact_error_type(exc)):
+                            raise
+                        continue
                     if isinstance(planned_now, Suspend):
                         if await self._wait_inline(planned_now.until):
                             continue
@@ -266,7 +272,12 @@ class FlowRun(FlowLog):
                     write = planned_now
                     if keeps_outcome(state, action):
                         planned = (action, self._generation, write)
-                appended = await self._append_or_end(write)
+                try:
+                    appended = await self._append_or_end(write)
+                except FlowledgerError as exc:
+                    if not await self._end_for_good(exc, permanent.refused_write_type(exc)):
+                        raise
+                    continue
                 if appended is not Appended.APPLIED:
                     progress.failed(state.version)
                 elif write.suspends:
@@ -290,6 +301,19 @@ class FlowRun(FlowLog):
             if state.terminal:
                 return Appended.STALE  # someone else ended it meanwhile
             return await self._append(out_of_room(self.flow_id, state, self._generation, full))
+
+    async def _end_for_good(self, exc: FlowledgerError, error_type: str | None) -> bool:
+        """End the flow FAILED on an error no attempt gets past (``error_type`` given, see
+        :mod:`engine_service.permanent`); False for any other error (the caller raises it)."""
+        if error_type is None:
+            return False
+        log.error("flow %s: %s (%s); the flow fails", self.flow_id, exc.message, exc.reason)
+        state = await self._sync()
+        if not state.terminal:
+            await self._append(
+                permanent.ending_write(self.flow_id, state, self._generation, exc, error_type)
+            )
+        return True
 
     async def run_to_end(self, *, wait_timers: bool = True) -> FlowState:
         """Advance until the flow completes, fails or is cancelled, or waits for a signal or

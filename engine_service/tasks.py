@@ -15,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
+from engine_service import permanent
 from engine_service.builtin_steps import TASK
 from engine_service.events import StepAttemptFailed, StepFailed, StepFinished
 from engine_service.executor import Outcome, prepare
@@ -27,7 +29,7 @@ from engine_service.runner import Engine
 from engine_service.steps import StepFailure
 from engine_service.writes import Write
 from flowledger.canonical import JsonValue, canonical_bytes, parse_json
-from flowledger.errors import FailedPrecondition, InvalidArgument
+from flowledger.errors import FailedPrecondition, FlowledgerError, InvalidArgument
 from store_service.adapters.lease_rules import lease_lost
 from store_service.domain import ClaimRequest
 
@@ -117,7 +119,16 @@ async def _task_of(engine: Engine, namespace: str, flow_id: str, token: int) -> 
     step = state.steps[index]
     assert step.task_id is not None
     assert step.task_queue is not None
-    inputs = await run.planner.payloads(inputs_of(state, index))
+    try:
+        inputs = await run.planner.payloads(inputs_of(state, index))
+    except FlowledgerError as exc:
+        error_type = permanent.artifact_error_type(exc)
+        if error_type is None:
+            raise
+        # Its inputs can never be read again: the flow fails (once) instead of being leased
+        # to, and refused by, every poll. The append that ends it releases the lease.
+        await run.append_planned(_ending(flow_id, run.generation, exc, error_type))
+        return None
     return LeasedTask(
         task_id=step.task_id,
         namespace=namespace,
@@ -219,6 +230,17 @@ async def _report(
         # The flow is RUNNING (or ended) again: the worker's hold on it ends here.
         await engine.store.release_lease(namespace, flow_id, token)
     return write, appended is Appended.DUPLICATE
+
+
+def _ending(
+    flow_id: str, generation: int, exc: FlowledgerError, error_type: str
+) -> Callable[[FlowState], Awaitable[Write | None]]:
+    async def build(state: FlowState) -> Write | None:
+        if state.terminal:
+            return None
+        return permanent.ending_write(flow_id, state, generation, exc, error_type)
+
+    return build
 
 
 _TOKEN_MARK = ":t"

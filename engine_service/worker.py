@@ -21,9 +21,12 @@
 * **End of a run.** Completed, failed or cancelled: the append that ended the flow released
   the lease (store.proto), nothing more to do. Waiting (a timer, a signal, a task: the store
   makes it claimable again, decision 0013): the lease is released. Lease lost: nothing
-  (it is not ours). A flow this replica cannot run (unknown step types, a corrupt log): the
-  lease is kept until it expires, so the flow is retried once per lease period rather than in
-  a hot loop.
+  (it is not ours). A flow no attempt can get past (an artifact it reads is corrupt or gone,
+  an append the store refuses as invalid or too large) is not retried: the run ends it FAILED
+  with that error (:mod:`engine_service.permanent`). A flow this replica cannot run (unknown
+  step types, another fingerprint scheme, a corrupt log): the lease is kept until it expires,
+  so the flow is retried once per lease period (by whichever replica can) rather than in a
+  hot loop.
 * **Drain** (SIGTERM): stop claiming; runs stop at their next step boundary and release their
   lease, so another replica continues at once; runs still busy after the grace are cancelled
   and released.

@@ -30,7 +30,7 @@ from engine_service.registry import StepRegistry, StepType
 from engine_service.retry import RetryPolicy
 from engine_service.runner import Engine, EngineSettings
 from engine_service.runners import install
-from engine_service.steps import StepContext, StepFailure, StepKind, StepResult, success
+from engine_service.steps import StepContext, StepKind, StepResult, failure, success
 from store_service.domain import Append, FlowStatus, NewFlow
 from store_service.ports import EventStore
 from tests.engine.helpers import verify_independently
@@ -76,11 +76,11 @@ async def registry() -> AsyncIterator[StepRegistry]:
     def flaky(ctx: StepContext) -> StepResult:
         flaky_calls[ctx.flow_id] = flaky_calls.get(ctx.flow_id, 0) + 1
         if flaky_calls[ctx.flow_id] == 1:
-            raise StepFailure("not yet", "Busy")
+            return failure("not yet", "Busy")
         return success({"attempt": ctx.attempt})
 
     def boom(ctx: StepContext) -> StepResult:
-        raise StepFailure("no", "Boom")
+        return failure("no", "Boom")
 
     for name, kind, fn in (
         ("t.start", StepKind.SOURCE, start),
@@ -292,8 +292,8 @@ async def test_a_real_run_verifies_and_a_tampered_copy_diverges(
         (i, e) for i, e in enumerate(events)
         if isinstance(e, event_type) and getattr(e, "step_id", None) == step_id
     ]  # fmt: skip
-    forged: Any = dataclasses.replace(target, fingerprint=BAD)  # type: ignore[type-var]
-    events[position] = forged
+    forged: Any = target
+    events[position] = dataclasses.replace(forged, fingerprint=BAD)
     report = await engine.verify(ns, await _forged(store, ns, events))
     assert not report.ok
     assert report.divergence is not None

@@ -177,23 +177,45 @@ def branch(
     within: float,
     as_json: bool,
 ) -> None:
-    """Branch a finished flow before a step, optionally with changed params."""
+    """Branch a finished flow before a step, optionally with changed params (waiting: exit 1
+    unless the branch completes)."""
     ns, params = _ns(ctx), parse_params(pairs)
 
-    async def go(client: FlowledgerClient) -> tuple[t.StartedFlow, t.FlowView | None]:
+    async def go(
+        client: FlowledgerClient,
+    ) -> tuple[t.StartedFlow, t.FlowView | None, str]:
         started = await client.branch_flow(
             ns, flow_id, at_step, params=params, idempotency_key=idempotency_key
         )
-        view = await client.wait_for_flow(ns, started.flow_id, within=within) if wait else None
-        return started, view
+        if not wait:
+            return started, None, ""
+        view = await client.wait_for_flow(ns, started.flow_id, within=within)
+        why = ""
+        if view.status is not t.FlowStatus.COMPLETED:
+            why = await _why_ended(client, ns, started.flow_id, view.status)
+        return started, view, why
 
-    started, view = call(ctx, go)
+    started, view, why = call(ctx, go)
     if as_json:
         out.print_json({"flow_id": started.flow_id, "existed": started.existed, "view": view})
-        return
-    click.echo(f"branch {started.flow_id} of {flow_id} at {at_step}")
-    if view is not None:
-        out.print_flow_view(view)
+    else:
+        click.echo(f"branch {started.flow_id} of {flow_id} at {at_step}")
+        if view is not None:
+            out.print_flow_view(view)
+    if why:
+        # Waited for, and did not complete: an error, as for ``flowctl run``.
+        raise click.ClickException(f"branch {started.flow_id} {why}")
+
+
+async def _why_ended(
+    client: FlowledgerClient, namespace: str, flow_id: str, status: t.FlowStatus
+) -> str:
+    """``failed at step s: ErrorType: reason`` (from its FlowFailed), or ``ended <status>``."""
+    for event in reversed(await read_events(client, namespace, flow_id)):
+        p = event.payload
+        if event.type is t.EventType.FLOW_FAILED and isinstance(p, dict):
+            return f"failed at step {p.get('step_id')}: {p.get('error_type')}: {p.get('reason')}"
+    return f"ended {status.value}"
 
 
 @click.command()
