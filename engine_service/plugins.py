@@ -12,6 +12,7 @@ import importlib
 import logging
 from collections.abc import Sequence
 
+from engine_service.egress import EgressPolicy
 from engine_service.registry import StepRegistry, StepType, default_registry
 from flowledger.errors import FlowledgerError
 from store_service.settings import SettingsError
@@ -21,13 +22,19 @@ log = logging.getLogger(__name__)
 VARIABLE = "ENGINE_STEP_PLUGINS"
 
 
-def build_registry(plugins: Sequence[str]) -> StepRegistry:
-    """A registry over the process-wide one (entry points) with ``plugins`` installed.
+def build_registry(plugins: Sequence[str], egress: EgressPolicy | None = None) -> StepRegistry:
+    """A registry over the process-wide one (entry points) with ``plugins`` installed, and with
+    ``egress`` the built-in HTTP runners bound to that policy (over the default ones).
     SettingsError naming ``ENGINE_STEP_PLUGINS`` when one cannot be loaded."""
+    # Imported here: the runners import the registry module, as in default_registry().
+    from engine_service.runners import install as install_runners
+
     try:
         registry = default_registry().child()
     except FlowledgerError as exc:
         raise SettingsError("flowledger.steps entry points", exc.message) from exc
+    if egress is not None:
+        install_runners(registry, egress)
     for entry in plugins:
         _install(registry, entry)
     return registry

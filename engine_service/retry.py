@@ -18,6 +18,9 @@ from flowledger.errors import FieldViolation
 
 TIMEOUT_ERROR_TYPE = "Timeout"
 STEP_TIMEOUT_ERROR_TYPE = "StepTimeout"  # the whole step's time ran out (never retried)
+# Failures that another attempt would meet again, whatever a policy's non_retryable says: an
+# address the egress policy refuses (engine_service.egress).
+NEVER_RETRIED = frozenset({"EgressDenied"})
 
 RETRY_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -56,7 +59,11 @@ class RetryPolicy:
 
     def retries(self, attempt: int, error_type: str) -> bool:
         """Whether a failed ``attempt`` (1-based) with ``error_type`` gets another attempt."""
-        return attempt < self.max_attempts and error_type not in self.non_retryable
+        return (
+            attempt < self.max_attempts
+            and error_type not in self.non_retryable
+            and error_type not in NEVER_RETRIED
+        )
 
     def delay_ms(self, attempt: int) -> int:
         """The wait after failed ``attempt`` (1-based): initial * multiplier^(attempt-1),

@@ -155,6 +155,7 @@ def _log_security(settings: ServiceSettings) -> None:
         log.warning("the store is reached in PLAINTEXT (FLOWLEDGER_INSECURE=1)")
     else:
         log.info("the store is reached with %s", settings.store_tls.describe())
+    log.info("http steps may connect to %s", settings.egress.describe())
 
 
 async def serve(
@@ -166,7 +167,7 @@ async def serve(
     """Start a replica. With ``store`` given it is used (the caller closes it) instead of a
     store client to ``settings.store_addr``; health still probes ``store_addr``."""
     if registry is None:
-        registry = build_registry(settings.step_plugins)
+        registry = build_registry(settings.step_plugins, settings.egress_policy())
     owns_store = store is None
     if store is None:
         store = _store_client(settings)

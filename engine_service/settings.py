@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from engine_service.egress import DEFAULT_POLICY, EgressPolicy
+from engine_service.egress import VARIABLE as EGRESS_ALLOW
 from engine_service.runner import EngineSettings
 from engine_service.store_retry import StoreClientSettings
 from engine_service.watch_log import LocalLogLimits
@@ -82,6 +84,11 @@ class ServiceSettings:
     auth_disabled: bool = False
     # A plaintext health-only port (kubelet probes cannot speak TLS); "" runs none.
     health_listen: str = ""
+    # Where the http and field_update steps may connect (engine_service/egress.py): public
+    # addresses, plus ENGINE_EGRESS_ALLOW; ENGINE_EGRESS_DENY_PORTS adds ports to the services'
+    # own (refused on non-public addresses unless an allow entry names the port).
+    egress: EgressPolicy = DEFAULT_POLICY
+    egress_deny_ports: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.engine_id:
@@ -93,6 +100,12 @@ class ServiceSettings:
                 f"{self.heartbeat_ms} must be at most half of ENGINE_LEASE_MS ({self.lease_ms}), "
                 "or a single slow renewal would lose the lease",
             )
+
+    def egress_policy(self) -> EgressPolicy:
+        """``egress`` with this replica's own ports and the store's added to the refused."""
+        addresses = (self.store_addr, self.listen, self.metrics_listen, self.health_listen)
+        ports = [int(a.rpartition(":")[2]) for a in addresses if a.rpartition(":")[2].isdigit()]
+        return self.egress.with_own_ports([p for p in ports if p] + list(self.egress_deny_ports))
 
     def watch_log_limits(self) -> LocalLogLimits:
         return LocalLogLimits(self.watch_log_flows, self.watch_log_events, self.watch_log_bytes)
@@ -147,8 +160,30 @@ class ServiceSettings:
                 "ENGINE_MAX_MESSAGE_BYTES", 8 * 1024 * 1024, 64 * 1024, 1024 * 1024 * 1024
             ),
             log_level=env.choice("LOG_LEVEL", "INFO", LOG_LEVELS),
+            egress=_egress(env),
+            egress_deny_ports=_ports(env, "ENGINE_EGRESS_DENY_PORTS"),
             **_security(env),
         )
+
+
+def _egress(env: Env) -> EgressPolicy:
+    text = env.optional(EGRESS_ALLOW)
+    if text is None:
+        return DEFAULT_POLICY
+    try:
+        return EgressPolicy.parse(text)
+    except ValueError as exc:
+        raise SettingsError(EGRESS_ALLOW, str(exc)) from None
+
+
+def _ports(env: Env, name: str) -> tuple[int, ...]:
+    text = env.optional(name)
+    if text is None:
+        return ()
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not all(p.isdigit() and 1 <= int(p) <= 65535 for p in parts):
+        raise SettingsError(name, f"{text!r} is not a comma-separated list of ports 1..65535")
+    return tuple(int(p) for p in parts)
 
 
 def _security(env: Env) -> dict[str, Any]:

@@ -2,21 +2,33 @@
 
 They are in the default registry (:func:`engine_service.registry.default_registry`); :func:`install`
 puts them into any other. Both share one HTTP client pool (:mod:`.transport`), released by the
-registry's ``aclose()``. Docs: docs/step-runners.md.
+registry's ``aclose()``. Every connection they make is checked against an egress policy
+(:mod:`engine_service.egress`): the default one admits public addresses only; ``install(registry,
+egress=...)`` installs runners with another (the engine service's comes from
+``ENGINE_EGRESS_ALLOW``). Docs: docs/step-runners.md.
 """
 
 from __future__ import annotations
 
+from engine_service.egress import EgressPolicy
 from engine_service.registry import StepRegistry, StepType
-from engine_service.runners import http, webhook
+from engine_service.runners import http, transport, webhook
 
 STEP_TYPES: tuple[StepType, ...] = (http.STEP_TYPE, webhook.STEP_TYPE)
 
 
-def install(registry: StepRegistry) -> None:
-    """Register the built-in runners (also usable as a ``flowledger.steps`` entry point)."""
-    for step_type in STEP_TYPES:
+def step_types(egress: EgressPolicy) -> tuple[StepType, ...]:
+    """Both runners over one client pool of their own that connects only where ``egress``
+    admits."""
+    pool = transport.ClientPool.for_policy(egress)
+    return (http.step_type(pool), webhook.step_type(pool))
+
+
+def install(registry: StepRegistry, egress: EgressPolicy | None = None) -> None:
+    """Register the built-in runners (also usable as a ``flowledger.steps`` entry point); with
+    ``egress``, runners bound to that policy instead of the default (public addresses only)."""
+    for step_type in STEP_TYPES if egress is None else step_types(egress):
         registry.register(step_type)
 
 
-__all__ = ["STEP_TYPES", "install"]
+__all__ = ["STEP_TYPES", "install", "step_types"]

@@ -19,7 +19,9 @@ Config (strings may hold ``{{ placeholders }}``, see :mod:`.templating`)::
 Output: ``{"status": 200, "headers": {"content-type": "..."}, "body": <JSON or text>}``. Being an
 artifact, a recorded answer is never fetched again by replay or recovery. Failures: an
 unexpected status ``HttpStatusError``, no connection ``HttpConnectionError``, ``Timeout``,
-``TemplateError``, ``InvalidRequest``, ``InvalidResponse`` (not JSON), ``ResponseTooLarge``.
+``TemplateError``, ``InvalidRequest``, ``InvalidResponse`` (not JSON), ``ResponseTooLarge``,
+``EgressDenied`` (the address is refused by the egress policy, :mod:`engine_service.egress`;
+never retried).
 A transform that may also stand first (as the Source) or last.
 """
 
@@ -28,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from engine_service.egress import DEFAULT_POLICY, EgressPolicy
 from engine_service.registry import StepType
 from engine_service.runners import transport
 from engine_service.runners.templating import ERROR_TYPE as TEMPLATE_ERROR
@@ -35,7 +38,6 @@ from engine_service.runners.templating import (
     TemplateError,
     as_text,
     check_fields,
-    has_placeholder,
     render,
     render_text,
     template_data,
@@ -85,16 +87,17 @@ CONFIG_SCHEMA: dict[str, Any] = {
 _TEMPLATED = ("url", "query", "headers", "body")
 
 
-def check_config(config: Mapping[str, JsonValue], path: str) -> list[FieldViolation]:
-    """Placeholders that are not JMESPath, reserved headers, a literal URL that is not one."""
+def check_config(
+    config: Mapping[str, JsonValue], path: str, policy: EgressPolicy = DEFAULT_POLICY
+) -> list[FieldViolation]:
+    """Placeholders that are not JMESPath, reserved headers, a literal URL that is not one or
+    that names an address the egress policy refuses."""
     found = check_fields(config, path, _TEMPLATED) + transport.header_problems(config, path)
-    url = config.get("url")
-    if isinstance(url, str) and not has_placeholder(url) and not transport.is_http_url(url):
-        found.append(FieldViolation(f"{path}.url", "not an absolute http(s) URL"))
+    found += transport.url_problems(config, path, policy)
     return found
 
 
-async def http_call(ctx: StepContext) -> StepResult:
+async def http_call(ctx: StepContext, pool: transport.ClientPool = transport.POOL) -> StepResult:
     """Make the configured HTTP call; its answer is the output."""
     config = ctx.params
     try:
@@ -103,7 +106,7 @@ async def http_call(ctx: StepContext) -> StepResult:
         return failure(str(exc), TEMPLATE_ERROR)
     if isinstance(request, StepFailure):
         return request
-    reply = await transport.send(request, ctx.idempotency_key)
+    reply = await transport.send(request, ctx.idempotency_key, pool)
     if isinstance(reply, StepFailure):
         return reply
     try:
@@ -179,13 +182,26 @@ def _object(config: Mapping[str, JsonValue], key: str) -> list[tuple[str, JsonVa
     return list(value.items()) if isinstance(value, dict) else []
 
 
-STEP_TYPE = StepType(
-    NAME,
-    StepKind.TRANSFORM,
-    http_call,
-    CONFIG_SCHEMA,
-    "Call an HTTP endpoint; the answer (status, content type, body) is the output",
-    also_kinds=frozenset({StepKind.SOURCE, StepKind.SINK}),
-    config_check=check_config,
-    cleanup=transport.POOL.aclose,
-)
+def step_type(pool: transport.ClientPool = transport.POOL) -> StepType:
+    """The ``http`` type whose calls go through ``pool`` (and its egress policy)."""
+
+    async def call(ctx: StepContext) -> StepResult:
+        return await http_call(ctx, pool)
+
+    def check(config: Mapping[str, JsonValue], path: str) -> list[FieldViolation]:
+        return check_config(config, path, pool.policy)
+
+    call.__doc__ = http_call.__doc__
+    return StepType(
+        NAME,
+        StepKind.TRANSFORM,
+        call,
+        CONFIG_SCHEMA,
+        "Call an HTTP endpoint; the answer (status, content type, body) is the output",
+        also_kinds=frozenset({StepKind.SOURCE, StepKind.SINK}),
+        config_check=check,
+        cleanup=pool.aclose,
+    )
+
+
+STEP_TYPE = step_type()  # the default policy: public addresses only

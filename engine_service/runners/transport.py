@@ -23,9 +23,13 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpcore
 import httpx
 
+from engine_service import egress
+from engine_service.egress import DEFAULT_POLICY, EgressBackend, EgressDenied, EgressPolicy
 from engine_service.retry import TIMEOUT_ERROR_TYPE
+from engine_service.runners.templating import has_placeholder
 from engine_service.steps import StepFailure
 from engine_service.validation import json_path
 from flowledger import __version__
@@ -81,11 +85,31 @@ class _NoCookies(http.cookiejar.DefaultCookiePolicy):
         return False
 
 
-def new_client() -> httpx.AsyncClient:
+class EgressTransport(httpx.AsyncHTTPTransport):
+    """httpx's transport over :class:`~engine_service.egress.EgressBackend`: every connection
+    (each redirect hop's too) goes to an address the policy admitted."""
+
+    def __init__(self, policy: EgressPolicy) -> None:
+        super().__init__(trust_env=False)
+        self.policy = policy
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=httpx.create_ssl_context(trust_env=True),
+            max_connections=100,  # httpx's default limits
+            max_keepalive_connections=20,
+            keepalive_expiry=5.0,
+            network_backend=EgressBackend(policy),
+        )
+
+
+def new_client(policy: EgressPolicy = DEFAULT_POLICY) -> httpx.AsyncClient:
+    # trust_env=False: no HTTP(S)_PROXY either. A proxy resolves the name itself, where the
+    # policy cannot check the address.
     return httpx.AsyncClient(
         headers={"User-Agent": USER_AGENT},
         cookies=http.cookiejar.CookieJar(policy=_NoCookies()),
         follow_redirects=False,
+        transport=EgressTransport(policy),
+        trust_env=False,
     )
 
 
@@ -101,9 +125,18 @@ class ClientPool:
     :meth:`aclose` retires the current loop's client: closed at once when idle, else when its
     last request ends, while new requests get a new client."""
 
-    def __init__(self, factory: Callable[[], httpx.AsyncClient] = new_client) -> None:
+    def __init__(
+        self,
+        factory: Callable[[], httpx.AsyncClient] = new_client,
+        policy: EgressPolicy = DEFAULT_POLICY,
+    ) -> None:
         self._factory = factory
+        self.policy = policy  # what check_url judges a literal URL by (the factory's policy)
         self._leases: dict[asyncio.AbstractEventLoop, _Lease] = {}
+
+    @classmethod
+    def for_policy(cls, policy: EgressPolicy) -> ClientPool:
+        return cls(lambda: new_client(policy), policy)
 
     @contextlib.asynccontextmanager
     async def client(self) -> AsyncIterator[httpx.AsyncClient]:
@@ -215,6 +248,8 @@ async def send(
                 return StepFailure(f"{what}: {exc}", REQUEST_ERROR)
             except _TooLarge as exc:
                 return StepFailure(f"{what}: {exc}", TOO_LARGE_ERROR)
+            except EgressDenied as exc:  # never retried: the same address is refused again
+                return StepFailure(f"{what}: {exc}", egress.ERROR_TYPE)
             return reply
     raise AssertionError("unreachable: the loop returns")  # pragma: no cover
 
@@ -312,6 +347,32 @@ def header_problems(config: Mapping[str, JsonValue], path: str) -> list[FieldVio
         for name in headers
         if name.lower() in RESERVED_HEADERS
     ]
+
+
+def url_problems(
+    config: Mapping[str, JsonValue], path: str, policy: EgressPolicy
+) -> list[FieldViolation]:
+    """A literal ``url`` that is not an absolute http(s) URL, or whose literal address the
+    egress policy refuses (a templated one is checked when the step runs)."""
+    url = config.get("url")
+    if not isinstance(url, str) or has_placeholder(url):
+        return []
+    if not is_http_url(url):
+        return [FieldViolation(f"{path}.url", "not an absolute http(s) URL")]
+    refused = url_violation(url, policy)
+    return [] if refused is None else [FieldViolation(f"{path}.url", refused)]
+
+
+def url_violation(url: str, policy: EgressPolicy) -> str | None:
+    """Why a literal URL is refused by its text alone (a literal address the policy refuses),
+    or None. The check at send time, on the resolved address, is the guarantee."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:
+        return None
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    reason = egress.literal_violation(parsed.host, port, policy)
+    return None if reason is None else f"is refused by the egress policy: {reason}"
 
 
 def is_http_url(url: str) -> bool:

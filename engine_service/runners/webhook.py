@@ -30,13 +30,13 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from engine_service.egress import DEFAULT_POLICY, EgressPolicy
 from engine_service.registry import StepType
 from engine_service.runners import transport
 from engine_service.runners.templating import ERROR_TYPE as TEMPLATE_ERROR
 from engine_service.runners.templating import (
     TemplateError,
     check_fields,
-    has_placeholder,
     render,
     render_string,
     render_text,
@@ -77,11 +77,11 @@ CONFIG_SCHEMA: dict[str, Any] = {
 _TEMPLATED = ("url", "record_id", "fields", "headers")
 
 
-def check_config(config: Mapping[str, JsonValue], path: str) -> list[FieldViolation]:
+def check_config(
+    config: Mapping[str, JsonValue], path: str, policy: EgressPolicy = DEFAULT_POLICY
+) -> list[FieldViolation]:
     found = check_fields(config, path, _TEMPLATED) + transport.header_problems(config, path)
-    url = config.get("url")
-    if isinstance(url, str) and not has_placeholder(url) and not transport.is_http_url(url):
-        found.append(FieldViolation(f"{path}.url", "not an absolute http(s) URL"))
+    found += transport.url_problems(config, path, policy)
     if "secret" in config and "secret_env" in config:
         found.append(FieldViolation(f"{path}.secret_env", "give secret or secret_env, not both"))
     return found
@@ -93,7 +93,9 @@ def sign(secret: str, body: bytes) -> str:
     return f"sha256={digest}"
 
 
-async def field_update(ctx: StepContext) -> StepResult:
+async def field_update(
+    ctx: StepContext, pool: transport.ClientPool = transport.POOL
+) -> StepResult:
     """Send the record's new field values to the configured webhook."""
     config = ctx.params
     data = template_data(ctx)
@@ -131,7 +133,7 @@ async def field_update(ctx: StepContext) -> StepResult:
         content=body,
         **transport.request_options(config),
     )
-    reply = await transport.send(request, ctx.idempotency_key)
+    reply = await transport.send(request, ctx.idempotency_key, pool)
     if isinstance(reply, StepFailure):
         return reply
     return success({"status": reply.status, "record_id": record_id, "fields": fields})
@@ -156,13 +158,26 @@ def _object(value: JsonValue) -> list[tuple[str, JsonValue]]:
     return list(value.items()) if isinstance(value, dict) else []
 
 
-STEP_TYPE = StepType(
-    NAME,
-    StepKind.SINK,
-    field_update,
-    CONFIG_SCHEMA,
-    "Set fields of a record through a (signed) field-update webhook",
-    also_kinds=frozenset({StepKind.TRANSFORM}),
-    config_check=check_config,
-    cleanup=transport.POOL.aclose,
-)
+def step_type(pool: transport.ClientPool = transport.POOL) -> StepType:
+    """The ``field_update`` type whose calls go through ``pool`` (and its egress policy)."""
+
+    async def call(ctx: StepContext) -> StepResult:
+        return await field_update(ctx, pool)
+
+    def check(config: Mapping[str, JsonValue], path: str) -> list[FieldViolation]:
+        return check_config(config, path, pool.policy)
+
+    call.__doc__ = field_update.__doc__
+    return StepType(
+        NAME,
+        StepKind.SINK,
+        call,
+        CONFIG_SCHEMA,
+        "Set fields of a record through a (signed) field-update webhook",
+        also_kinds=frozenset({StepKind.TRANSFORM}),
+        config_check=check,
+        cleanup=pool.aclose,
+    )
+
+
+STEP_TYPE = step_type()  # the default policy: public addresses only

@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from engine_service.egress import EgressPolicy
+
 
 @dataclass(frozen=True)
 class Answer:
@@ -160,6 +162,11 @@ def server() -> Iterator[ScriptedServer]:
     running.start()
     yield running
     running.stop()
+
+
+# The server listens on loopback, which the runners refuse by default (engine_service/egress.py):
+# the tests install them with this policy, explicitly.
+LOOPBACK = EgressPolicy.parse("127.0.0.1/32")
 
 
 def free_port() -> int:

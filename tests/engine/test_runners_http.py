@@ -10,7 +10,8 @@ import pytest
 
 from engine_service.builder import Flow
 from engine_service.definition import FlowDefinition
-from engine_service.registry import StepRegistry, StepType, default_registry
+from engine_service.plugins import build_registry
+from engine_service.registry import StepRegistry, StepType
 from engine_service.replay import StepStatus
 from engine_service.runner import Engine
 from engine_service.runners import install
@@ -21,7 +22,7 @@ from store_service.adapters.memory import MemoryEventStore
 from store_service.domain import Append, AppendResult, EventType, FlowFilter, Page
 from store_service.ports import EventStore
 from tests.engine.helpers import AppendFn, DelegatingStore, verify_independently
-from tests.engine.runners_server import Answer, ScriptedServer, free_port, server
+from tests.engine.runners_server import LOOPBACK, Answer, ScriptedServer, free_port, server
 
 __all__ = ["server"]  # the fixture
 
@@ -36,7 +37,7 @@ def seed(ctx: StepContext) -> StepResult:
 async def registry() -> AsyncIterator[StepRegistry]:
     """The runners and a source, closed (HTTP connections released) after the test."""
     registry = StepRegistry()
-    install(registry)
+    install(registry, LOOPBACK)
     registry.register(StepType("t.seed", StepKind.SOURCE, seed))
     yield registry
     await registry.aclose()
@@ -294,7 +295,7 @@ def test_a_bad_config_is_refused_with_its_field_path(
         ],
     }
     registry = StepRegistry()
-    install(registry)
+    install(registry, LOOPBACK)
     registry.register(StepType("t.seed", StepKind.SOURCE, seed))
     with pytest.raises(InvalidArgument) as exc:
         FlowDefinition.from_dict(document, registry)
@@ -326,15 +327,18 @@ async def test_http_can_be_the_first_step(memory_engine: Engine, server: Scripte
 async def test_the_example_definition_runs(server: ScriptedServer) -> None:
     """examples/http.yaml, through the default registry (the runners are built in)."""
     server.script(Answer(200, {"id": 7, "status": "paid", "total": 42}), Answer(204, ""))
-    definition = FlowDefinition.from_yaml(EXAMPLE.read_text(), default_registry())
+    # The runners as a replica installs them (over the default registry's), with loopback
+    # allowed as flowctl up allows it (ENGINE_EGRESS_ALLOW).
+    registry = build_registry((), LOOPBACK)
+    definition = FlowDefinition.from_yaml(EXAMPLE.read_text(), registry)
     store = MemoryEventStore()
     try:
-        run = await Engine(store, registry=default_registry()).run(
+        run = await Engine(store, registry=registry).run(
             definition, {"base_url": server.url, "order_id": 7}
         )
         assert (await run.state()).completed, await run.state()
     finally:
-        await default_registry().aclose()
+        await registry.aclose()
         await store.close()
     fetch, update = server.seen
     assert (fetch.method, fetch.path) == ("GET", "/orders/7")

@@ -12,12 +12,12 @@ import pytest
 from engine_service.builder import Flow
 from engine_service.registry import StepRegistry, StepType, default_registry
 from engine_service.runner import Engine
-from engine_service.runners import install
-from engine_service.runners.transport import POOL, ClientPool
+from engine_service.runners import http
+from engine_service.runners.transport import ClientPool
 from engine_service.samples import sample_registry
 from engine_service.steps import StepContext, StepKind, StepResult, success
 from store_service.adapters.memory import MemoryEventStore
-from tests.engine.runners_server import ScriptedServer, server
+from tests.engine.runners_server import LOOPBACK, ScriptedServer, server
 
 __all__ = ["server"]  # the fixture
 
@@ -89,22 +89,23 @@ def test_types_without_lifecycle_fields_are_unchanged() -> None:
 
 
 async def test_registry_close_releases_the_http_client(server: ScriptedServer) -> None:
+    pool = ClientPool.for_policy(LOOPBACK)
     registry = StepRegistry()
-    install(registry)
+    registry.register(http.step_type(pool))
     registry.register(StepType("t.seed", StepKind.SOURCE, noop))
     engine = Engine(MemoryEventStore(), registry=registry)
     flow = Flow("c").source("s", "t.seed").transform("call", "http", url=f"{server.url}/a")
     try:
         assert (await (await engine.run(flow.build())).state()).completed
-        client = POOL.current()
+        client = pool.current()
         assert client is not None
         assert not closed(client)
         await registry.aclose()
         assert closed(client)
-        assert POOL.current() is None
+        assert pool.current() is None
         # The type stays usable: the next call opens a new client.
         assert (await (await engine.run(flow.build())).state()).completed
-        reopened = POOL.current()
+        reopened = pool.current()
         assert reopened is not None
         assert reopened is not client
     finally:

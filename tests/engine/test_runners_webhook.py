@@ -18,7 +18,7 @@ from engine_service.steps import StepContext, StepKind, StepResult, success
 from flowledger.canonical import JsonValue, canonical_bytes
 from flowledger.errors import InvalidArgument
 from store_service.ports import EventStore
-from tests.engine.runners_server import Answer, ScriptedServer, server
+from tests.engine.runners_server import LOOPBACK, Answer, ScriptedServer, server
 
 __all__ = ["server"]  # the fixture
 
@@ -32,7 +32,7 @@ def price(ctx: StepContext) -> StepResult:
 @pytest.fixture
 async def registry() -> AsyncIterator[StepRegistry]:
     registry = StepRegistry()
-    install(registry)
+    install(registry, LOOPBACK)
     registry.register(StepType("t.price", StepKind.SOURCE, price))
     yield registry
     await registry.aclose()
@@ -168,7 +168,7 @@ def test_a_bad_config_is_refused_with_its_field_path(
         ],
     }
     registry = StepRegistry()
-    install(registry)
+    install(registry, LOOPBACK)
     registry.register(StepType("t.price", StepKind.SOURCE, price))
     with pytest.raises(InvalidArgument) as exc:
         FlowDefinition.from_dict(document, registry)

@@ -34,7 +34,7 @@ from engine_service.steps import StepContext, StepKind, StepResult, failure, suc
 from store_service.domain import Append, FlowStatus, NewFlow
 from store_service.ports import EventStore
 from tests.engine.helpers import verify_independently
-from tests.engine.runners_server import Answer, ScriptedServer, server
+from tests.engine.runners_server import LOOPBACK, Answer, ScriptedServer, server
 
 __all__ = ["server"]  # the fixture
 
@@ -61,7 +61,7 @@ def clock() -> Clock:
 @pytest.fixture
 async def registry() -> AsyncIterator[StepRegistry]:
     registry = StepRegistry()
-    install(registry)  # http, field_update
+    install(registry, LOOPBACK)  # http, field_update, allowed to call the loopback server
     flaky_calls: dict[str, int] = {}
 
     def start(ctx: StepContext) -> StepResult:

@@ -14,9 +14,10 @@ from tests.security.helpers import Keys, Pki
 from tests.security.test_settings import engine_tls_env, jwt_env, store_tls_env
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "security.md"
-# What counts as a security variable: transport, authentication, health ports and the limits.
+# What counts as a security variable: transport, authentication, health ports, egress and the
+# limits.
 _SECURITY = re.compile(
-    r"TLS|AUTH|INSECURE|HEALTH_LISTEN|_MAX_(MESSAGE|PAYLOAD|JSON|ID|PENDING|EVENTS|ARTIFACTS)"
+    r"TLS|AUTH|INSECURE|HEALTH_LISTEN|EGRESS|_MAX_(MESSAGE|PAYLOAD|JSON|ID|PENDING|EVENTS|ARTIFACTS)"
 )
 
 

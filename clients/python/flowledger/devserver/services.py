@@ -180,6 +180,11 @@ def services(
         "ENGINE_LISTEN": engine_addr,
         "ENGINE_METRICS_LISTEN": engine_metrics,
         "LOG_LEVEL": log_level,
+        # The demo's HTTP steps call servers on this machine (examples/http.yaml): loopback is
+        # refused by default (docs/security.md, "Egress"), so allowed here, explicitly; the
+        # store's metrics port stays refused (the engine's own ports are refused anyway).
+        "ENGINE_EGRESS_ALLOW": "127.0.0.0/8,::1/128",
+        "ENGINE_EGRESS_DENY_PORTS": store_metrics.rpartition(":")[2],
     }
     with service_process("store", "store_service", store_env, store_addr, say=say) as spid:
         store = Service("store", store_addr, f"http://{store_metrics}/metrics", spid)
