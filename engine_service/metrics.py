@@ -39,7 +39,8 @@ LEASE_CLAIMS = Counter(
 )
 LEASE_TAKEOVERS = Counter(
     "flowledger_engine_lease_takeovers_total",
-    "Claimed flows that another replica had already begun (its lease expired or was released).",
+    "Claims that took a flow over from a lease that expired without being released (its "
+    "holder died, paused or lost the store); not starts, nor resumes after a wait.",
 )
 LEASES_LOST = Counter(
     "flowledger_engine_leases_lost_total",

@@ -214,6 +214,12 @@ class Worker:
     ) -> None:
         entry = _Claimed(lease, expires_at=sent + self._lease_s, run=run)
         metrics.LEASE_CLAIMS.labels(source).inc()
+        if lease.previous_owner:
+            # The store says the previous lease expired unreleased: a real takeover (not a
+            # start, nor a resume after a wait, whose leases were never held or were released).
+            metrics.LEASE_TAKEOVERS.inc()
+            log.info("flow %s: taking over from %s (token %d)", lease.flow.flow_id,
+                     lease.previous_owner, lease.fencing_token)
         if self._stopping:
             # Claimed while stopping: give it straight back.
             release = asyncio.create_task(self._release(entry))
@@ -286,10 +292,6 @@ class Worker:
         assert state is not None  # attach replays
         if state.terminal:
             return False  # the append that ended it released the lease (store.proto)
-        if any(step.status is not StepStatus.PENDING for step in state.steps):
-            metrics.LEASE_TAKEOVERS.inc()
-            log.info("flow %s: taking over at version %d (token %d)", flow.flow_id,
-                     state.version, entry.lease.fencing_token)
         while not self._draining:
             step_started = time.perf_counter()
             # StepStarted of the following step rides with this step's StepFinished, unless

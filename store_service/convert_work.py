@@ -123,6 +123,7 @@ def flow_lease_to_pb(lease: domain.FlowLease) -> store_pb2.FlowLease:
         fencing_token=lease.fencing_token,
         expires_at=_timestamp(lease.expires_at),
         owner=lease.owner,
+        previous_owner=lease.previous_owner,
     )
 
 
@@ -249,4 +250,5 @@ def flow_lease_from_pb(pb: store_pb2.FlowLease) -> domain.FlowLease:
         fencing_token=pb.fencing_token,
         expires_at=_datetime(pb.expires_at),
         owner=pb.owner,
+        previous_owner=pb.previous_owner,
     )

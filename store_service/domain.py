@@ -335,6 +335,9 @@ class FlowLease:
     fencing_token: int
     expires_at: datetime
     owner: str
+    previous_owner: str = ""
+    """A claim's only: who held the lease this claim took over because it had expired without
+    a release ("" when the flow was free: new, released, ended or woken from a wait)."""
 
 
 @dataclass(frozen=True)

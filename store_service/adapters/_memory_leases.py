@@ -43,11 +43,14 @@ def claim(
 
 
 def grant(rec: Record, owner: str, lease_ms: int, next_token: Callable[[], int]) -> FlowLease:
-    """Lease ``rec`` to ``owner`` under a new token (the caller made sure nobody holds it)."""
+    """Lease ``rec`` to ``owner`` under a new token (the caller made sure nobody holds it). An
+    owner still recorded is that of a lease that expired unreleased: this grant takes it over
+    (:attr:`FlowLease.previous_owner`)."""
+    previous = rec.lease_owner or ""
     rec.flow = replace(rec.flow, lease_token=next_token())
     rec.lease_owner = owner
     _extend(rec, lease_ms)
-    return _lease(rec)
+    return replace(_lease(rec), previous_owner=previous)
 
 
 def renew(rec: Record, owner: str, fencing_token: int, lease_ms: int) -> FlowLease:

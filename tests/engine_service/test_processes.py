@@ -9,6 +9,7 @@ Waits are bounded; the figures (time to takeover) are printed, never asserted.
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 import subprocess
 import sys
@@ -184,7 +185,52 @@ async def test_a_paused_replica_cannot_write_after_its_lease_expired(
             assert finished_per_step(events) == {"greet": 1, "gate": 1, "shout": 1, "done": 1}
             assert [e.type for e in events].count(EventType.FLOW_COMPLETED) == 1
             assert await first.serving()  # the woken replica lives on
+            # One real takeover: the paused replica's expired lease.
+            assert await second.metric("flowledger_engine_lease_takeovers_total") == 1
     assert "lease lost" in first.log
+
+
+WAITS_DOCUMENT = {
+    "steps": [
+        {"id": "greet", "type": "hello.greet", "config": {"name": "world"}},
+        # Longer than the engine's inline wait (1 s): the flow lets go of its lease and is
+        # claimed again when due.
+        {"id": "pause", "type": "wait", "config": {"seconds": 1.2}},
+        {"id": "approve", "type": "signal", "config": {"name": "approved"}},
+        {"id": "done", "type": "hello.done"},
+    ]
+}
+
+
+async def _waits_for_the_signal(client: FlowledgerClient, ns: str, flow_id: str) -> bool:
+    """The timer fired (W), pause finished, approve started and waits (its own timer: T)."""
+    view = await client.describe_flow(ns, flow_id)
+    return view.status is FlowStatus.WAITING and view.variants.endswith("WFST")
+
+
+async def test_starts_and_resumes_after_waits_are_not_takeovers(
+    store: ServiceProcess, ns: str, tmp_path: Path
+) -> None:
+    """flowledger_engine_lease_takeovers_total counts only leases that expired unreleased: a
+    replica that starts flows, resumes them after a timer and after a signal counts none (it
+    once counted every one of them, and the takeover alert fired at ~6 starts a minute)."""
+    async with service_process("engine_service", engine_env(store.address, tmp_path)) as eng:
+        await wait_until(eng.serving, "the engine to serve", BOUND_S)
+        async with FlowledgerClient(eng.address, timeout=BOUND_S) as client:
+            await published(client, ns, "waits", WAITS_DOCUMENT)
+            await published(client, ns, "hello", HELLO_DOCUMENT)
+            flows = [(await client.start_flow(ns, "waits", None)).flow_id for _ in range(3)]
+            for _ in range(3):
+                await run_on(eng, ns, "hello", {"name": "ana"})
+            for flow_id in flows:
+                await wait_until(functools.partial(_waits_for_the_signal, client, ns, flow_id),
+                                 "the timer to resume the flow into its signal step", BOUND_S)
+                await client.signal_flow(ns, flow_id, "approved", {"message": "yes"})
+            for flow_id in flows:
+                view = await client.wait_for_flow(ns, flow_id, within=BOUND_S)
+                assert view.status is FlowStatus.COMPLETED
+        assert await eng.metric("flowledger_engine_lease_claims_total") >= 6  # 2 resumes each
+        assert await eng.metric("flowledger_engine_lease_takeovers_total") == 0
 
 
 async def _lost(engine: ServiceProcess) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -182,6 +183,53 @@ async def test_release_then_claim_again(store: EventStore, ns: str) -> None:
     await append_with(store, ns, flow, second.fencing_token, "b")
     with pytest.raises(NotFound):
         await store.release_lease(ns, "00000000-0000-4000-8000-000000000000", 1)
+
+
+async def test_a_claim_names_the_holder_it_took_over_from_only_after_an_expiry(
+    store: EventStore, ns: str
+) -> None:
+    """previous_owner: the holder of a lease that expired unreleased; empty for a new flow, a
+    released lease, a lease created with the flow and released, or a task worker's claim of a
+    flow whose engine let go when it waited."""
+    fresh = await new_flow(store, ns, "fresh")
+    (first,) = await claim(store, ns, "replica-a", fresh.flow_id, lease_ms=SHORT_MS)
+    assert first.previous_owner == ""
+    taken = await take_over(store, ns, "replica-b", fresh.flow_id)
+    assert taken.previous_owner == "replica-a"
+    assert await store.release_lease(ns, fresh.flow_id, taken.fencing_token)
+    (again,) = await claim(store, ns, "replica-c", fresh.flow_id, lease_ms=SHORT_MS)
+    assert again.previous_owner == ""  # released, not taken over
+    # The same owner claiming its own expired lease again is a takeover too.
+    assert (await take_over(store, ns, "replica-c", fresh.flow_id)).previous_owner == "replica-c"
+    renewed = await store.renew_lease(
+        ns, fresh.flow_id, "replica-c", (await store.get_flow(ns, fresh.flow_id)).lease_token,
+        LONG_MS,
+    )  # fmt: skip
+    assert renewed.previous_owner == ""
+
+    created = await store.create_flow_with(
+        NewFlow(ns, "leased", status=FlowStatus.QUEUED), lease=("replica-a", SHORT_MS)
+    )
+    assert created.lease is not None
+    assert created.lease.previous_owner == ""
+    assert (await take_over(store, ns, "replica-d", created.flow.flow_id)).previous_owner == (
+        "replica-a"
+    )
+
+    # Waiting on a task queue: the engine releases, a worker claims; its expiry is taken over.
+    queued = await new_flow(store, ns, "task")
+    (engine,) = await claim(store, ns, "replica-a", queued.flow_id)
+    await store.append(
+        Append(ns, queued.flow_id, 0, "wait", (ev(),), new_status=FlowStatus.WAITING,
+               task_queue="q", fencing_token=engine.fencing_token)
+    )  # fmt: skip
+    assert await store.release_lease(ns, queued.flow_id, engine.fencing_token)
+    request = ClaimRequest("worker-1", 1, SHORT_MS, (ns,), task_queues=("q",))
+    (worker,) = await store.claim_flows(request)
+    assert worker.previous_owner == ""
+    await past(worker.expires_at)
+    (second,) = await store.claim_flows(replace(request, owner="worker-2"))
+    assert second.previous_owner == "worker-1"
 
 
 async def test_claims_order_by_when_flows_entered_their_status(store: EventStore, ns: str) -> None:

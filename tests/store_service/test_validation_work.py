@@ -122,6 +122,8 @@ def test_conversions_round_trip() -> None:
                        NOW, NOW, lease_token=7)  # fmt: skip
     lease = domain.FlowLease(flow, 7, NOW, "replica-a")
     assert convert_work.flow_lease_from_pb(convert_work.flow_lease_to_pb(lease)) == lease
+    taken = domain.FlowLease(flow, 7, NOW, "replica-a", previous_owner="replica-b")
+    assert convert_work.flow_lease_from_pb(convert_work.flow_lease_to_pb(taken)) == taken
     new = convert_work.new_definition_version(put())
     assert new.request_id is None
     name, page = convert_work.definition_query(

@@ -9,6 +9,7 @@ the one an earlier holder may still be writing with; the append path refuses tha
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from store_service.adapters import lease_rules as rules
@@ -33,40 +34,45 @@ _LEASE = "now() + %(ms)s * interval '1 millisecond'"
 # ones since their wake_at. The two kinds come from two index scans that stop at the limit; the
 # better half of what they locked is leased, the rest is released at commit.
 _FREE = "deleted_at IS NULL AND (lease_expires_at IS NULL OR lease_expires_at <= now())"
+# Each pick carries the owner its row still records (picked_owner): set only on a lease that
+# expired unreleased (a release, an ending append or a wait clears it), which the claim takes
+# over (FlowLease.previous_owner).
 _CLAIM_ENGINE = """
 WITH runnable AS (
-    SELECT flow_id, status_since AS ready_at FROM flows
+    SELECT flow_id AS picked_id, status_since AS ready_at, lease_owner AS picked_owner
+    FROM flows
     WHERE status IN ('queued', 'running') AND {free} {filters}
     ORDER BY status_since, flow_id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 ), woken AS (
-    SELECT flow_id, wake_at AS ready_at FROM flows
+    SELECT flow_id AS picked_id, wake_at AS ready_at, lease_owner AS picked_owner FROM flows
     WHERE status = 'waiting' AND wake_at <= now() AND {free} {filters}
     ORDER BY wake_at, flow_id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
+), picked AS (
+    SELECT * FROM (SELECT * FROM runnable UNION ALL SELECT * FROM woken) both_kinds
+    ORDER BY ready_at, picked_id
+    LIMIT %(limit)s
 )
 UPDATE flows SET lease_owner = %(owner)s, lease_token = nextval('flow_lease_tokens'),
                  lease_expires_at = {lease}
-WHERE flow_id IN (
-    SELECT flow_id FROM (SELECT * FROM runnable UNION ALL SELECT * FROM woken) picked
-    ORDER BY ready_at, flow_id
-    LIMIT %(limit)s
-)
+FROM picked WHERE flows.flow_id = picked.picked_id
 RETURNING {columns}
 """
 # Task workers: flows waiting on one of their queues, whatever their wake_at, longest first.
 _CLAIM_TASKS = """
-UPDATE flows SET lease_owner = %(owner)s, lease_token = nextval('flow_lease_tokens'),
-                 lease_expires_at = {lease}
-WHERE flow_id IN (
-    SELECT flow_id FROM flows
+WITH picked AS (
+    SELECT flow_id AS picked_id, lease_owner AS picked_owner FROM flows
     WHERE status = 'waiting' AND task_queue = ANY(%(queues)s::text[]) AND {free} {filters}
     ORDER BY status_since, flow_id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 )
+UPDATE flows SET lease_owner = %(owner)s, lease_token = nextval('flow_lease_tokens'),
+                 lease_expires_at = {lease}
+FROM picked WHERE flows.flow_id = picked.picked_id
 RETURNING {columns}
 """
 _RENEW = f"""
@@ -102,10 +108,11 @@ async def claim_flows(db: Database, req: ClaimRequest) -> tuple[FlowLease, ...]:
     if req.task_queues:
         shape = _CLAIM_TASKS
         params["queues"] = list(req.task_queues)
-    # The claim order's status_since comes last, after the lease's columns.
+    # After the lease's columns: the claim order's status_since, then the previous owner.
     query = shape.format(
-        lease=_LEASE, free=_FREE, filters=filters, columns=_RETURNING + ", status_since"
-    )
+        lease=_LEASE, free=_FREE, filters=filters,
+        columns=_RETURNING + ", status_since, coalesce(picked_owner, '')",
+    )  # fmt: skip
 
     async def tx(conn: Conn) -> list[tuple[Any, ...]]:
         cur = await conn.execute(query, params)
@@ -114,7 +121,10 @@ async def claim_flows(db: Database, req: ClaimRequest) -> tuple[FlowLease, ...]:
     rows = await db.transaction(tx)
     # RETURNING follows no order: hand them out in the order they were picked.
     key = rules.task_claim_order if req.task_queues else rules.engine_claim_order
-    picked = sorted(((_lease(r[:-1]), r[-1]) for r in rows), key=lambda x: key(x[0].flow, x[1]))
+    picked = sorted(
+        ((replace(_lease(r[:-2]), previous_owner=r[-1]), r[-2]) for r in rows),
+        key=lambda x: key(x[0].flow, x[1]),
+    )
     return tuple(lease for lease, _ in picked)
 
 

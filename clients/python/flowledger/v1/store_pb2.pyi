@@ -1424,10 +1424,17 @@ class FlowLease(_message.Message):
     FENCING_TOKEN_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
+    PREVIOUS_OWNER_FIELD_NUMBER: _builtins.int
     fencing_token: _builtins.int
     """Token to present with every append and renewal while the lease is held."""
     owner: _builtins.str
     """The replica holding the lease."""
+    previous_owner: _builtins.str
+    """ClaimFlows only: the holder of the flow's previous lease when this claim takes it over,
+    because that lease expired without being released (a replica died, paused or lost the
+    store); empty when the flow was free (new, released, ended or woken from a wait). Engines
+    count takeovers by it.
+    """
     @_builtins.property
     def flow(self) -> _common_pb2.Flow:
         """The claimed flow."""
@@ -1443,10 +1450,11 @@ class FlowLease(_message.Message):
         fencing_token: _builtins.int = ...,
         expires_at: _timestamp_pb2.Timestamp | None = ...,
         owner: _builtins.str = ...,
+        previous_owner: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "flow", b"flow"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "fencing_token", b"fencing_token", "flow", b"flow", "owner", b"owner"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "fencing_token", b"fencing_token", "flow", b"flow", "owner", b"owner", "previous_owner", b"previous_owner"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
