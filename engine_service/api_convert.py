@@ -15,7 +15,7 @@ from google.protobuf import timestamp_pb2
 
 from engine_service.api_definitions import DefinitionChange, DocumentFormat, stored_steps
 from engine_service.api_flows import BranchRequest, FlowView, StartRequest
-from engine_service.replay import StepStatus
+from engine_service.step_views import StepWait, ViewStatus, step_view_status
 from engine_service.verify import VerifyReport
 from engine_service.watch import WatchBatch
 from flowledger.canonical import canonical_bytes
@@ -38,8 +38,8 @@ DEFAULT_PAGE_SIZE = 100
 _STATE_TO_PB: dict[DefinitionState, engine_pb2.DefinitionState.ValueType] = {
     s: engine_pb2.DefinitionState.Value(f"DEFINITION_STATE_{s.name}") for s in DefinitionState
 }
-_STEP_STATUS_TO_PB: dict[StepStatus, engine_pb2.StepStatus.ValueType] = {
-    s: engine_pb2.StepStatus.Value(f"STEP_STATUS_{s.name}") for s in StepStatus
+_STEP_STATUS_TO_PB: dict[ViewStatus, engine_pb2.StepStatus.ValueType] = {
+    s: engine_pb2.StepStatus.Value(f"STEP_STATUS_{s.name}") for s in ViewStatus
 }
 FLOW_STATUS_TO_PB: dict[FlowStatus, common_pb2.FlowStatus.ValueType] = {
     s: common_pb2.FlowStatus.Value(f"FLOW_STATUS_{s.name}") for s in FlowStatus
@@ -172,16 +172,19 @@ def list_definitions_response(result: DefinitionPage) -> engine_pb2.ListDefiniti
 def flow_view_to_pb(view: FlowView) -> engine_pb2.FlowView:
     state = view.state
     init = state.init
-    steps = [
-        engine_pb2.StepView(
-            step_id=step.step_id,
-            status=_STEP_STATUS_TO_PB[step.status],
-            fingerprint=step.fingerprint or "",
-            output_hashes=list(step.output_hashes),
-            attempts=step.attempt,
+    steps = []
+    for index, step in enumerate(state.steps):
+        status, wait = step_view_status(state, index)
+        steps.append(
+            engine_pb2.StepView(
+                step_id=step.step_id,
+                status=_STEP_STATUS_TO_PB[status],
+                fingerprint=step.fingerprint or "",
+                output_hashes=list(step.output_hashes),
+                attempts=step.attempt,
+                wait=_wait_to_pb(wait),
+            )
         )
-        for step in state.steps
-    ]
     return engine_pb2.FlowView(
         flow=common.flow_to_pb(view.flow),
         definition_name=init.definition_name if init else view.flow.name,
@@ -192,6 +195,14 @@ def flow_view_to_pb(view: FlowView) -> engine_pb2.FlowView:
         flow_fingerprint=state.flow_fingerprint or "",
         variants=view.variants,
         started_by=view.flow.created_by,
+    )
+
+
+def _wait_to_pb(wait: StepWait | None) -> engine_pb2.StepWait | None:
+    if wait is None:
+        return None
+    return engine_pb2.StepWait(
+        signal_name=wait.signal_name, task_queue=wait.task_queue, until=_timestamp(wait.until)
     )
 
 

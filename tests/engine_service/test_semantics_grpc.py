@@ -142,7 +142,10 @@ async def test_a_wait_step_waits_then_completes_untouched(
     assert waiting.status is FlowStatus.WAITING
     pause = waiting.step("pause")
     assert pause is not None
-    assert pause.status is StepStatus.RUNNING
+    assert pause.status is StepStatus.WAITING  # a durable wait, not a running function
+    assert pause.wait is not None
+    assert (pause.wait.signal_name, pause.wait.task_queue) == ("", "")
+    assert pause.wait.until is not None
     assert waiting.variants.endswith("ST")  # pause started, its timer recorded
 
     view = await client.wait_for_flow(ns, flow_id, within=BOUND_S)
@@ -457,6 +460,45 @@ async def test_a_cancel_while_a_worker_holds_the_task_refuses_its_report(
     view = await client.wait_for_flow(ns, flow_id, within=10)
     assert view.status is FlowStatus.CANCELLED
     assert view.variants == "ISFSQAYVK"
+
+
+async def test_describe_says_what_a_step_waits_for_and_which_one_a_cancel_stopped(
+    client: FlowledgerClient, ns: str
+) -> None:
+    """DescribeFlow's step statuses (every client's): WAITING with what for, CANCELLED for the
+    step a cancel interrupted; they once all said RUNNING."""
+    approve = {**APPROVE, "config": {"name": "approved", "timeout_seconds": 3600}}
+    signalled = await start(client, ns, "asks", doc(GREET, approve, DONE), None)
+    queued = await start(client, ns, "hands", doc(GREET, task_step(f"q-{ns}")), None)
+    for flow_id in (signalled, queued):
+        await until_status(client, ns, flow_id, FlowStatus.WAITING)
+    view = await client.describe_flow(ns, signalled)
+    step = view.step("approve")
+    assert step is not None
+    assert step.status is StepStatus.WAITING
+    assert step.wait is not None
+    assert (step.wait.signal_name, step.wait.task_queue) == ("approved", "")
+    assert step.wait.until is not None
+    assert view.flow.created_at is not None
+    assert step.wait.until > view.flow.created_at
+    assert [s.status for s in view.steps] == [
+        StepStatus.FINISHED_OK, StepStatus.WAITING, StepStatus.PENDING
+    ]
+    work = (await client.describe_flow(ns, queued)).step("work")
+    assert work is not None
+    assert work.wait is not None
+    assert (work.status, work.wait.signal_name, work.wait.task_queue, work.wait.until) == (
+        StepStatus.WAITING, "", f"q-{ns}", None
+    )
+
+    await client.cancel_flow(ns, signalled, reason="no longer needed")
+    cancelled = await client.wait_for_flow(ns, signalled, within=BOUND_S)
+    assert cancelled.status is FlowStatus.CANCELLED
+    assert [s.status for s in cancelled.steps] == [
+        StepStatus.FINISHED_OK, StepStatus.CANCELLED, StepStatus.PENDING
+    ]
+    assert all(s.wait is None for s in cancelled.steps)
+    await client.cancel_flow(ns, queued)
 
 
 # -- timeouts of waits ---------------------------------------------------------------------------

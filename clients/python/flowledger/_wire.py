@@ -95,6 +95,11 @@ def flow(pb: common_pb2.Flow) -> t.Flow:
     )
 
 
+def _wait(pb: engine_pb2.StepWait) -> t.StepWait:
+    return t.StepWait(signal_name=pb.signal_name, task_queue=pb.task_queue,
+                      until=_time(pb, "until"))  # fmt: skip
+
+
 def flow_view(pb: engine_pb2.FlowView) -> t.FlowView:
     return t.FlowView(
         flow=flow(pb.flow),
@@ -109,6 +114,7 @@ def flow_view(pb: engine_pb2.FlowView) -> t.FlowView:
                 fingerprint=s.fingerprint or None,
                 output_hashes=tuple(s.output_hashes),
                 attempts=s.attempts,
+                wait=_wait(s.wait) if s.HasField("wait") else None,
             )
             for s in pb.steps
         ),

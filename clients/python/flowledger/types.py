@@ -44,6 +44,8 @@ class StepStatus(enum.Enum):
     FINISHED_OK = "finished_ok"
     FAILED = "failed"
     SKIPPED = "skipped"
+    WAITING = "waiting"  # for a timer, a signal or a worker: StepView.wait says which
+    CANCELLED = "cancelled"  # in progress when the flow was cancelled
 
 
 class EventType(enum.Enum):
@@ -163,12 +165,23 @@ class StartedFlow:
 
 
 @dataclass(frozen=True)
+class StepWait:
+    """What a waiting step waits for: a signal (its name), a worker (the task's queue) or just
+    time; ``until``: when the wait ends by itself (a wait step's time, a timeout), else None."""
+
+    signal_name: str
+    task_queue: str
+    until: datetime | None
+
+
+@dataclass(frozen=True)
 class StepView:
     step_id: str
     status: StepStatus
     fingerprint: str | None
     output_hashes: tuple[str, ...]
     attempts: int
+    wait: StepWait | None = None  # set while status is WAITING
 
 
 @dataclass(frozen=True)

@@ -134,9 +134,34 @@ def print_flow_view(view: t.FlowView) -> None:
     table(
         None,
         ("step", "status", "attempts", "fingerprint"),
-        [[s.step_id, s.status.value, s.attempts, s.fingerprint or ""] for s in view.steps],
+        [[s.step_id, step_status_text(s), s.attempts, s.fingerprint or ""] for s in view.steps],
     )
-    fields([("flow fingerprint", view.flow_fingerprint or "(none yet)")])
+    fields([("flow fingerprint", flow_fingerprint_text(view))])
+
+
+def step_status_text(step: t.StepView) -> str:
+    """``waiting (signal approved)``, ``waiting (task on queue q)``, ``waiting (until T)``
+    (a signal's or task's timeout joins as ``, until T``), else the status."""
+    wait = step.wait
+    if step.status is not t.StepStatus.WAITING or wait is None:
+        return step.status.value
+    what = []
+    if wait.signal_name:
+        what.append(f"signal {wait.signal_name}")
+    if wait.task_queue:
+        what.append(f"task on queue {wait.task_queue}")
+    if wait.until is not None:
+        what.append(f"until {time_text(wait.until)}")
+    return f"waiting ({', '.join(what)})" if what else "waiting"
+
+
+def flow_fingerprint_text(view: t.FlowView) -> str:
+    """The flow fingerprint; without one, why: the flow ended another way, or has not yet."""
+    if view.flow_fingerprint:
+        return view.flow_fingerprint
+    if view.status in (t.FlowStatus.CANCELLED, t.FlowStatus.FAILED):
+        return f"(none: flow {view.status.value})"
+    return "(none yet)"
 
 
 def print_definition(version: t.DefinitionVersion) -> None:

@@ -145,7 +145,7 @@ def run(
             ("status", out.status_text(view.status)),
             ("variants", view.variants),
             *((f"step {s.step_id}", s.fingerprint or "") for s in view.steps),
-            ("flow fingerprint", view.flow_fingerprint or "(none)"),
+            ("flow fingerprint", out.flow_fingerprint_text(view)),
         ])
     if view.status is not t.FlowStatus.COMPLETED:
         ctx.exit(1)

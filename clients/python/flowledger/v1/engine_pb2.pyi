@@ -104,6 +104,12 @@ class _StepStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StepStatus
     """Failed for good."""
     STEP_STATUS_SKIPPED: _StepStatus.ValueType  # 5
     """Skipped by its condition."""
+    STEP_STATUS_WAITING: _StepStatus.ValueType  # 6
+    """Its attempt waits durably for a timer, a signal or an external worker (StepView.wait says
+    which); the flow is WAITING.
+    """
+    STEP_STATUS_CANCELLED: _StepStatus.ValueType  # 7
+    """Its attempt was in progress (or waiting) when the flow was cancelled."""
 
 class StepStatus(_StepStatus, metaclass=_StepStatusEnumTypeWrapper):
     """Status of one step of a flow, as replayed from its log."""
@@ -120,6 +126,12 @@ STEP_STATUS_FAILED: StepStatus.ValueType  # 4
 """Failed for good."""
 STEP_STATUS_SKIPPED: StepStatus.ValueType  # 5
 """Skipped by its condition."""
+STEP_STATUS_WAITING: StepStatus.ValueType  # 6
+"""Its attempt waits durably for a timer, a signal or an external worker (StepView.wait says
+which); the flow is WAITING.
+"""
+STEP_STATUS_CANCELLED: StepStatus.ValueType  # 7
+"""Its attempt was in progress (or waiting) when the flow was cancelled."""
 Global___StepStatus: _TypeAlias = StepStatus  # noqa: Y015
 
 class _WatchFilter:
@@ -786,6 +798,40 @@ class DescribeFlowResponse(_message.Message):
 Global___DescribeFlowResponse: _TypeAlias = DescribeFlowResponse  # noqa: Y015
 
 @_typing.final
+class StepWait(_message.Message):
+    """What a waiting step waits for (StepView.wait, with STEP_STATUS_WAITING)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIGNAL_NAME_FIELD_NUMBER: _builtins.int
+    TASK_QUEUE_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    signal_name: _builtins.str
+    """The signal a `signal` step waits for (empty otherwise)."""
+    task_queue: _builtins.str
+    """The queue a `task` step waits on for an external worker (empty otherwise)."""
+    @_builtins.property
+    def until(self) -> _timestamp_pb2.Timestamp:
+        """When the wait ends by itself: a `wait` step's time, a signal's or a task's timeout (unset:
+        no timeout).
+        """
+
+    def __init__(
+        self,
+        *,
+        signal_name: _builtins.str = ...,
+        task_queue: _builtins.str = ...,
+        until: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["until", b"until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["signal_name", b"signal_name", "task_queue", b"task_queue", "until", b"until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StepWait: _TypeAlias = StepWait  # noqa: Y015
+
+@_typing.final
 class StepView(_message.Message):
     """One step of a flow as replayed from its log."""
 
@@ -796,6 +842,7 @@ class StepView(_message.Message):
     FINGERPRINT_FIELD_NUMBER: _builtins.int
     OUTPUT_HASHES_FIELD_NUMBER: _builtins.int
     ATTEMPTS_FIELD_NUMBER: _builtins.int
+    WAIT_FIELD_NUMBER: _builtins.int
     step_id: _builtins.str
     """Id of the step in the definition."""
     status: Global___StepStatus.ValueType
@@ -808,6 +855,10 @@ class StepView(_message.Message):
     def output_hashes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Hashes of the step's output artifacts, in the order it produced them."""
 
+    @_builtins.property
+    def wait(self) -> Global___StepWait:
+        """Set while the step waits (status STEP_STATUS_WAITING): for what, and until when."""
+
     def __init__(
         self,
         *,
@@ -816,10 +867,11 @@ class StepView(_message.Message):
         fingerprint: _builtins.str = ...,
         output_hashes: _abc.Iterable[_builtins.str] | None = ...,
         attempts: _builtins.int = ...,
+        wait: Global___StepWait | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["wait", b"wait"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "fingerprint", b"fingerprint", "output_hashes", b"output_hashes", "status", b"status", "step_id", b"step_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "fingerprint", b"fingerprint", "output_hashes", b"output_hashes", "status", b"status", "step_id", b"step_id", "wait", b"wait"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
