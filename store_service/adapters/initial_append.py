@@ -14,11 +14,16 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 from flowledger.errors import FieldViolation, InvalidArgument
-from store_service.domain import Append, Flow, FlowLease
+from store_service.domain import Append, Flow, FlowLease, FlowStatus
 
 
-def check_initial(initial: Append) -> None:
-    """The fields an initial append may not choose (the rest is checked as for any append)."""
+def check_initial(initial: Append, status: FlowStatus) -> None:
+    """The fields an initial append may not choose (the rest is checked as for any append),
+    and a new flow's ``status`` that takes no events (an ended flow accepts none)."""
+    if status.terminal:
+        raise InvalidArgument.field(
+            "status", f"a flow created with an initial_append cannot start {status.value}"
+        )
     if initial.expected_version != 0:
         raise InvalidArgument.field("initial_append.expected_version", "must be 0 (a new flow)")
     if initial.fencing_token != 0:

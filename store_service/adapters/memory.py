@@ -29,6 +29,7 @@ from store_service.adapters._memory_definitions import DefinitionBook
 from store_service.adapters._memory_feed import MemoryFeed
 from store_service.adapters._memory_records import Generation, Record, read_log
 from store_service.adapters.flow_limits import DEFAULT_MAX_EVENTS_PER_FLOW, check_events_per_flow
+from store_service.adapters.flow_rules import REOPENED, check_is_branch, check_not_ended, reopens
 from store_service.adapters.initial_append import as_initial, bind_initial, check_initial
 from store_service.adapters.lease_rules import check_lease_request, check_renewal, check_token
 from store_service.domain import (
@@ -93,9 +94,12 @@ class MemoryEventStore:
             check_lease_request(*lease)
         flow = support.new_flow(new, support.flow_id_or_new(new.flow_id), None, 0)
         if initial is not None:
-            check_initial(initial)
+            check_initial(initial, flow.status)
             with as_initial():
-                self._check_append(bind_initial(initial, flow, None))
+                first = bind_initial(initial, flow, None)
+                support.check_append(first)
+                # A new flow is at version 0: the limit is known before it is made.
+                check_events_per_flow(first, 0, self._max_events_per_flow)
         async with self._lock:
             created, existed = self._create(flow, None)
             if existed:
@@ -169,6 +173,7 @@ class MemoryEventStore:
         self._check_open()
         async with self._lock:
             rec = self._find(namespace, flow_id, include_deleted=True)
+            check_is_branch(rec.flow)
             if not rec.flow.deleted:
                 rec.flow = replace(rec.flow, deleted=True, updated_at=datetime.now(UTC))
             return rec.flow
@@ -177,7 +182,7 @@ class MemoryEventStore:
 
     async def append(self, cmd: Append) -> AppendResult:
         self._check_open()
-        self._check_append(cmd)
+        support.check_append(cmd)
         async with self._lock:
             rec = self._find(cmd.namespace, cmd.flow_id, include_deleted=True)
             first = rec.repeat(cmd.command_id, "append")
@@ -185,16 +190,14 @@ class MemoryEventStore:
                 return replace(first, duplicate=True)
             return self._apply(rec, cmd)
 
-    def _check_append(self, cmd: Append) -> None:
-        """What an append is refused for before anything is looked up."""
-        support.check_append(cmd)
-        check_events_per_flow(cmd, self._max_events_per_flow)
-
     def _apply(self, rec: Record, cmd: Append) -> AppendResult:
-        """Append ``cmd`` (checked, not a repeat) to ``rec``; under the lock."""
+        """Append ``cmd`` (checked, not a repeat) to ``rec``; under the lock. The checks in
+        the order of flowledger_append_batch: deleted, lease, version, ended, events limit."""
         rec.check_writable(cmd.fencing_token)
         if cmd.expected_version != rec.flow.version:
             raise VersionConflict(rec.flow.flow_id, cmd.expected_version, rec.flow.version)
+        check_not_ended(rec.flow)
+        check_events_per_flow(cmd, rec.flow.version, self._max_events_per_flow)
         events = rec.apply(cmd, self._seq + 1, datetime.now(UTC))
         # Nothing can fail from here on: the store's half of the commit.
         self._seq += len(events)
@@ -287,10 +290,12 @@ class MemoryEventStore:
                     "keep_through_version", f"is past the flow's version {flow.version}"
                 )
             keep = cmd.keep_through_version
+            now = datetime.now(UTC)
             rec.generations.append(Generation(keep, (flow.flow_id, flow.generation)))
-            rec.flow = replace(
-                flow, version=keep, generation=flow.generation + 1, updated_at=datetime.now(UTC)
-            )
+            if reopens(flow, keep):
+                flow = replace(flow, status=REOPENED, wake_at=None, task_queue=None)
+                rec.status_since = now
+            rec.flow = replace(flow, version=keep, generation=flow.generation + 1, updated_at=now)
             rec.commands[cmd.command_id] = ("prune", AppendResult(keep, keep, ()))
             return rec.flow, False
 

@@ -16,12 +16,18 @@ import psycopg
 import pytest
 from psycopg.rows import TupleRow
 
-from flowledger.errors import AlreadyExists, FailedPrecondition, NotFound, VersionConflict
+from flowledger.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    NotFound,
+    ResourceExhausted,
+    VersionConflict,
+)
 from store_service.adapters.postgres import appender as appender_module
 from store_service.adapters.postgres import appendsql
 from store_service.adapters.postgres.lineage import Range, plan_chunks
 from store_service.adapters.postgres.store import PostgresEventStore
-from store_service.domain import Append, AppendResult, FlowStatus, Prune
+from store_service.domain import Append, AppendResult, EventType, FlowStatus, NewBranch, Prune
 from tests.store.helpers import aclose, append, artifact, ev, eventually, new_flow, read_all
 
 pytestmark = pytest.mark.postgres_only
@@ -70,11 +76,15 @@ async def until_lock_waiters(raw: RawConn, within: float = 30.0) -> int:
 async def test_one_batch_answers_every_outcome_in_queue_order(
     pg: PostgresEventStore, raw: RawConn, migrated_database_url: str, ns: str
 ) -> None:
-    live, gone, leased, pruned = [
-        (await new_flow(pg, ns, name=n)).flow_id for n in ("live", "gone", "leased", "pruned")
+    live, leased, pruned, ended, full = [
+        (await new_flow(pg, ns, name=n)).flow_id
+        for n in ("live", "leased", "pruned", "ended", "full")
     ]
+    gone = (await pg.create_branch(NewBranch(ns, live, 0, "gone")))[0].flow_id
     stored = await append(pg, ns, live, 0, ev(), cmd="stored")
     await pg.delete_branch(ns, gone)
+    await append(pg, ns, ended, 0, ev(EventType.FLOW_FAILED), status=FlowStatus.FAILED)
+    await append(pg, ns, full, 0, *(ev(n=i) for i in range(5)))
     await raw.execute(
         "UPDATE flows SET lease_token = 7, lease_expires_at = now() + %s WHERE flow_id = %s",
         (timedelta(minutes=1), leased),
@@ -92,17 +102,23 @@ async def test_one_batch_answers_every_outcome_in_queue_order(
         Append(ns, leased, 0, "e", (ev(),), fencing_token=6),
         Append(ns, pruned, 1, "cut", (ev(),)),  # the id of a prune
         Append(ns, live, 3, "f", (ev(),), (shared,), new_status=FlowStatus.RUNNING),
-    ]
+        Append(ns, live, 4, "g", (ev(EventType.FLOW_COMPLETED),),
+               new_status=FlowStatus.COMPLETED),
+        Append(ns, live, 5, "h", (ev(),)),  # "g" ended the flow, in this very batch
+        Append(ns, ended, 1, "i", (ev(),)),  # ended before
+        Append(ns, full, 5, "j", (ev(),)),  # past the limit of 5
+        Append(ns, full, 2**63 - 1, "k", (ev(),)),  # a conflict, whatever it claims
+    ]  # fmt: skip
     conn = await psycopg.AsyncConnection.connect(migrated_database_url, autocommit=True)
     try:
-        rows = await appender_module._attempt(conn, cmds)
+        rows = await appender_module._attempt(conn, cmds, 5)
     finally:
         await conn.close()
     assert [r[0] for r in rows] == [
         "accepted", "conflict", "same", "duplicate", "not_found", "deleted", "lease_lost",
-        "reused", "accepted",
+        "reused", "accepted", "accepted", "ended", "ended", "too_many_events", "conflict",
     ]  # fmt: skip
-    out: list[Any] = [appendsql.outcome(c, r) for c, r in zip(cmds, rows, strict=True)]
+    out: list[Any] = [appendsql.outcome(c, r, 5) for c, r in zip(cmds, rows, strict=True)]
     a = out[0]
     assert isinstance(a, AppendResult)
     assert (a.first_version, a.last_version, a.duplicate, len(a.seqs)) == (2, 3, False, 2)
@@ -119,19 +135,27 @@ async def test_one_batch_answers_every_outcome_in_queue_order(
     assert out[7].reason == "COMMAND_ID_REUSED"
     assert isinstance(out[8], AppendResult)
     assert (out[8].first_version, out[8].last_version) == (4, 4)
+    assert isinstance(out[10], FailedPrecondition)
+    assert (out[10].reason, out[10].metadata["status"]) == ("FLOW_ENDED", "completed")
+    assert isinstance(out[11], FailedPrecondition)
+    assert (out[11].reason, out[11].metadata["status"]) == ("FLOW_ENDED", "failed")
+    assert isinstance(out[12], ResourceExhausted)
+    assert out[12].reason == "EVENTS_PER_FLOW_EXCEEDED"
+    assert isinstance(out[13], VersionConflict)
+    assert out[13].current_version == 5
     # One artifact row, produced by the first command that offered it.
     assert all(r[6] == 1 for r in rows)
     (found,) = (await pg.get_artifacts(ns, [shared.hash])).found
     assert found.produced_in_seq == a.seqs[1]
     flow = await pg.get_flow(ns, live)
-    assert (flow.version, flow.status) == (4, FlowStatus.RUNNING)
+    assert (flow.version, flow.status) == (5, FlowStatus.COMPLETED)
     events = await read_all(pg, ns, live)
     assert [(e.version, e.command_id) for e in events] == [
-        (1, "stored"), (2, "a"), (3, "a"), (4, "f"),
+        (1, "stored"), (2, "a"), (3, "a"), (4, "f"), (5, "g"),
     ]  # fmt: skip
     assert [e.seq for e in events[1:3]] == list(a.seqs)
-    for untouched in (gone, leased):
-        assert (await pg.get_flow(ns, untouched, include_deleted=True)).version == 0
+    for untouched, version in ((gone, 0), (leased, 0), (ended, 1), (full, 5)):
+        assert (await pg.get_flow(ns, untouched, include_deleted=True)).version == version
 
 
 async def test_a_stalled_batch_does_not_hold_up_other_flows(
@@ -195,7 +219,8 @@ async def test_a_command_committed_while_a_repeat_waited_for_the_lock_is_a_dupli
     cmd = Append(ns, flow, 0, "x", (ev(),))
     first = await psycopg.AsyncConnection.connect(migrated_database_url)  # not autocommit
     try:
-        rows = await appender_module._attempt(first, [cmd])  # holds the flow's lock, uncommitted
+        # Holds the flow's lock, uncommitted.
+        rows = await appender_module._attempt(first, [cmd], 100)
         assert rows[0][0] == "accepted"
         repeat = asyncio.create_task(append(pg, ns, flow, 0, ev(), cmd="x"))
         assert await until_lock_waiters(raw) == 1

@@ -3,7 +3,10 @@
 An append that would take a flow's log past the limit is RESOURCE_EXHAUSTED (reason
 ``EVENTS_PER_FLOW_EXCEEDED``) and writes nothing: no event, no artifact, no command id, no change
 of the flow. The log counts inherited and kept events too (branches, prunes); the append that
-ends the flow may pass the limit once, so an engine can still record why a flow failed.
+ends the flow may pass the limit by its one ending event, so a flow at its limit can always end
+(an engine records why it failed, a cancel records FlowCancelled). The limit is judged only at
+the version the flow is at: a stale or absurd expected_version is a conflict, an ended flow is
+FLOW_ENDED.
 """
 
 from __future__ import annotations
@@ -17,12 +20,12 @@ import grpc.aio
 import pytest
 
 from flowledger.canonical import content_hash
-from flowledger.errors import ResourceExhausted
+from flowledger.errors import FailedPrecondition, NotFound, ResourceExhausted, VersionConflict
 from flowledger.server import client_interceptors
 from flowledger.v1 import store_pb2_grpc
 from store_service.adapters.flow_limits import DEFAULT_MAX_EVENTS_PER_FLOW
 from store_service.adapters.memory import MemoryEventStore
-from store_service.domain import Append, EventType, FlowStatus, NewBranch, Prune
+from store_service.domain import Append, EventType, FlowStatus, NewBranch, NewFlow, Prune
 from store_service.ports import EventStore
 from store_service.server import serve
 from store_service.settings import Limits, SettingsError, StoreSettings
@@ -104,14 +107,47 @@ async def test_the_append_that_ends_the_flow_may_pass_it_once(
         status=FlowStatus.FAILED,
     )  # fmt: skip
     assert ended.last_version == LIMIT + 1
-    # Once past the limit, nothing more: not even another ending.
-    with pytest.raises(ResourceExhausted) as caught:
+    # Once ended, nothing more: not even another ending.
+    with pytest.raises(FailedPrecondition) as ended_caught:
         await append(
             limited, ns, flow.flow_id, LIMIT + 1, ev(EventType.FLOW_CANCELLED),
             status=FlowStatus.CANCELLED,
         )  # fmt: skip
-    _exceeded(caught)
+    assert ended_caught.value.reason == "FLOW_ENDED"
     assert (await limited.get_flow(ns, flow.flow_id)).version == LIMIT + 1
+
+
+@pytest.mark.parametrize(
+    ("status", "ending"),
+    [
+        (FlowStatus.COMPLETED, EventType.FLOW_COMPLETED),
+        (FlowStatus.FAILED, EventType.FLOW_FAILED),
+        (FlowStatus.CANCELLED, EventType.FLOW_CANCELLED),
+    ],
+)
+async def test_past_the_limit_an_ending_adds_only_its_ending_event(
+    limited: EventStore, ns: str, status: FlowStatus, ending: EventType
+) -> None:
+    """A terminal append that passes the limit may not carry more than the flow's ending: the
+    log stays bounded by the limit plus one event."""
+    flow = await new_flow(limited, ns)
+    await append(limited, ns, flow.flow_id, 0, *(ev(n=i) for i in range(LIMIT)))
+    other = EventType.FLOW_COMPLETED if ending is EventType.FLOW_FAILED else EventType.FLOW_FAILED
+    for events in (
+        [*(ev(n=i) for i in range(100)), ev(ending)],  # a flood, then the ending
+        [ev(), ev(ending)],  # one event more than the ending
+        [ev(ending), ev(ending)],  # endings only, but two of them
+        [ev(other)],  # another status's ending
+        [ev()],  # no ending at all
+    ):
+        with pytest.raises(ResourceExhausted) as caught:
+            await append(limited, ns, flow.flow_id, LIMIT, *events, status=status)
+        _exceeded(caught)
+    assert (await limited.get_flow(ns, flow.flow_id)).version == LIMIT
+    ended = await append(limited, ns, flow.flow_id, LIMIT, ev(ending), status=status)
+    assert ended.last_version == LIMIT + 1
+    after = await limited.get_flow(ns, flow.flow_id)
+    assert (after.version, after.status) == (LIMIT + 1, status)
 
 
 async def test_a_repeat_of_an_accepted_command_still_answers(limited: EventStore, ns: str) -> None:
@@ -150,12 +186,50 @@ async def test_a_refused_append_does_not_hold_up_the_others(limited: EventStore,
     assert [(await limited.get_flow(ns, f.flow_id)).version for f in others] == [2] * 8
 
 
-async def test_the_limit_is_checked_before_the_flow_is_looked_up(limited: EventStore) -> None:
-    """Decided by the command alone: the same answer whether the flow exists or not."""
-    with pytest.raises(ResourceExhausted):
-        await limited.append(
-            Append("nowhere", str(uuid.uuid4()), LIMIT, command_id(), (ev(),))
-        )
+async def test_the_limit_is_judged_after_the_flow_and_its_version(
+    limited: EventStore, ns: str
+) -> None:
+    """Not found, deleted, a stale (or absurd) expected_version and an ended flow come first:
+    the limit is judged only at the version the flow is at."""
+    huge = 2**63 - 1
+    with pytest.raises(NotFound):
+        await limited.append(Append(ns, str(uuid.uuid4()), huge, command_id(), (ev(),)))
+    flow = await new_flow(limited, ns)
+    await append(limited, ns, flow.flow_id, 0, ev(), ev())
+    for claimed in (huge, LIMIT, 1):
+        with pytest.raises(VersionConflict) as conflict:
+            await append(limited, ns, flow.flow_id, claimed, *(ev(n=i) for i in range(LIMIT)))
+        assert conflict.value.current_version == 2
+        assert conflict.value.metadata["current_version"] == "2"
+    branch, _ = await limited.create_branch(NewBranch(ns, flow.flow_id, 2, "b"))
+    await limited.delete_branch(ns, branch.flow_id)
+    with pytest.raises(FailedPrecondition) as deleted:
+        await append(limited, ns, branch.flow_id, huge, ev())
+    assert deleted.value.reason == "FLOW_DELETED"
+    await append(limited, ns, flow.flow_id, 2, ev(EventType.FLOW_FAILED), status=FlowStatus.FAILED)
+    with pytest.raises(FailedPrecondition) as ended:
+        await append(limited, ns, flow.flow_id, 3, *(ev(n=i) for i in range(LIMIT)))
+    assert ended.value.reason == "FLOW_ENDED"
+    with pytest.raises(VersionConflict):
+        await append(limited, ns, flow.flow_id, huge, ev())
+    assert (await limited.get_flow(ns, flow.flow_id)).version == 3
+
+
+async def test_a_create_call_whose_first_events_pass_the_limit_creates_nothing(
+    limited: EventStore, ns: str
+) -> None:
+    new = NewFlow(ns, "too-big", flow_id=str(uuid.uuid4()))
+    first = Append("", "", 0, command_id(), tuple(ev(n=i) for i in range(LIMIT + 1)))
+    with pytest.raises(ResourceExhausted) as caught:
+        await limited.create_flow_with(new, initial=first)
+    _exceeded(caught)
+    assert new.flow_id is not None
+    with pytest.raises(NotFound):
+        await limited.get_flow(ns, new.flow_id)
+    # Exactly the limit is fine.
+    fits = Append("", "", 0, command_id(), tuple(ev(n=i) for i in range(LIMIT)))
+    created = await limited.create_flow_with(new, initial=fits)
+    assert created.flow.version == LIMIT
 
 
 # -- the setting, through the service ----------------------------------------------------------

@@ -59,7 +59,7 @@ def flows_plans(plans: list[str]) -> list[str]:
 
 def create_params(flow_id: str, initial: Append | None) -> tuple[Any, ...]:
     return (flow_id, NS, "f", "running", "{}", "", "engine-1", 30_000,
-            *appendsql.batch_params([] if initial is None else [initial]))  # fmt: skip
+            *appendsql.batch_params([] if initial is None else [initial], 100))  # fmt: skip
 
 
 async def test_a_batch_looks_its_flows_up_by_key(raw: RawConn) -> None:
@@ -68,7 +68,7 @@ async def test_a_batch_looks_its_flows_up_by_key(raw: RawConn) -> None:
         await (await raw.execute(_CREATE_ROOT, create_params(fid, None))).fetchall()
     batch = [Append(NS, fid, 0, "c1", (ev(EventType.FLOW_INITIALIZED),)) for fid in flows]
 
-    plans = await nested_plans(raw, appendsql.APPEND_BATCH, appendsql.batch_params(batch))
+    plans = await nested_plans(raw, appendsql.APPEND_BATCH, appendsql.batch_params(batch, 100))
 
     touching = flows_plans(plans)
     assert len(touching) >= 2, plans  # the lock and the head update, at least

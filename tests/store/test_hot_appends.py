@@ -42,7 +42,7 @@ async def flows_updates(conn: RawConn) -> tuple[int, int]:
 
 
 async def run_batch(conn: RawConn, cmds: list[Append]) -> list[str]:
-    cur = await conn.execute(appendsql.APPEND_BATCH, appendsql.batch_params(cmds))
+    cur = await conn.execute(appendsql.APPEND_BATCH, appendsql.batch_params(cmds, 100))
     return [row[0] for row in await cur.fetchall()]
 
 

@@ -30,7 +30,7 @@ from store_service.adapters.postgres.lineage import Range, ranges_from_chain
 from store_service.adapters.postgres.retry import RetryPolicy, retrying
 from store_service.adapters.postgres.sqlerrors import transient_reason
 from store_service.adapters.postgres.store import PostgresEventStore
-from store_service.domain import Append, FlowFilter, NewEvent, Page, Prune
+from store_service.domain import Append, FlowFilter, NewBranch, NewEvent, Page, Prune
 from tests.fixtures.postgres import PgServer
 from tests.store.helpers import Feed, aclose, append, artifact, ev, new_flow, read_all
 
@@ -203,9 +203,9 @@ async def test_a_lost_commit_reply_is_answered_as_a_duplicate(
     real = appender_module._attempt
     lost = 0
 
-    async def commit_then_lose_reply(conn: Any, cmds: Any) -> Any:
+    async def commit_then_lose_reply(conn: Any, cmds: Any, max_events: int) -> Any:
         nonlocal lost
-        done = await real(conn, cmds)
+        done = await real(conn, cmds, max_events)
         if not lost:
             lost += 1
             raise psycopg.OperationalError("server closed the connection unexpectedly")
@@ -242,7 +242,8 @@ async def test_artifacts_are_checked_and_deduplicated(pg: PostgresEventStore, ns
 async def test_fencing_tokens_and_deleted_flows(
     pg: PostgresEventStore, raw: RawConn, ns: str
 ) -> None:
-    flow = await new_flow(pg, ns)
+    root = await new_flow(pg, ns)
+    flow, _ = await pg.create_branch(NewBranch(ns, root.flow_id, 0, "b"))  # deletable
     lease = "UPDATE flows SET lease_token = 7, lease_expires_at = now() + %s WHERE flow_id = %s"
     await raw.execute(lease, (timedelta(minutes=1), flow.flow_id))
     for token in (6, 8):  # an older holder, and a token never handed out

@@ -27,7 +27,7 @@ from flowledger.errors import (
     InvalidArgument,
     Unavailable,
 )
-from store_service.adapters.flow_limits import DEFAULT_MAX_EVENTS_PER_FLOW, check_events_per_flow
+from store_service.adapters.flow_limits import DEFAULT_MAX_EVENTS_PER_FLOW
 from store_service.adapters.postgres import appendsql as sql
 from store_service.adapters.postgres import sqlerrors
 from store_service.adapters.postgres.db import Conn, Database
@@ -86,11 +86,13 @@ class GroupCommitAppender:
 
     def check(self, cmd: Append) -> Append:
         """What ``append`` refuses a command for before it joins a batch; returns it with a
-        canonical flow id."""
-        cmd = validate_append(cmd)
-        # Decided by the command alone (flow_limits), so it never has to join a batch.
-        check_events_per_flow(cmd, self._max_events_per_flow)
-        return cmd
+        canonical flow id. (The events-per-flow limit is the batch function's, after the
+        version check: flow_limits.)"""
+        return validate_append(cmd)
+
+    @property
+    def max_events_per_flow(self) -> int:
+        return self._max_events_per_flow
 
     async def append(self, cmd: Append) -> AppendResult:
         cmd = self.check(cmd)
@@ -142,7 +144,10 @@ class GroupCommitAppender:
 
     async def _process(self, batch: list[_Pending]) -> None:
         try:
-            rows = await self._db.run(lambda conn: _attempt(conn, [p.cmd for p in batch]))
+            cmds = [p.cmd for p in batch]
+            rows = await self._db.run(
+                lambda conn: _attempt(conn, cmds, self._max_events_per_flow)
+            )
         except FlowledgerError as exc:
             if len(batch) == 1 or _is_transient_exhaustion(exc):
                 _fail_all(batch, _locate(exc, batch[0].cmd) if len(batch) == 1 else exc)
@@ -151,7 +156,7 @@ class GroupCommitAppender:
             for p in batch:
                 await self._process([p])
             return
-        _resolve(batch, rows)
+        _resolve(batch, rows, self._max_events_per_flow)
 
 
 async def _until_free(in_flight: dict[asyncio.Task[None], float], limit: int) -> None:
@@ -168,23 +173,23 @@ async def _until_free(in_flight: dict[asyncio.Task[None], float], limit: int) ->
             await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
 
 
-async def _attempt(conn: Conn, cmds: list[Append]) -> list[sql.Row]:
+async def _attempt(conn: Conn, cmds: list[Append], max_events: int) -> list[sql.Row]:
     """One try of a batch: one statement on an autocommit connection, so one transaction.
 
     The rows are read once the server is ready for the next query, that is after the commit
     (and its WAL flush) succeeded.
     """
-    cur = await conn.execute(sql.APPEND_BATCH, sql.batch_params(cmds))
+    cur = await conn.execute(sql.APPEND_BATCH, sql.batch_params(cmds, max_events))
     return await cur.fetchall()
 
 
-def _resolve(batch: list[_Pending], rows: list[sql.Row]) -> None:
+def _resolve(batch: list[_Pending], rows: list[sql.Row], max_events: int) -> None:
     """Answer every caller and record the batch's metrics (once: after the commit)."""
     now = time.perf_counter()
     conflicts = duplicates = offered = 0
     appended: Counter[str] = Counter()
     for p, row in zip(batch, rows, strict=True):
-        res = sql.outcome(p.cmd, row)
+        res = sql.outcome(p.cmd, row, max_events)
         kind = row[0]
         if kind == sql.ACCEPTED:
             appended.update(ev.type.value for ev in p.cmd.events)

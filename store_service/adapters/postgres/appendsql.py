@@ -1,7 +1,8 @@
-"""A group-commit batch as one call of ``flowledger_append_batch`` (migrations 0003, 0004).
+"""A group-commit batch as one call of ``flowledger_append_batch`` (migrations 0003, 0004, 0010).
 
 The function locks the batch's flows in flow-id order, checks each command in queue order
-(namespace, command id, deletion, fencing token, expected version), writes the events, artifacts,
+(namespace, command id, deletion, fencing token, expected version, ended flow, events-per-flow
+limit: the same order as the memory store), writes the events, artifacts,
 command rows and flow heads, notifies the feed and answers one row per command. On an autocommit
 connection that is one statement, one round trip and one transaction per batch whatever its size;
 its rows arrive once the commit is durable. Python only packs the arrays and names the outcomes.
@@ -14,6 +15,8 @@ from datetime import datetime
 from typing import Any
 
 from flowledger.errors import AlreadyExists, FlowledgerError, VersionConflict
+from store_service.adapters.flow_limits import events_per_flow_exceeded, highest_start_version
+from store_service.adapters.flow_rules import flow_ended
 from store_service.adapters.lease_rules import lease_lost
 from store_service.adapters.postgres.rows import flow_deleted, flow_not_found
 from store_service.domain import Append, AppendResult
@@ -21,7 +24,7 @@ from store_service.domain import Append, AppendResult
 # The function's array arguments, in order, as :func:`batch_params` packs them.
 APPEND_ARGUMENTS = """
     %b::text[], %b::uuid[], %b::bigint[], %b::text[], %b::text[], %b::timestamptz[],
-    %b::text[], %b::bigint[], %b::int[],
+    %b::text[], %b::bigint[], %b::int[], %b::bigint[],
     %b::int[], %b::int[], %b::text[], %b::text[],
     %b::int[], %b::int[], %b::text[], %b::text[], %b::text[], %b::text[]"""
 APPEND_BATCH = f"""
@@ -36,8 +39,9 @@ ACCEPTED = "accepted"
 REPEATS = frozenset({"same", "duplicate"})
 
 
-def batch_params(cmds: list[Append]) -> tuple[list[Any], ...]:
-    """The function's arguments: per command, per event and per artifact arrays."""
+def batch_params(cmds: list[Append], max_events: int) -> tuple[list[Any], ...]:
+    """The function's arguments: per command, per event and per artifact arrays
+    (``max_events``: the store's events-per-flow limit)."""
     c_ns: list[str] = []
     c_flow: list[str] = []
     c_expected: list[int] = []
@@ -47,6 +51,7 @@ def batch_params(cmds: list[Append]) -> tuple[list[Any], ...]:
     c_queue: list[str | None] = []
     c_token: list[int] = []
     c_events: list[int] = []
+    c_limit: list[int] = []
     e_cmd: list[int] = []
     e_off: list[int] = []
     e_type: list[str] = []
@@ -67,6 +72,7 @@ def batch_params(cmds: list[Append]) -> tuple[list[Any], ...]:
         c_queue.append(c.task_queue)
         c_token.append(c.fencing_token)
         c_events.append(len(c.events))
+        c_limit.append(highest_start_version(c, max_events))
         for n, ev in enumerate(c.events):
             e_cmd.append(i)
             e_off.append(n)
@@ -80,13 +86,13 @@ def batch_params(cmds: list[Append]) -> tuple[list[Any], ...]:
             a_payload.append(a.payload_json)
             a_meta.append(a.metadata_json)
     return (
-        c_ns, c_flow, c_expected, c_cmd, c_status, c_wake, c_queue, c_token, c_events,
+        c_ns, c_flow, c_expected, c_cmd, c_status, c_wake, c_queue, c_token, c_events, c_limit,
         e_cmd, e_off, e_type, e_payload,
         a_cmd, a_event, a_hash, a_kind, a_payload, a_meta,
     )  # fmt: skip
 
 
-def outcome(c: Append, row: Row) -> AppendResult | FlowledgerError:
+def outcome(c: Append, row: Row, max_events: int) -> AppendResult | FlowledgerError:
     """The caller's answer for one command's row."""
     kind, first, last, seqs, current, used_by = row[:6]
     if kind == ACCEPTED:
@@ -99,6 +105,10 @@ def outcome(c: Append, row: Row) -> AppendResult | FlowledgerError:
         return flow_not_found(c.namespace, c.flow_id)
     if kind == "deleted":
         return flow_deleted(c.flow_id)
+    if kind == "ended":
+        return flow_ended(c.flow_id, used_by)
+    if kind == "too_many_events":
+        return events_per_flow_exceeded(c, current, max_events)
     if kind == "lease_lost":
         return lease_lost(c.flow_id, c.fencing_token)
     if kind == "reused":

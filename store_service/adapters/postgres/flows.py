@@ -10,6 +10,8 @@ from typing import Any
 
 from flowledger.errors import AlreadyExists, InvalidArgument, VersionConflict
 from store_service.adapters import lease_rules
+from store_service.adapters.flow_limits import check_events_per_flow
+from store_service.adapters.flow_rules import REOPENED, check_is_branch, reopens
 from store_service.adapters.initial_append import as_initial, bind_initial, check_initial
 from store_service.adapters.postgres import appendsql, pagetoken
 from store_service.adapters.postgres.db import Conn, Database
@@ -77,7 +79,7 @@ class _Creation:
 
 
 async def create_flow(db: Database, new: NewFlow) -> tuple[Flow, bool]:
-    created = await create_flow_with(db, new, None, None, lambda cmd: cmd)
+    created = await create_flow_with(db, new, None, None, lambda cmd: cmd, 0)
     return created.flow, created.existed
 
 
@@ -87,22 +89,25 @@ async def create_flow_with(
     lease: tuple[str, int] | None,
     initial: Append | None,
     check_append: Callable[[Append], Append],
+    max_events: int,
 ) -> CreatedFlow:
     """``EventStore.create_flow_with``: one ``flowledger_create_flow`` statement makes the flow,
     its lease and its first append (``check_append``: the appender's own checks, run before
-    anything is written)."""
+    anything is written; ``max_events``: the events-per-flow limit)."""
     if lease is not None:
         lease_rules.check_lease_request(*lease)
     c = _creation(new.flow_id, new.namespace, new.name, new.metadata_json, new.created_by)
     p = c.params
     cmd = None
     if initial is not None:
-        check_initial(initial)
+        check_initial(initial, new.status)
         with as_initial():
             cmd = check_append(bind_initial(initial, _unborn(c), None))
+            # A new flow is at version 0: the limit is known before it is made.
+            check_events_per_flow(cmd, 0, max_events)
     owner, ms = lease if lease is not None else (None, None)
     params = (p["id"], p["ns"], p["name"], new.status.value, p["meta"], p["by"], owner, ms,
-              *appendsql.batch_params([] if cmd is None else [cmd]))  # fmt: skip
+              *appendsql.batch_params([] if cmd is None else [cmd], max_events))  # fmt: skip
 
     async def once(conn: Conn) -> CreatedFlow | None:
         cur = await conn.execute(_CREATE_ROOT, params)
@@ -117,7 +122,7 @@ async def create_flow_with(
             granted = FlowLease(flow, flow.lease_token, lease_row[0], lease_row[1])
         answer = None
         if cmd is not None:
-            result = appendsql.outcome(cmd, append_row)
+            result = appendsql.outcome(cmd, append_row, max_events)
             assert isinstance(result, AppendResult)  # anything else raised in the function
             answer = result
             for event in cmd.events:
@@ -266,20 +271,23 @@ async def delete_branch(
     db: Database, namespace: str, flow_id: str, deleted_by: str, reason: str
 ) -> Flow:
     flow_id = flow_uuid(flow_id)
+    # Branches only: a root flow is never marked deleted.
     update = f"""
         UPDATE flows SET deleted_at = now(), deleted_by = %s, delete_reason = %s, updated_at = now()
         WHERE flow_id = %s AND namespace = %s AND deleted_at IS NULL
+          AND parent_flow_id IS NOT NULL
         RETURNING {FLOW_COLUMNS}
     """
 
     async def tx(conn: Conn) -> Flow:
         cur = await conn.execute(update, (deleted_by, reason, flow_id, namespace))
         row = await cur.fetchone()
-        if row is None:  # already deleted (idempotent) or absent
+        if row is None:  # already deleted (idempotent), a root, or absent
             cur = await conn.execute(_GET, (flow_id, namespace))
             row = await cur.fetchone()
             if row is None:
                 raise flow_not_found(namespace, flow_id)
+            check_is_branch(flow_from_row(row))
         return flow_from_row(row)
 
     return await db.transaction(tx)
@@ -334,10 +342,16 @@ async def prune(db: Database, cmd: Prune) -> tuple[Flow, bool]:
             " seqs) VALUES (%s, %s, 'prune', %s, %s, '{}')",
             (flow_id, cmd.command_id, cmd.keep_through_version, cmd.keep_through_version),
         )
+        # A prune that cuts an ended flow's ending reopens it (flow_rules, decision 0022).
+        status = REOPENED.value if reopens(flow, cmd.keep_through_version) else None
         cur = await conn.execute(
-            f"UPDATE flows SET generation = %s, version = %s, updated_at = now() "
-            f"WHERE flow_id = %s RETURNING {FLOW_COLUMNS}",
-            (gen, cmd.keep_through_version, flow_id),
+            "UPDATE flows SET generation = %s, version = %s, updated_at = now(),"
+            " status = coalesce(%s, status),"
+            " wake_at = CASE WHEN %s::text IS NULL THEN wake_at END,"
+            " task_queue = CASE WHEN %s::text IS NULL THEN task_queue END,"
+            " status_since = CASE WHEN %s::text IS NULL THEN status_since ELSE now() END"
+            f" WHERE flow_id = %s RETURNING {FLOW_COLUMNS}",
+            (gen, cmd.keep_through_version, status, status, status, status, flow_id),
         )
         updated = await cur.fetchone()
         assert updated is not None

@@ -134,7 +134,10 @@ class PostgresEventStore:
         initial: Append | None = None,
     ) -> CreatedFlow:
         self._check_open()
-        return await flows.create_flow_with(self._db, new, lease, initial, self._appender.check)
+        return await flows.create_flow_with(
+            self._db, new, lease, initial, self._appender.check,
+            self._appender.max_events_per_flow,
+        )  # fmt: skip
 
     async def get_flow(self, namespace: str, flow_id: str, include_deleted: bool = False) -> Flow:
         self._check_open()

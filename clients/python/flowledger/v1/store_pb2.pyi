@@ -102,7 +102,8 @@ class CreateFlowRequest(_message.Message):
         and one commit instead of two). Validated and applied as AppendEvents would, with these
         differences: namespace and flow_id may be left empty (they are the flow's), expected_version
         must be 0, and fencing_token must be 0 (the append carries the token of the lease asked for
-        with lease_owner, if any). Only a flow this call creates gets it: for an existing flow
+        with lease_owner, if any), and `status` may not be terminal (INVALID_ARGUMENT: an ended flow
+        takes no events). Only a flow this call creates gets it: for an existing flow
         (`existed`) nothing is appended; append it with AppendEvents, whose command_id makes a
         repeat safe.
         """

@@ -63,9 +63,13 @@ class StoreServiceStub:
     `expected_version` must equal the flow's current version, else ABORTED with reason
     VERSION_CONFLICT and metadata current_version. Idempotent by `command_id`: a repeat returns
     the first result with `duplicate` set and writes nothing. Artifacts are deduplicated by hash.
-    FAILED_PRECONDITION when the fencing token is stale or the flow is deleted.
+    FAILED_PRECONDITION when the fencing token is stale or the flow is deleted, and (reason
+    FLOW_ENDED, metadata status) when the flow has ended (COMPLETED, FAILED, CANCELLED): go on
+    from it with CreateBranch, or PruneFlow its ending away.
     RESOURCE_EXHAUSTED (reason EVENTS_PER_FLOW_EXCEEDED) when the log would pass the store's
-    events-per-flow limit; the append that ends the flow (a terminal new_status) may pass it once.
+    events-per-flow limit; only the flow's ending may pass it (a terminal new_status with its
+    one FlowCompleted, FlowFailed or FlowCancelled event). Checked in this order: flow found,
+    repeat, deleted, fencing token, expected_version, ended, limit.
     An append whose new_status is terminal (COMPLETED, FAILED, CANCELLED) also releases the
     flow's lease, in the same transaction: an ended flow is never claimed again.
     """
@@ -109,11 +113,14 @@ class StoreServiceStub:
     """
     DeleteBranch: _grpc.UnaryUnaryMultiCallable[_store_pb2.DeleteBranchRequest, _store_pb2.DeleteBranchResponse]
     """Marks a branch deleted (recorded, not erased; the event log is never changed). Idempotent.
-    Branches of it keep reading their inherited prefix.
+    Branches of it keep reading their inherited prefix. FAILED_PRECONDITION (reason
+    NOT_A_BRANCH) for a root flow.
     """
     PruneFlow: _grpc.UnaryUnaryMultiCallable[_store_pb2.PruneFlowRequest, _store_pb2.PruneFlowResponse]
     """Cuts a flow's log after `keep_through_version`: later events are no longer read and the next
     append gets version keep_through_version + 1. Recorded as a new generation; nothing is erased.
+    A prune that cuts an ended flow's events reopens it: status RUNNING (wake_at and task_queue
+    cleared), so an engine runs it on from the kept log (docs/decisions/0022).
     ABORTED on a stale expected_version. Idempotent by command_id.
     """
     SaveSnapshot: _grpc.UnaryUnaryMultiCallable[_store_pb2.SaveSnapshotRequest, _store_pb2.SaveSnapshotResponse]
@@ -181,9 +188,13 @@ class StoreServiceAsyncStub(StoreServiceStub):
     `expected_version` must equal the flow's current version, else ABORTED with reason
     VERSION_CONFLICT and metadata current_version. Idempotent by `command_id`: a repeat returns
     the first result with `duplicate` set and writes nothing. Artifacts are deduplicated by hash.
-    FAILED_PRECONDITION when the fencing token is stale or the flow is deleted.
+    FAILED_PRECONDITION when the fencing token is stale or the flow is deleted, and (reason
+    FLOW_ENDED, metadata status) when the flow has ended (COMPLETED, FAILED, CANCELLED): go on
+    from it with CreateBranch, or PruneFlow its ending away.
     RESOURCE_EXHAUSTED (reason EVENTS_PER_FLOW_EXCEEDED) when the log would pass the store's
-    events-per-flow limit; the append that ends the flow (a terminal new_status) may pass it once.
+    events-per-flow limit; only the flow's ending may pass it (a terminal new_status with its
+    one FlowCompleted, FlowFailed or FlowCancelled event). Checked in this order: flow found,
+    repeat, deleted, fencing token, expected_version, ended, limit.
     An append whose new_status is terminal (COMPLETED, FAILED, CANCELLED) also releases the
     flow's lease, in the same transaction: an ended flow is never claimed again.
     """
@@ -227,11 +238,14 @@ class StoreServiceAsyncStub(StoreServiceStub):
     """
     DeleteBranch: _aio.UnaryUnaryMultiCallable[_store_pb2.DeleteBranchRequest, _store_pb2.DeleteBranchResponse]  # type: ignore[assignment]
     """Marks a branch deleted (recorded, not erased; the event log is never changed). Idempotent.
-    Branches of it keep reading their inherited prefix.
+    Branches of it keep reading their inherited prefix. FAILED_PRECONDITION (reason
+    NOT_A_BRANCH) for a root flow.
     """
     PruneFlow: _aio.UnaryUnaryMultiCallable[_store_pb2.PruneFlowRequest, _store_pb2.PruneFlowResponse]  # type: ignore[assignment]
     """Cuts a flow's log after `keep_through_version`: later events are no longer read and the next
     append gets version keep_through_version + 1. Recorded as a new generation; nothing is erased.
+    A prune that cuts an ended flow's events reopens it: status RUNNING (wake_at and task_queue
+    cleared), so an engine runs it on from the kept log (docs/decisions/0022).
     ABORTED on a stale expected_version. Idempotent by command_id.
     """
     SaveSnapshot: _aio.UnaryUnaryMultiCallable[_store_pb2.SaveSnapshotRequest, _store_pb2.SaveSnapshotResponse]  # type: ignore[assignment]
@@ -320,9 +334,13 @@ class StoreServiceServicer(metaclass=_abc_1.ABCMeta):
         `expected_version` must equal the flow's current version, else ABORTED with reason
         VERSION_CONFLICT and metadata current_version. Idempotent by `command_id`: a repeat returns
         the first result with `duplicate` set and writes nothing. Artifacts are deduplicated by hash.
-        FAILED_PRECONDITION when the fencing token is stale or the flow is deleted.
+        FAILED_PRECONDITION when the fencing token is stale or the flow is deleted, and (reason
+        FLOW_ENDED, metadata status) when the flow has ended (COMPLETED, FAILED, CANCELLED): go on
+        from it with CreateBranch, or PruneFlow its ending away.
         RESOURCE_EXHAUSTED (reason EVENTS_PER_FLOW_EXCEEDED) when the log would pass the store's
-        events-per-flow limit; the append that ends the flow (a terminal new_status) may pass it once.
+        events-per-flow limit; only the flow's ending may pass it (a terminal new_status with its
+        one FlowCompleted, FlowFailed or FlowCancelled event). Checked in this order: flow found,
+        repeat, deleted, fencing token, expected_version, ended, limit.
         An append whose new_status is terminal (COMPLETED, FAILED, CANCELLED) also releases the
         flow's lease, in the same transaction: an ended flow is never claimed again.
         """
@@ -408,7 +426,8 @@ class StoreServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_store_pb2.DeleteBranchResponse, _abc.Awaitable[_store_pb2.DeleteBranchResponse]]:
         """Marks a branch deleted (recorded, not erased; the event log is never changed). Idempotent.
-        Branches of it keep reading their inherited prefix.
+        Branches of it keep reading their inherited prefix. FAILED_PRECONDITION (reason
+        NOT_A_BRANCH) for a root flow.
         """
 
     @_abc_1.abstractmethod
@@ -419,6 +438,8 @@ class StoreServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_store_pb2.PruneFlowResponse, _abc.Awaitable[_store_pb2.PruneFlowResponse]]:
         """Cuts a flow's log after `keep_through_version`: later events are no longer read and the next
         append gets version keep_through_version + 1. Recorded as a new generation; nothing is erased.
+        A prune that cuts an ended flow's events reopens it: status RUNNING (wake_at and task_queue
+        cleared), so an engine runs it on from the kept log (docs/decisions/0022).
         ABORTED on a stale expected_version. Idempotent by command_id.
         """
 
