@@ -4,20 +4,28 @@ Both are appended without a lease (fencing token 0) at the version the caller re
 race fairly with whichever engine runs the flow: that engine's next append conflicts, it reads
 the log again and sees the signal or the cancel (decision 0013). Both are idempotent: a signal
 by its request id (its command id), a cancel by being recorded once.
+
+A flow whose log has reached the store's events-per-flow limit (``STORE_MAX_EVENTS_PER_FLOW``)
+takes no more events but its ending (see store_service/adapters/flow_limits.py), so it can
+always end: a signal it has no room for is refused (RESOURCE_EXHAUSTED,
+EVENTS_PER_FLOW_EXCEEDED) and the flow ends FAILED (``FlowFailed{EventsPerFlowExceeded}``, as an
+engine ends it: it could not record what comes next either); a cancel it has no room for ends
+it CANCELLED at once (FlowCancelled; no compensation can run, having no room to be recorded).
 """
 
 from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from engine_service.builtin_steps import NAME_PATTERN, SIGNAL
-from engine_service.events import FlowCancelRequested, SignalReceived
+from engine_service.events import FlowCancelled, FlowCancelRequested, SignalReceived
 from engine_service.executor import prepare
 from engine_service.flow_run import Appended, FlowRun
 from engine_service.replay import FlowState, StepStatus
-from engine_service.writes import Write
+from engine_service.writes import EVENTS_PER_FLOW_EXCEEDED, Write, out_of_room
 from flowledger.canonical import JsonValue
 from flowledger.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from store_service.domain import FlowStatus, NewArtifact
@@ -64,7 +72,8 @@ async def signal(
 ) -> SignalResult:
     """Record a signal (SignalReceived + its payload artifact); a step waiting for it resumes
     (status RUNNING). FailedPrecondition FLOW_ENDED for an ended flow; ResourceExhausted
-    TOO_MANY_PENDING_SIGNALS past ``max_pending`` unconsumed signals."""
+    TOO_MANY_PENDING_SIGNALS past ``max_pending`` unconsumed signals, EVENTS_PER_FLOW_EXCEEDED
+    when the flow's log is full (the flow then ends FAILED)."""
     if not _NAME.match(name):
         raise InvalidArgument.field("name", "must be 1..128 characters of [A-Za-z0-9._:-]")
     if (request_id and not _NAME.match(request_id)) or len(request_id) > 100:
@@ -105,7 +114,18 @@ async def signal(
             FlowStatus.RUNNING if resumed else None,
         )
 
-    _, outcome = await run.append_planned(build)
+    try:
+        _, outcome = await run.append_planned(build)
+    except ResourceExhausted as full:
+        if full.reason != EVENTS_PER_FLOW_EXCEEDED:
+            raise
+        await fail_out_of_room(run, full)
+        raise ResourceExhausted(
+            f"signal {name!r} was not delivered: {full.message}. The flow has no room for "
+            "more events and ends failed (EventsPerFlowExceeded)",
+            reason=full.reason,
+            metadata=full.metadata,
+        ) from full
     state = await run.state() if outcome is Appended.DUPLICATE else run.current_state
     assert state is not None
     duplicate = delivered or outcome is Appended.DUPLICATE
@@ -115,7 +135,7 @@ async def signal(
 async def cancel(run: FlowRun, *, reason: str = "", requested_by: str = "") -> CancelResult:
     """Record FlowCancelRequested (the flow becomes RUNNING, so that an engine claims it and
     runs its compensations, then FlowCancelled). Idempotent; FailedPrecondition FLOW_ENDED for a
-    completed or failed flow."""
+    completed or failed flow. A flow whose log is full ends CANCELLED at once."""
     if len(reason) > MAX_TEXT or len(requested_by) > MAX_TEXT:
         raise InvalidArgument.field("reason", f"reason and cancelled_by: at most {MAX_TEXT} chars")
 
@@ -134,10 +154,49 @@ async def cancel(run: FlowRun, *, reason: str = "", requested_by: str = "") -> C
             new_status=FlowStatus.RUNNING,
         )
 
-    write, outcome = await run.append_planned(build)
+    try:
+        write, outcome = await run.append_planned(build)
+    except ResourceExhausted as full:
+        if full.reason != EVENTS_PER_FLOW_EXCEEDED:
+            raise
+        write, outcome = await run.append_planned(_cancelled_for_room(run, reason, full))
     state = run.current_state
     assert state is not None
     return CancelResult(state.version, write is None or outcome is Appended.DUPLICATE)
+
+
+def _cancelled_for_room(
+    run: FlowRun, reason: str, full: ResourceExhausted
+) -> Callable[[FlowState], Awaitable[Write | None]]:
+    """The cancel of a flow with no room for FlowCancelRequested: its ending, FlowCancelled
+    (the one append the store takes past the limit)."""
+
+    async def build(state: FlowState) -> Write | None:
+        if state.cancelled:
+            return None
+        if state.terminal:
+            raise _ended(run.flow_id, state)
+        why = f"{reason}; " if reason else ""
+        return Write(
+            (FlowCancelled(f"{why}no compensation ran: {full.message}"[:MAX_TEXT]),),
+            f"{run.flow_id}:cancel",
+            new_status=FlowStatus.CANCELLED,
+        )
+
+    return build
+
+
+async def fail_out_of_room(run: FlowRun, full: ResourceExhausted) -> None:
+    """End ``run``'s flow FAILED with ``FlowFailed{EventsPerFlowExceeded}`` after a write made
+    on its behalf (a signal, a task's outcome) was refused for the events-per-flow limit; the
+    engine's own ending (flow_run), so a race with it is a duplicate. Nothing if it ended."""
+
+    async def build(state: FlowState) -> Write | None:
+        if state.terminal or state.init is None:
+            return None
+        return out_of_room(run.flow_id, state, run.generation, full)
+
+    await run.append_planned(build)
 
 
 async def _delivered(run: FlowRun, request_id: str) -> bool:

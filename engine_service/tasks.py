@@ -23,13 +23,19 @@ from engine_service.builtin_steps import TASK
 from engine_service.events import StepAttemptFailed, StepFailed, StepFinished
 from engine_service.executor import Outcome, prepare
 from engine_service.flow_run import Appended, FlowRun
+from engine_service.interventions import fail_out_of_room
 from engine_service.planner import inputs_of
 from engine_service.replay import FlowState, StepStatus
 from engine_service.runner import Engine
 from engine_service.steps import StepFailure
-from engine_service.writes import Write
+from engine_service.writes import EVENTS_PER_FLOW_EXCEEDED, Write
 from flowledger.canonical import JsonValue, canonical_bytes, parse_json
-from flowledger.errors import FailedPrecondition, FlowledgerError, InvalidArgument
+from flowledger.errors import (
+    FailedPrecondition,
+    FlowledgerError,
+    InvalidArgument,
+    ResourceExhausted,
+)
 from store_service.adapters.lease_rules import lease_lost
 from store_service.domain import ClaimRequest
 
@@ -210,7 +216,15 @@ async def _report(
         # The token in the command id tells, later, which lease reported the attempt.
         return replace(write, command_id=f"{write.command_id}{_TOKEN_MARK}{token}")
 
-    write, appended = await run.append_planned(build)
+    try:
+        write, appended = await run.append_planned(build)
+    except ResourceExhausted as full:
+        if full.reason != EVENTS_PER_FLOW_EXCEEDED:
+            raise
+        # No room to record the outcome: the flow ends FAILED (as an engine ends it), which
+        # releases the worker's lease, rather than waiting on the queue forever.
+        await fail_out_of_room(run, full)
+        raise
     if ended:
         reporter = await _reporter(run, task_id)
         if reporter == token:

@@ -226,7 +226,8 @@ class EngineServiceServicer:
         log at once (SignalReceived); the first step waiting for that name, now or later, consumes it
         and its payload becomes that step's output artifact (a signal sent before the wait is kept).
         FAILED_PRECONDITION (reason FLOW_ENDED) for a completed, failed or cancelled flow;
-        RESOURCE_EXHAUSTED (reason TOO_MANY_PENDING_SIGNALS) past the pending-signal limit.
+        RESOURCE_EXHAUSTED (reason TOO_MANY_PENDING_SIGNALS) past the pending-signal limit, or
+        (reason EVENTS_PER_FLOW_EXCEEDED) when the flow's log is full: the flow then ends FAILED.
         Idempotent by `request_id`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -237,7 +238,8 @@ class EngineServiceServicer:
         """Cancels a flow: no further step starts; the compensations of its finished steps run in
         reverse order, then the flow is CANCELLED. A step running meanwhile has its result dropped.
         Idempotent: cancelling a cancelled (or cancelling) flow answers OK. FAILED_PRECONDITION
-        (reason FLOW_ENDED) for a completed or failed flow.
+        (reason FLOW_ENDED) for a completed or failed flow. A flow whose log is full (the store's
+        events-per-flow limit) ends CANCELLED at once, without compensations.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

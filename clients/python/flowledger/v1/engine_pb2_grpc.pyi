@@ -98,14 +98,16 @@ class EngineServiceStub:
     log at once (SignalReceived); the first step waiting for that name, now or later, consumes it
     and its payload becomes that step's output artifact (a signal sent before the wait is kept).
     FAILED_PRECONDITION (reason FLOW_ENDED) for a completed, failed or cancelled flow;
-    RESOURCE_EXHAUSTED (reason TOO_MANY_PENDING_SIGNALS) past the pending-signal limit.
+    RESOURCE_EXHAUSTED (reason TOO_MANY_PENDING_SIGNALS) past the pending-signal limit, or
+    (reason EVENTS_PER_FLOW_EXCEEDED) when the flow's log is full: the flow then ends FAILED.
     Idempotent by `request_id`.
     """
     CancelFlow: _grpc.UnaryUnaryMultiCallable[_engine_pb2.CancelFlowRequest, _engine_pb2.CancelFlowResponse]
     """Cancels a flow: no further step starts; the compensations of its finished steps run in
     reverse order, then the flow is CANCELLED. A step running meanwhile has its result dropped.
     Idempotent: cancelling a cancelled (or cancelling) flow answers OK. FAILED_PRECONDITION
-    (reason FLOW_ENDED) for a completed or failed flow.
+    (reason FLOW_ENDED) for a completed or failed flow. A flow whose log is full (the store's
+    events-per-flow limit) ends CANCELLED at once, without compensations.
     """
 
 @_typing.type_check_only
@@ -165,14 +167,16 @@ class EngineServiceAsyncStub(EngineServiceStub):
     log at once (SignalReceived); the first step waiting for that name, now or later, consumes it
     and its payload becomes that step's output artifact (a signal sent before the wait is kept).
     FAILED_PRECONDITION (reason FLOW_ENDED) for a completed, failed or cancelled flow;
-    RESOURCE_EXHAUSTED (reason TOO_MANY_PENDING_SIGNALS) past the pending-signal limit.
+    RESOURCE_EXHAUSTED (reason TOO_MANY_PENDING_SIGNALS) past the pending-signal limit, or
+    (reason EVENTS_PER_FLOW_EXCEEDED) when the flow's log is full: the flow then ends FAILED.
     Idempotent by `request_id`.
     """
     CancelFlow: _aio.UnaryUnaryMultiCallable[_engine_pb2.CancelFlowRequest, _engine_pb2.CancelFlowResponse]  # type: ignore[assignment]
     """Cancels a flow: no further step starts; the compensations of its finished steps run in
     reverse order, then the flow is CANCELLED. A step running meanwhile has its result dropped.
     Idempotent: cancelling a cancelled (or cancelling) flow answers OK. FAILED_PRECONDITION
-    (reason FLOW_ENDED) for a completed or failed flow.
+    (reason FLOW_ENDED) for a completed or failed flow. A flow whose log is full (the store's
+    events-per-flow limit) ends CANCELLED at once, without compensations.
     """
 
 class EngineServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -313,7 +317,8 @@ class EngineServiceServicer(metaclass=_abc_1.ABCMeta):
         log at once (SignalReceived); the first step waiting for that name, now or later, consumes it
         and its payload becomes that step's output artifact (a signal sent before the wait is kept).
         FAILED_PRECONDITION (reason FLOW_ENDED) for a completed, failed or cancelled flow;
-        RESOURCE_EXHAUSTED (reason TOO_MANY_PENDING_SIGNALS) past the pending-signal limit.
+        RESOURCE_EXHAUSTED (reason TOO_MANY_PENDING_SIGNALS) past the pending-signal limit, or
+        (reason EVENTS_PER_FLOW_EXCEEDED) when the flow's log is full: the flow then ends FAILED.
         Idempotent by `request_id`.
         """
 
@@ -326,7 +331,8 @@ class EngineServiceServicer(metaclass=_abc_1.ABCMeta):
         """Cancels a flow: no further step starts; the compensations of its finished steps run in
         reverse order, then the flow is CANCELLED. A step running meanwhile has its result dropped.
         Idempotent: cancelling a cancelled (or cancelling) flow answers OK. FAILED_PRECONDITION
-        (reason FLOW_ENDED) for a completed or failed flow.
+        (reason FLOW_ENDED) for a completed or failed flow. A flow whose log is full (the store's
+        events-per-flow limit) ends CANCELLED at once, without compensations.
         """
 
 def add_EngineServiceServicer_to_server(servicer: EngineServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
