@@ -22,7 +22,8 @@ interceptor work), which is what an engine replica that appends all the time pay
 * A request_id is "unanswered" from its request until its answer is queued for writing. Reusing
   one that is unanswered ends the stream with INVALID_ARGUMENT.
 * The stream ends after every command read so far is answered: OK when the client half-closes,
-  INVALID_ARGUMENT on a reused request_id, UNAVAILABLE (``SHUTTING_DOWN``) when the server drains.
+  INVALID_ARGUMENT on a reused request_id or an undecodable message, UNAVAILABLE
+  (``SHUTTING_DOWN``) when the server drains.
   Requests read after that decision are not started (the client sees the stream end and sends
   them again, safely: appends are idempotent by command_id).
 * A client that cancels cancels the handler; every task is cancelled and awaited on the way out.
@@ -44,6 +45,7 @@ import grpc.aio
 
 from flowledger import rpc_status
 from flowledger.errors import FieldViolation, FlowledgerError, InvalidArgument, Unavailable
+from flowledger.server.decoding import UndecodableRequest
 from flowledger.server.handlers import Context, as_error
 from flowledger.server.interceptors import SERVER_MSG_RECEIVED, SERVER_MSG_SENT
 from flowledger.v1 import store_pb2
@@ -55,8 +57,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("store_service")
 
 _EOF = grpc.aio.EOF
-_LABELS = ("bidi_stream", store_pb2.DESCRIPTOR.services_by_name["StoreService"].full_name,
-           "AppendStream")
+_LABELS = (
+    "bidi_stream",
+    store_pb2.DESCRIPTOR.services_by_name["StoreService"].full_name,
+    "AppendStream",
+)
 _RECEIVED = SERVER_MSG_RECEIVED.labels(*_LABELS)
 _SENT = SERVER_MSG_SENT.labels(*_LABELS)
 
@@ -65,8 +70,16 @@ class AppendStreamSession:
     """One AppendStream call (see the module docstring)."""
 
     __slots__ = (
-        "_backlog", "_broken", "_coalesce", "_context", "_idle", "_reading", "_servicer",
-        "_tasks", "_unanswered", "_writing",
+        "_backlog",
+        "_broken",
+        "_coalesce",
+        "_context",
+        "_idle",
+        "_reading",
+        "_servicer",
+        "_tasks",
+        "_unanswered",
+        "_writing",
     )
 
     def __init__(self, servicer: StoreServicer, context: Context) -> None:
@@ -106,8 +119,9 @@ class AppendStreamSession:
             await asyncio.gather(*pending, return_exceptions=True)
 
     async def _read(self) -> FlowledgerError | None:
-        """Start a command per request until the client half-closes (None) or reuses an
-        unanswered request_id (the error the stream ends with)."""
+        """Start a command per request until the client half-closes (None), reuses an
+        unanswered request_id or sends a message that cannot be decoded (the error the stream
+        ends with)."""
         read = self._context.read
         unanswered, tasks = self._unanswered, self._tasks
         create_task = asyncio.get_running_loop().create_task
@@ -115,7 +129,10 @@ class AppendStreamSession:
         keys = itertools.count()
         received = _RECEIVED.inc
         while True:
-            request = await read()
+            try:
+                request = await read()
+            except UndecodableRequest as exc:  # bytes that are no AppendStreamRequest
+                return exc
             if request is _EOF or not self._reading:
                 return None
             received()
@@ -128,14 +145,19 @@ class AppendStreamSession:
             for i, cmd in enumerate(commands):
                 request_id = cmd.request_id
                 if request_id in unanswered:
-                    log.warning("AppendStream: request_id %d was reused while its command is "
-                                "unanswered; the stream ends", request_id)
+                    log.warning(
+                        "AppendStream: request_id %d was reused while its command is "
+                        "unanswered; the stream ends",
+                        request_id,
+                    )
                     return InvalidArgument(
                         f"request_id {request_id} is reused while its command is unanswered",
-                        violations=[FieldViolation(
-                            "request_id" if i == 0 else f"more[{i - 1}].request_id",
-                            "must differ from every unanswered request's id",
-                        )],
+                        violations=[
+                            FieldViolation(
+                                "request_id" if i == 0 else f"more[{i - 1}].request_id",
+                                "must differ from every unanswered request's id",
+                            )
+                        ],
                     )
                 if i and cmd.more:
                     return InvalidArgument(

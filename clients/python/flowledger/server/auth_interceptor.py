@@ -6,7 +6,9 @@ For every method except the health checks, in this order:
 2. spend one request of the subject's rate limit, when configured → RESOURCE_EXHAUSTED
    (RATE_LIMITED), so refused calls cost as much as served ones;
 3. the role x method table (:mod:`flowledger.server.auth_policy`) → PERMISSION_DENIED;
-4. the request's namespace → NOT_FOUND outside the principal's namespaces;
+4. decode the request (only now: :mod:`flowledger.server.decoding`) → INVALID_ARGUMENT
+   (UNDECODABLE_REQUEST) when its bytes are not a message; then the request's namespace →
+   NOT_FOUND outside the principal's namespaces;
 5. stamp the subject into the request's actor fields, and make the principal the call's
    :func:`~flowledger.server.auth.current_principal`.
 
@@ -33,6 +35,7 @@ from flowledger.server.auth import Principal, set_principal
 from flowledger.server.auth_limits import RateLimiter
 from flowledger.server.auth_settings import AuthSettings
 from flowledger.server.auth_tokens import Authenticator
+from flowledger.server.decoding import decoded
 from flowledger.server.guard import Context, guarded_handler
 from flowledger.server.tls import OPEN_METHODS
 
@@ -89,6 +92,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     async def _guard(self, method: str, request: Any, context: Context) -> None:
         principal = self._admit(method, context.invocation_metadata())
         if request is not None:
+            # Decoded only now, for an admitted caller (decision 0023); UndecodableRequest
+            # ends the call INVALID_ARGUMENT.
+            request = decoded(request)
             try:
                 auth_policy.check_namespace(principal, request)
             except FlowledgerError as exc:

@@ -1,6 +1,7 @@
 """What every flowledger gRPC service runs on: one grpc.aio server with the metrics interceptor,
-health checking (overall and per service), reflection, the Prometheus HTTP endpoint, message
-size limits, and a graceful stop.
+requests decoded after the services' checks (undecodable ones INVALID_ARGUMENT), health checking
+(overall and per service), reflection, the Prometheus HTTP endpoint, message size limits, and a
+graceful stop.
 
 Lifecycle: :meth:`GrpcServer.start` binds and serves with health NOT_SERVING; the service calls
 :meth:`GrpcServer.set_serving` once its backend is ready; :meth:`GrpcServer.stop` turns health
@@ -32,6 +33,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from flowledger.server.decoding import DecodeAfterAdmission
 from flowledger.server.env import SettingsError
 from flowledger.server.event_loop import loop_runner
 from flowledger.server.interceptors import ServerMetricsInterceptor
@@ -127,9 +129,12 @@ class GrpcServer:
         register: Callable[[grpc.aio.Server], None],
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     ) -> GrpcServer:
-        """Build, bind and start the server; health answers NOT_SERVING until set_serving."""
+        """Build, bind and start the server; health answers NOT_SERVING until set_serving.
+
+        ``interceptors`` run after the metrics and before the requests are decoded
+        (:mod:`flowledger.server.decoding`): a check that refuses a call costs no decoding."""
         server = grpc.aio.server(
-            interceptors=[ServerMetricsInterceptor(), *interceptors],
+            interceptors=[ServerMetricsInterceptor(), *interceptors, DecodeAfterAdmission()],
             options=[
                 ("grpc.max_receive_message_length", config.max_message_bytes),
                 ("grpc.max_send_message_length", config.max_message_bytes),
@@ -188,9 +193,7 @@ class GrpcServer:
         await self.server.wait_for_termination()
 
 
-def _health_only(
-    health: HealthServicer, listen: str | None
-) -> tuple[grpc.aio.Server, int] | None:
+def _health_only(health: HealthServicer, listen: str | None) -> tuple[grpc.aio.Server, int] | None:
     """A plaintext server of the same health servicer (it answers what the main port's does)."""
     if not listen:
         return None
@@ -252,7 +255,9 @@ async def stop_on_signal(
     await signals.first.wait()
     log.info(
         "received %s: draining, %s get %.1fs",
-        signals.signal.name if signals.signal else "signal", in_flight, grace,
+        signals.signal.name if signals.signal else "signal",
+        in_flight,
+        grace,
     )
     stopping = asyncio.ensure_future(server.stop())
     again = asyncio.ensure_future(signals.again.wait())
