@@ -25,7 +25,8 @@ from engine_service.definition import FlowDefinition, StepSpec
 from engine_service.definition_cache import DEFAULT_TTL_S, DefinitionCache
 from engine_service.registry import StepRegistry
 from engine_service.stored import definition_of, new_version
-from flowledger.canonical import JsonValue, parse_json
+from flowledger.canonical import JsonValue
+from flowledger.documents import DocumentError, load_document
 from flowledger.errors import FieldViolation, InvalidArgument
 from store_service.domain import (
     DefinitionPage,
@@ -166,13 +167,14 @@ def parse_document(
 
 
 def _load(text: str, fmt: DocumentFormat) -> JsonValue:
-    if fmt is DocumentFormat.YAML:
-        try:
-            return yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise InvalidArgument.field("document", f"is not valid YAML: {exc}") from exc
+    """The document's value, within the bounds of :mod:`flowledger.documents` (depth, YAML
+    alias expansion)."""
     try:
-        return parse_json(text)
+        return load_document(text, "yaml" if fmt is DocumentFormat.YAML else "json")
+    except DocumentError as exc:
+        raise InvalidArgument.field("document", str(exc)) from None
+    except yaml.YAMLError as exc:
+        raise InvalidArgument.field("document", f"is not valid YAML: {exc}") from exc
     except ValueError as exc:
         raise InvalidArgument.field("document", f"is not valid JSON: {exc}") from exc
 

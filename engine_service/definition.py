@@ -15,7 +15,6 @@ the step fingerprint hashes.
 
 from __future__ import annotations
 
-import json
 import re
 import weakref
 from collections.abc import Mapping, Sequence
@@ -33,6 +32,7 @@ from engine_service.retry import RetryPolicy
 from engine_service.steps import StepKind
 from engine_service.validation import compile_schema, raise_if_any, violations
 from flowledger.canonical import JsonValue, canonical_bytes, parse_json
+from flowledger.documents import DocumentError, DocumentFormat, load_document
 from flowledger.errors import FieldViolation, InvalidArgument
 
 _STEP_ID = re.compile(STEP_ID_PATTERN)
@@ -307,18 +307,26 @@ class FlowDefinition:
     @classmethod
     def from_json(cls, text: str | bytes, registry: StepRegistry) -> FlowDefinition:
         try:
-            document = parse_json(text if isinstance(text, str) else text.decode("utf-8"))
-        except (ValueError, UnicodeDecodeError) as exc:
+            decoded = text if isinstance(text, str) else text.decode("utf-8")
+        except UnicodeDecodeError as exc:
             raise InvalidArgument.field("definition", f"not valid JSON: {exc}") from exc
-        return cls.from_dict(document, registry)
+        return cls.from_dict(_document(decoded, "json"), registry)
 
     @classmethod
     def from_yaml(cls, text: str, registry: StepRegistry) -> FlowDefinition:
-        try:
-            document = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise InvalidArgument.field("definition", f"not valid YAML: {exc}") from exc
-        return cls.from_dict(document, registry)
+        return cls.from_dict(_document(text, "yaml"), registry)
+
+
+def _document(text: str, fmt: DocumentFormat) -> Any:
+    """A definition document's value, within the bounds of :mod:`flowledger.documents`."""
+    try:
+        return load_document(text, fmt)
+    except DocumentError as exc:
+        raise InvalidArgument.field("definition", str(exc)) from None
+    except yaml.YAMLError as exc:
+        raise InvalidArgument.field("definition", f"not valid YAML: {exc}") from exc
+    except ValueError as exc:
+        raise InvalidArgument.field("definition", f"not valid JSON: {exc}") from exc
 
 
 def _step_rule_violations(index: int, spec: StepSpec, seen: set[str]) -> list[FieldViolation]:
@@ -373,10 +381,12 @@ def definition_from_text(
     if "yaml" in content_type:
         return FlowDefinition.from_yaml(text, registry)
     try:
-        json.loads(text)
+        document = load_document(text, "json")
+    except DocumentError as exc:
+        raise InvalidArgument.field("definition", str(exc)) from None
     except ValueError:
         return FlowDefinition.from_yaml(text, registry)
-    return FlowDefinition.from_json(text, registry)
+    return FlowDefinition.from_dict(document, registry)
 
 
 def steps_from_dicts(rows: Sequence[Mapping[str, Any]]) -> tuple[StepSpec, ...]:

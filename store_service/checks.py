@@ -12,7 +12,7 @@ import math
 import re
 from typing import Any
 
-from flowledger.canonical import parse_json
+from flowledger.canonical import JsonTooDeep, parse_json
 from flowledger.errors import FieldViolation, InvalidArgument, ResourceExhausted
 from store_service.adapters.wait_rules import MAX_TASK_QUEUE_LENGTH
 from store_service.adapters.wait_rules import TASK_QUEUE as _TASK_QUEUE
@@ -174,7 +174,7 @@ class FieldChecks:
             return False, None
         try:
             value = parse_json(text)
-        except RecursionError:
+        except JsonTooDeep:
             self.bad(field, f"is nested deeper than {self.limits.max_json_depth} levels")
             return False, None
         except ValueError as exc:

@@ -90,7 +90,7 @@ def canonical_document(text: str, field: str = "definition_json") -> str:
     """The RFC 8785 canonical text of a JSON object document (what both backends return)."""
     try:
         value = parse_json(text)
-    except (ValueError, RecursionError):
+    except ValueError:
         raise InvalidArgument.field(field, "must be valid JSON") from None
     if not isinstance(value, dict):
         raise InvalidArgument.field(field, "must be a JSON object")

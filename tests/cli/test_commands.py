@@ -141,6 +141,23 @@ def test_errors_are_one_line_with_a_non_zero_exit(
     bad.write_text("steps: [\n  - id: a\n")
     assert_one_line_error(live_engine.run("run", str(bad), namespace=ns), "bad YAML at line")
 
+    # Hostile documents are refused before they are sent, in one line (flowledger.documents).
+    deep = tmp_path / "deep.json"
+    deep.write_text('{"steps": ' + "[" * 10_000 + "]" * 10_000 + "}")
+    assert_one_line_error(
+        live_engine.run("run", str(deep), namespace=ns), "nested deeper than 64 levels"
+    )
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(
+        'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n'
+        + "".join(
+            f"{n}: &{n} [" + ",".join([f"*{p}"] * 9) + "]\n"
+            for p, n in zip("abcdefg", "bcdefgh", strict=True)
+        )
+        + "steps: [*h]\n"
+    )
+    assert_one_line_error(live_engine.run("run", str(bomb), namespace=ns), "aliases")
+
     unknown_type = tmp_path / "odd.yaml"
     unknown_type.write_text("steps:\n  - {id: a, type: no.such.type}\n")
     assert_one_line_error(

@@ -27,9 +27,19 @@ def content_hash(value: JsonValue) -> str:
 
 
 def parse_json(text: str) -> JsonValue:
-    """Parse JSON text strictly: NaN and Infinity are not JSON and are refused."""
+    """Parse JSON text strictly: NaN and Infinity are not JSON and are refused, and so is text
+    nested deeper than the parser's recursion allows (``ValueError`` either way, the latter a
+    :class:`JsonTooDeep`, never ``RecursionError``; callers that bound depth lower check the
+    parsed value)."""
 
     def _refuse(constant: str) -> Any:
         raise ValueError(f"{constant} is not valid JSON")
 
-    return json.loads(text, parse_constant=_refuse)
+    try:
+        return json.loads(text, parse_constant=_refuse)
+    except RecursionError:
+        raise JsonTooDeep("is nested too deeply to parse") from None
+
+
+class JsonTooDeep(ValueError):
+    """JSON text nested deeper than the parser's recursion allows."""

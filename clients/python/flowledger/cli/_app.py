@@ -14,6 +14,7 @@ import yaml
 
 from flowledger.cli._connect import Transport
 from flowledger.client import FlowledgerClient
+from flowledger.documents import DocumentError, load_document
 from flowledger.errors import FlowledgerError, Unauthenticated, Unavailable
 
 T = TypeVar("T")
@@ -116,7 +117,10 @@ def load_definition(path: Path, name: str | None = None) -> DefinitionFile:
     """A YAML/JSON definition file; its name is ``name``, else the document's, else the stem."""
     text = path.read_text()
     fmt: Literal["json", "yaml"] = "json" if path.suffix.lower() == ".json" else "yaml"
-    document = json.loads(text) if fmt == "json" else yaml.safe_load(text)
+    try:
+        document = load_document(text, fmt)
+    except DocumentError as exc:
+        raise click.ClickException(f"{path}: the document {exc}") from None
     if not isinstance(document, dict) or not isinstance(document.get("steps"), list):
         raise click.ClickException(f"{path}: expected a mapping with a 'steps' list")
     chosen = name or document.get("name") or path.stem
