@@ -3,7 +3,7 @@
 Requests are converted only after :mod:`engine_service.api_validation` accepted them. Enums map
 by name (``DEFINITION_STATE_DRAFT`` ↔ ``DefinitionState.DRAFT``), so a value added on one side
 only fails the mapping at import instead of being misnumbered. Shared messages of common.proto
-(Flow, Event, Artifact) are converted by :mod:`store_service.convert`, as for the store.
+(Flow, Event, Artifact) are converted by :mod:`flowledger_core.wire.store`, as for the store.
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ from engine_service.verify import VerifyReport
 from engine_service.watch import WatchBatch
 from flowledger.canonical import canonical_bytes
 from flowledger.v1 import common_pb2, engine_pb2
-from store_service import convert as common
-from store_service.domain import (
+from flowledger_core.domain import (
     ArtifactLookup,
     DefinitionPage,
     DefinitionState,
@@ -32,6 +31,7 @@ from store_service.domain import (
     Page,
     StoredDefinition,
 )
+from flowledger_core.wire import store as common
 
 DEFAULT_PAGE_SIZE = 100
 

@@ -28,14 +28,14 @@ from engine_service.stored import definition_of, new_version
 from flowledger.canonical import JsonValue
 from flowledger.documents import DocumentError, load_document
 from flowledger.errors import FieldViolation, InvalidArgument
-from store_service.domain import (
+from flowledger_core.domain import (
     DefinitionPage,
     DefinitionState,
     DefinitionTransitionCommand,
     Page,
     StoredDefinition,
 )
-from store_service.ports import EventStore
+from flowledger_core.ports import EventStore
 
 
 class DocumentFormat(enum.Enum):

@@ -22,7 +22,7 @@ from engine_service.verify import VerifyReport
 from engine_service.worker import Worker
 from flowledger.canonical import JsonValue, parse_json
 from flowledger.errors import FailedPrecondition, FieldViolation, InvalidArgument
-from store_service.domain import ArtifactLookup, Flow, FlowFilter, FlowPage, Page, StoredEvent
+from flowledger_core.domain import ArtifactLookup, Flow, FlowFilter, FlowPage, Page, StoredEvent
 
 log = logging.getLogger(__name__)
 

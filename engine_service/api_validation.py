@@ -4,7 +4,7 @@ Each ``check_*`` function inspects one request (anything with the request's fiel
 a Protocol, so no protobuf type is needed here) and raises one error listing *every* offending
 field, as the path sent (``params_json.split``, ``hashes[3]``): RESOURCE_EXHAUSTED when a size
 limit was passed, INVALID_ARGUMENT otherwise. The collector is the store's
-:class:`store_service.checks.FieldChecks`, so both services word and report violations alike.
+:class:`flowledger_core.checks.FieldChecks`, so both services word and report violations alike.
 Checks that need stored state (an unknown definition, a step the flow does not have) happen
 later, with the same field names.
 """
@@ -16,8 +16,8 @@ from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from engine_service.validation import json_path
-from store_service.checks import FieldChecks
-from store_service.settings import Limits
+from flowledger_core.checks import FieldChecks
+from flowledger_core.limits import Limits
 
 MAX_PAGE_SIZE = 1000
 MAX_HASHES = 1000

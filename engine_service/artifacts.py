@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from engine_service.steps import ArtifactValue
 from flowledger.canonical import JsonValue, content_hash, parse_json
 from flowledger.errors import InternalError
-from store_service.ports import EventStore
+from flowledger_core.ports import EventStore
 
 MAX_HASHES_PER_CALL = 1000  # GetArtifactsRequest.hashes
 

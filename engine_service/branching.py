@@ -27,7 +27,7 @@ from engine_service.replay import FlowState, StepStatus, apply
 from engine_service.validation import json_path, raise_if_any
 from flowledger.canonical import JsonValue, canonical_bytes
 from flowledger.errors import AlreadyExists, FailedPrecondition, FieldViolation, InvalidArgument
-from store_service.domain import FlowStatus, NewBranch
+from flowledger_core.domain import FlowStatus, NewBranch
 
 if TYPE_CHECKING:
     from engine_service.runner import Engine

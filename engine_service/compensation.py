@@ -26,7 +26,7 @@ from engine_service.events import (
 from engine_service.executor import execute_attempt
 from engine_service.replay import FlowState, StepStatus
 from engine_service.writes import Write
-from store_service.domain import FlowStatus, NewArtifact
+from flowledger_core.domain import FlowStatus, NewArtifact
 
 if TYPE_CHECKING:
     from engine_service.planner import WritePlanner

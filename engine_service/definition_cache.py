@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 
 from engine_service.definition import FlowDefinition
 from engine_service.stored import startable
-from store_service.domain import DefinitionState, StoredDefinition
+from flowledger_core.domain import DefinitionState, StoredDefinition
 
 DEFAULT_TTL_S = 1.0
 MAX_CONTENT = 1024

@@ -37,7 +37,7 @@ from engine_service.events import (
 )
 from flowledger.canonical import JsonValue, canonical_bytes, parse_json
 from flowledger.errors import InternalError
-from store_service.domain import EventType, NewEvent
+from flowledger_core.domain import EventType, NewEvent
 
 _CLASSES: dict[EventType, type[Any]] = {value: key for key, value in EVENT_TYPES.items()}
 

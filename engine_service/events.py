@@ -14,7 +14,7 @@ from typing import Any, TypeAlias
 
 from engine_service.definition import StepSpec
 from flowledger.canonical import JsonValue
-from store_service.domain import EventType
+from flowledger_core.domain import EventType
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ from engine_service.events import EngineEvent, variant
 from engine_service.replay import FlowState, StepStatus
 from flowledger.canonical import JsonValue
 from flowledger.errors import InvalidArgument
-from store_service.domain import Append, StoredEvent
-from store_service.ports import EventStore
+from flowledger_core.domain import Append, StoredEvent
+from flowledger_core.ports import EventStore
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ from flowledger.errors import (
     ResourceExhausted,
     VersionConflict,
 )
-from store_service.domain import (
+from flowledger_core.domain import (
     Append,
     AppendResult,
     Flow,

@@ -30,7 +30,7 @@ from flowledger import rpc_status
 from flowledger.canonical import parse_json
 from flowledger.errors import FlowledgerError, InternalError
 from flowledger.v1 import engine_pb2, engine_pb2_grpc
-from store_service.ports import EventStore
+from flowledger_core.ports import EventStore
 
 log = logging.getLogger("engine_service.grpc")
 

@@ -28,7 +28,7 @@ from engine_service.replay import FlowState, StepStatus
 from engine_service.writes import EVENTS_PER_FLOW_EXCEEDED, Write, out_of_room
 from flowledger.canonical import JsonValue
 from flowledger.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
-from store_service.domain import FlowStatus, NewArtifact
+from flowledger_core.domain import FlowStatus, NewArtifact
 
 _NAME = re.compile(NAME_PATTERN)
 MAX_TEXT = 1024

@@ -29,7 +29,7 @@ from engine_service.planner import fingerprint_inputs_of
 from engine_service.replay import FlowState, StepStatus
 from engine_service.writes import EVENTS_PER_FLOW_EXCEEDED, Write
 from flowledger.errors import FlowledgerError, InternalError, InvalidArgument, ResourceExhausted
-from store_service.domain import FlowStatus
+from flowledger_core.domain import FlowStatus
 
 _ARTIFACT_ERRORS = {"ARTIFACT_CORRUPT": "ArtifactCorrupt", "ARTIFACT_MISSING": "ArtifactMissing"}
 MAX_REASON = 1024

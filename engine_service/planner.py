@@ -45,7 +45,7 @@ from engine_service.when import plan_condition
 from engine_service.writes import Suspend, Write, utc_now
 from flowledger.canonical import JsonValue
 from flowledger.errors import InternalError
-from store_service.domain import FlowStatus, NewArtifact
+from flowledger_core.domain import FlowStatus, NewArtifact
 
 
 class WritePlanner:

@@ -40,7 +40,7 @@ from engine_service.events import (
 )
 from flowledger.canonical import JsonValue
 from flowledger.errors import InternalError
-from store_service.domain import StoredEvent
+from flowledger_core.domain import StoredEvent
 
 STATE_SCHEMA = "flowledger.flow-state/3"
 """Tag of the snapshot JSON; a snapshot with another tag is ignored and the log replayed.

@@ -1,4 +1,4 @@
-"""The in-process engine: runs flows over any :class:`store_service.ports.EventStore`.
+"""The in-process engine: runs flows over any :class:`flowledger_core.ports.EventStore`.
 
 ::
 
@@ -45,8 +45,8 @@ from engine_service.verify import Divergence, VerifyReport, verify_flow
 from engine_service.writes import append_command, initial_write, utc_now
 from flowledger.canonical import JsonValue
 from flowledger.errors import AlreadyExists, InvalidArgument
-from store_service.domain import CreatedFlow, FlowStatus, NewArtifact, NewFlow, StoredDefinition
-from store_service.ports import EventStore
+from flowledger_core.domain import CreatedFlow, FlowStatus, NewArtifact, NewFlow, StoredDefinition
+from flowledger_core.ports import EventStore
 
 log = logging.getLogger(__name__)
 

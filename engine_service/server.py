@@ -39,7 +39,7 @@ from flowledger.server.tls import (
     server_credentials,
 )
 from flowledger.v1 import engine_pb2_grpc, worker_pb2_grpc
-from store_service.ports import EventStore
+from flowledger_core.ports import EventStore
 
 log = logging.getLogger("engine_service")
 

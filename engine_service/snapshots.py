@@ -11,7 +11,7 @@ import logging
 
 from engine_service.replay import FlowState
 from flowledger.errors import FlowledgerError
-from store_service.ports import EventStore
+from flowledger_core.ports import EventStore
 
 log = logging.getLogger(__name__)
 

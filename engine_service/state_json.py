@@ -17,7 +17,7 @@ from engine_service.replay import (
 )
 from flowledger.canonical import canonical_bytes, parse_json
 from flowledger.errors import InternalError
-from store_service.domain import EventType
+from flowledger_core.domain import EventType
 
 
 def state_to_json(state: FlowState) -> str:

@@ -40,7 +40,7 @@ from engine_service.store_retry import RetryBudget, StoreClientSettings, is_tran
 from flowledger.errors import DeadlineExceeded, FailedPrecondition, FlowledgerError, Unavailable
 from flowledger.rpc_status import from_rpc_error, from_status
 from flowledger.v1 import store_pb2, store_pb2_grpc
-from store_service.append_stream import MORE_HEADER
+from flowledger_core.wire.store import MORE_HEADER
 
 log = logging.getLogger(__name__)
 

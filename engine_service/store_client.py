@@ -34,7 +34,7 @@ What is retried where (transient = UNAVAILABLE or DEADLINE_EXCEEDED, see
 
 Every ``grpc.RpcError`` becomes a :mod:`flowledger.errors` class through
 :func:`flowledger.rpc_status.from_rpc_error`; protobuf types stay inside this module and
-:mod:`store_service.convert`.
+:mod:`flowledger_core.wire.store`.
 """
 
 from __future__ import annotations
@@ -62,9 +62,7 @@ from flowledger.errors import (
 from flowledger.rpc_status import from_rpc_error
 from flowledger.server.interceptors import client_interceptors
 from flowledger.v1 import store_pb2, store_pb2_grpc
-from store_service import convert_client as wire
-from store_service import convert_work as work_wire
-from store_service.domain import (
+from flowledger_core.domain import (
     Append,
     AppendResult,
     ArtifactLookup,
@@ -82,13 +80,15 @@ from store_service.domain import (
     StepCounts,
     StoredEvent,
 )
+from flowledger_core.wire import store_client as wire
+from flowledger_core.wire import store_work as work_wire
 
 _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
 
 
 class GrpcEventStore(WorkCalls):
-    """:class:`store_service.ports.EventStore` served by the store service at ``address``."""
+    """:class:`flowledger_core.ports.EventStore` served by the store service at ``address``."""
 
     def __init__(
         self,

@@ -16,8 +16,7 @@ from typing import TypeVar
 import grpc.aio
 
 from flowledger.v1 import store_pb2, store_pb2_grpc
-from store_service import convert_work
-from store_service.domain import (
+from flowledger_core.domain import (
     ClaimRequest,
     DefinitionPage,
     DefinitionTransitionCommand,
@@ -26,6 +25,7 @@ from store_service.domain import (
     Page,
     StoredDefinition,
 )
+from flowledger_core.wire import store_work as convert_work
 
 _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")

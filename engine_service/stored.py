@@ -18,7 +18,7 @@ from engine_service.definition import FlowDefinition, definition_from_text, step
 from engine_service.registry import StepRegistry
 from flowledger.canonical import JsonValue, canonical_bytes, parse_json
 from flowledger.errors import FailedPrecondition, FlowledgerError, InternalError
-from store_service.domain import DefinitionState, NewDefinitionVersion, StoredDefinition
+from flowledger_core.domain import DefinitionState, NewDefinitionVersion, StoredDefinition
 
 
 def document_json(definition: FlowDefinition) -> str:

@@ -22,7 +22,7 @@ from engine_service.registry import StepRegistry
 from engine_service.replay import FlowState, StepState
 from engine_service.runner import DEFAULT_NAMESPACE, Engine, EngineSettings
 from flowledger.canonical import JsonValue
-from store_service.ports import EventStore
+from flowledger_core.ports import EventStore
 
 
 class SyncFlowRun:

@@ -24,6 +24,7 @@ from engine_service.events import StepAttemptFailed, StepFailed, StepFinished
 from engine_service.executor import Outcome, prepare
 from engine_service.flow_run import Appended, FlowRun
 from engine_service.interventions import fail_out_of_room
+from engine_service.lease import LeaseLost
 from engine_service.planner import inputs_of
 from engine_service.replay import FlowState, StepStatus
 from engine_service.runner import Engine
@@ -36,8 +37,7 @@ from flowledger.errors import (
     InvalidArgument,
     ResourceExhausted,
 )
-from store_service.adapters.lease_rules import lease_lost
-from store_service.domain import ClaimRequest
+from flowledger_core.domain import ClaimRequest
 
 # A poll that finds nothing looks again after this, doubling up to the maximum while the queues
 # stay empty (idle workers then cost ~1 claim/s each); a task scheduled on this replica rings
@@ -230,7 +230,7 @@ async def _report(
         if reporter == token:
             return None, True  # this very report, repeated
         if reporter is not None:
-            raise lease_lost(flow_id, token)  # another worker's lease reported it
+            raise LeaseLost(flow_id, token, "another worker's lease reported the task")
         # Timed out or cancelled meanwhile: the worker's hold on the flow ends here, so that an
         # engine runs it on (a cancel's compensations) without waiting for the lease to expire.
         await engine.store.release_lease(namespace, flow_id, token)

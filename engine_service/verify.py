@@ -50,8 +50,8 @@ from engine_service.planner import fingerprint_inputs_of, finished_inputs_of
 from engine_service.replay import FlowState, apply
 from flowledger.canonical import content_hash, parse_json
 from flowledger.errors import FailedPrecondition, InternalError
-from store_service.domain import StoredEvent
-from store_service.ports import EventStore
+from flowledger_core.domain import StoredEvent
+from flowledger_core.ports import EventStore
 
 DivergenceKind = Literal[
     "artifact_hash",

@@ -37,7 +37,7 @@ from engine_service.retry import TIMEOUT_ERROR_TYPE
 from engine_service.steps import StepFailure
 from engine_service.writes import Suspend, Write
 from flowledger.errors import InternalError
-from store_service.domain import FlowStatus
+from flowledger_core.domain import FlowStatus
 
 if TYPE_CHECKING:
     from engine_service.planner import WritePlanner

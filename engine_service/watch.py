@@ -56,8 +56,8 @@ from dataclasses import dataclass
 from engine_service.watch_log import LocalLogLimits, LocalLogs
 from flowledger.canonical import parse_json
 from flowledger.errors import Unavailable
-from store_service.domain import EventType, FlowStatus, StoredEvent
-from store_service.ports import EventStore
+from flowledger_core.domain import EventType, FlowStatus, StoredEvent
+from flowledger_core.ports import EventStore
 
 MIN_POLL_S = 0.05
 MAX_POLL_S = 1.0

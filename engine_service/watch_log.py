@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 
 from flowledger.errors import InvalidArgument
-from store_service.domain import StoredEvent
+from flowledger_core.domain import StoredEvent
 
 # What one kept event costs beyond its payload and command id (the StoredEvent object, its
 # timestamp, ids): an estimate, the budget is approximate.

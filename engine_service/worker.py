@@ -53,7 +53,7 @@ from engine_service.settings import ServiceSettings
 from engine_service.tasks import TaskBell
 from engine_service.watch import FlowNotifier
 from flowledger.errors import Aborted, DeadlineExceeded, FlowledgerError, Unavailable
-from store_service.domain import ClaimRequest, FlowLease
+from flowledger_core.domain import ClaimRequest, FlowLease
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from engine_service.events import (
 from engine_service.ids import command_id, init_command_id
 from engine_service.replay import FlowState
 from flowledger.errors import ResourceExhausted
-from store_service.domain import Append, FlowStatus, NewArtifact
+from flowledger_core.domain import Append, FlowStatus, NewArtifact
 
 
 @dataclass(frozen=True)

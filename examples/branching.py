@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import json
 
+from flowledger_core.domain import Append, EventType, NewBranch, NewEvent, NewFlow, Prune
+from flowledger_core.ports import EventStore
 from store_service.adapters.memory import MemoryEventStore
-from store_service.domain import Append, EventType, NewBranch, NewEvent, NewFlow, Prune
-from store_service.ports import EventStore
 
 NS = "examples"
 

@@ -49,7 +49,9 @@ from flowledger.server.decoding import UndecodableRequest
 from flowledger.server.handlers import Context, as_error
 from flowledger.server.interceptors import SERVER_MSG_RECEIVED, SERVER_MSG_SENT
 from flowledger.v1 import store_pb2
-from store_service import convert, validation
+from flowledger_core.wire import store as convert
+from flowledger_core.wire.store import MORE_HEADER
+from store_service import validation
 
 if TYPE_CHECKING:
     from store_service.grpc_api import StoreServicer
@@ -227,7 +229,6 @@ class AppendStreamSession:
 
 
 # Initial metadata of every AppendStream call: this store reads `more` (see store.proto).
-MORE_HEADER = "flowledger-append-more"
 ADVERTISED: tuple[tuple[str, str], ...] = ((MORE_HEADER, "1"),)
 
 # A coalesced response stays well under the 4 MiB a client receives by default.

@@ -23,9 +23,11 @@ from google.protobuf.message import Message
 from flowledger.errors import Unavailable
 from flowledger.server.handlers import Context, closing, fail, stream, unary
 from flowledger.v1 import store_pb2, store_pb2_grpc
-from store_service import convert, convert_work, validation, validation_history, validation_work
+from flowledger_core.ports import EventStore
+from flowledger_core.wire import store as convert
+from flowledger_core.wire import store_work as convert_work
+from store_service import validation, validation_history, validation_work
 from store_service.append_stream import AppendStreamSession
-from store_service.ports import EventStore
 from store_service.settings import Limits
 
 SERVICE_NAME = store_pb2.DESCRIPTOR.services_by_name["StoreService"].full_name
@@ -66,7 +68,7 @@ def _varint_len(n: int) -> int:
 
 
 class StoreServicer(store_pb2_grpc.StoreServiceServicer):
-    """Serves an :class:`~store_service.ports.EventStore`; the store may be attached later, so
+    """Serves an :class:`~flowledger_core.ports.EventStore`; the store may be attached later, so
     the server can answer health checks (NOT_SERVING) while the backend starts."""
 
     def __init__(self, store: EventStore | None, limits: Limits) -> None:

@@ -13,7 +13,7 @@ import psycopg.conninfo
 
 from flowledger.server.env import LOG_LEVELS, Env, SettingsError, parse_address
 from flowledger.server.tls import ServerTLS, read_server_tls
-from store_service.adapters.flow_limits import DEFAULT_MAX_EVENTS_PER_FLOW
+from flowledger_core.limits import ID_LENGTH_CEILING, MIB, Limits, LimitsError
 
 __all__ = [
     "MEMORY_URL",
@@ -26,34 +26,6 @@ __all__ = [
 
 MEMORY_URL = "memory:"
 """``DATABASE_URL`` value that selects the in-memory backend (development and tests only)."""
-
-MIB = 1024 * 1024
-
-# Hard ceilings from the schema and the contract: configurable limits may be lower, never higher.
-_ID_LENGTH_CEILING = 128  # CHECK (length(command_id) BETWEEN 1 AND 128), namespace likewise
-# Room for everything in a ReadEvents/AppendEvents message besides one payload.
-_MESSAGE_OVERHEAD = 64 * 1024
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Request limits. Sizes are UTF-8 bytes; a request past one is RESOURCE_EXHAUSTED."""
-
-    max_payload_bytes: int = 2 * MIB
-    max_message_bytes: int = 4 * MIB
-    max_events_per_append: int = 1000
-    max_artifacts_per_append: int = 1000
-    # A flow's log (its version: inherited, kept and own events) may not grow past this; an
-    # append that would is refused, except one that ends the flow (docs/security.md).
-    max_events_per_flow: int = DEFAULT_MAX_EVENTS_PER_FLOW
-    max_id_length: int = _ID_LENGTH_CEILING
-    # Deeper JSON is refused: Python's parser and the RFC 8785 encoder recurse per level.
-    max_json_depth: int = 64
-
-    def __post_init__(self) -> None:
-        # Cross-field rules; from_env has already checked each variable on its own.
-        _check_limits(self)
-
 
 @dataclass(frozen=True)
 class StoreSettings:
@@ -142,13 +114,16 @@ class StoreSettings:
             ),
             "max_id_length": env.integer(
                 "STORE_MAX_ID_LENGTH", defaults.max_id_length, minimum=1,
-                maximum=_ID_LENGTH_CEILING,
+                maximum=ID_LENGTH_CEILING,
             ),
             "max_json_depth": env.integer(
                 "STORE_MAX_JSON_DEPTH", defaults.max_json_depth, minimum=1, maximum=500
             ),
         }
-        limits = Limits(**limits_values)
+        try:
+            limits = Limits(**limits_values)
+        except LimitsError as exc:
+            raise SettingsError(exc.variable, exc.problem) from None
         return cls(
             database_url=database_url,
             migrate_database_url=migrate_url,
@@ -164,17 +139,6 @@ class StoreSettings:
             tls=read_server_tls(env, "STORE", mutual=True),
             health_listen=env.address("STORE_HEALTH_LISTEN", ""),
         )
-
-
-def _check_limits(limits: Limits) -> None:
-    if limits.max_payload_bytes + _MESSAGE_OVERHEAD > limits.max_message_bytes:
-        raise SettingsError(
-            "STORE_MAX_PAYLOAD_BYTES",
-            f"{limits.max_payload_bytes} leaves less than {_MESSAGE_OVERHEAD} bytes of "
-            f"STORE_MAX_MESSAGE_BYTES ({limits.max_message_bytes}) for the rest of a message",
-        )
-    if not 1 <= limits.max_id_length <= _ID_LENGTH_CEILING:
-        raise SettingsError("STORE_MAX_ID_LENGTH", f"must be 1..{_ID_LENGTH_CEILING}")
 
 
 def _check_conninfo(url: str, variable: str) -> None:

@@ -19,10 +19,10 @@ from typing import Literal, Protocol
 
 from flowledger.canonical import content_hash
 from flowledger.v1 import store_pb2
+from flowledger_core.checks import FieldChecks
+from flowledger_core.domain import FlowStatus
+from flowledger_core.wire.store import FLOW_STATUS_TO_PB
 from store_service.adapters.initial_append import as_initial
-from store_service.checks import FieldChecks
-from store_service.convert import FLOW_STATUS_TO_PB
-from store_service.domain import FlowStatus
 from store_service.settings import Limits
 
 # Contract ranges (store.proto) and schema ceilings (0001_event_log.sql).

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from store_service.checks import FieldChecks
+from flowledger_core.checks import FieldChecks
 from store_service.settings import Limits
 from store_service.validation import MAX_NAME_LENGTH, MAX_TEXT_LENGTH
 

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from flowledger.canonical import canonical_bytes
-from store_service.checks import FieldChecks
-from store_service.convert_work import definition_state_from_number
+from flowledger_core.checks import FieldChecks
+from flowledger_core.wire.store_work import definition_state_from_number
 from store_service.settings import Limits
 from store_service.validation import (
     MAX_LEASE_MS,

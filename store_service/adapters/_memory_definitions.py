@@ -8,8 +8,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from flowledger.errors import InvalidArgument
-from store_service.adapters import definition_rules as rules
-from store_service.domain import (
+from flowledger_core.domain import (
     DefinitionPage,
     DefinitionState,
     DefinitionTransition,
@@ -18,6 +17,7 @@ from store_service.domain import (
     Page,
     StoredDefinition,
 )
+from store_service.adapters import definition_rules as rules
 
 
 @dataclass

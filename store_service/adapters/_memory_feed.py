@@ -11,7 +11,7 @@ import asyncio
 import bisect
 from collections.abc import AsyncIterator, Callable, Sequence
 
-from store_service.domain import EventType, FeedEvent, StoredEvent
+from flowledger_core.domain import EventType, FeedEvent, StoredEvent
 
 
 class MemoryFeed:

@@ -13,10 +13,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+from flowledger_core.domain import ClaimRequest, FlowLease
 from store_service.adapters import lease_rules as rules
 from store_service.adapters._memory_records import Record
 from store_service.adapters._memory_support import flow_uuid
-from store_service.domain import ClaimRequest, FlowLease
 
 
 def claim(

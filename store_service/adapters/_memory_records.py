@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from flowledger.errors import AlreadyExists, FailedPrecondition
+from flowledger_core.domain import Append, AppendResult, Flow, Snapshot, StoredEvent
 from store_service.adapters._memory_support import appended
 from store_service.adapters.lease_rules import lease_lost
-from store_service.domain import Append, AppendResult, Flow, Snapshot, StoredEvent
 
 
 @dataclass

@@ -12,8 +12,8 @@ from typing import Any
 
 from flowledger.canonical import content_hash, parse_json
 from flowledger.errors import InvalidArgument
+from flowledger_core.domain import Append, Flow, FlowFilter, NewBranch, NewFlow
 from store_service.adapters.wait_rules import check_append_wait
-from store_service.domain import Append, Flow, FlowFilter, NewBranch, NewFlow
 
 _CURSOR = re.compile(r"mem:(0|[1-9][0-9]{0,18})\Z")
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from flowledger.canonical import canonical_bytes, parse_json
 from flowledger.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from store_service.domain import (
+from flowledger_core.domain import (
     DefinitionState,
     DefinitionTransitionCommand,
     NewDefinitionVersion,

@@ -18,9 +18,7 @@ more than the limit plus that one event.
 from __future__ import annotations
 
 from flowledger.errors import ResourceExhausted
-from store_service.domain import Append, EventType, FlowStatus
-
-DEFAULT_MAX_EVENTS_PER_FLOW = 100_000
+from flowledger_core.domain import Append, EventType, FlowStatus
 
 # The event that ends a flow, per terminal status.
 ENDING_EVENTS = {

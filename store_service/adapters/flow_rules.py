@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 from flowledger.errors import FailedPrecondition
-from store_service.domain import Flow, FlowStatus
+from flowledger_core.domain import Flow, FlowStatus
 
 
 def flow_ended(flow_id: str, status: str) -> FailedPrecondition:

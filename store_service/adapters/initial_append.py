@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 from flowledger.errors import FieldViolation, InvalidArgument
-from store_service.domain import Append, Flow, FlowLease, FlowStatus
+from flowledger_core.domain import Append, Flow, FlowLease, FlowStatus
 
 
 def check_initial(initial: Append, status: FlowStatus) -> None:

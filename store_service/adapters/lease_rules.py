@@ -13,8 +13,8 @@ from collections.abc import Collection
 from datetime import datetime
 
 from flowledger.errors import FailedPrecondition, InvalidArgument
+from flowledger_core.domain import ClaimRequest, Flow, FlowStatus
 from store_service.adapters.wait_rules import check_claim_queues
-from store_service.domain import ClaimRequest, Flow, FlowStatus
 
 MAX_OWNER_LENGTH = 128
 MAX_CLAIM_LIMIT = 1000

@@ -23,16 +23,7 @@ from flowledger.errors import (
     Unavailable,
     VersionConflict,
 )
-from store_service.adapters import _memory_leases as leases
-from store_service.adapters import _memory_support as support
-from store_service.adapters._memory_definitions import DefinitionBook
-from store_service.adapters._memory_feed import MemoryFeed
-from store_service.adapters._memory_records import Generation, Record, read_log
-from store_service.adapters.flow_limits import DEFAULT_MAX_EVENTS_PER_FLOW, check_events_per_flow
-from store_service.adapters.flow_rules import REOPENED, check_is_branch, check_not_ended, reopens
-from store_service.adapters.initial_append import as_initial, bind_initial, check_initial
-from store_service.adapters.lease_rules import check_lease_request, check_renewal, check_token
-from store_service.domain import (
+from flowledger_core.domain import (
     Append,
     AppendResult,
     Artifact,
@@ -57,10 +48,20 @@ from store_service.domain import (
     StoredDefinition,
     StoredEvent,
 )
+from flowledger_core.limits import DEFAULT_MAX_EVENTS_PER_FLOW
+from store_service.adapters import _memory_leases as leases
+from store_service.adapters import _memory_support as support
+from store_service.adapters._memory_definitions import DefinitionBook
+from store_service.adapters._memory_feed import MemoryFeed
+from store_service.adapters._memory_records import Generation, Record, read_log
+from store_service.adapters.flow_limits import check_events_per_flow
+from store_service.adapters.flow_rules import REOPENED, check_is_branch, check_not_ended, reopens
+from store_service.adapters.initial_append import as_initial, bind_initial, check_initial
+from store_service.adapters.lease_rules import check_lease_request, check_renewal, check_token
 
 
 class MemoryEventStore:
-    """:class:`store_service.ports.EventStore` held in process memory."""
+    """:class:`flowledger_core.ports.EventStore` held in process memory."""
 
     def __init__(self, *, max_events_per_flow: int = DEFAULT_MAX_EVENTS_PER_FLOW) -> None:
         self._max_events_per_flow = max_events_per_flow

@@ -8,17 +8,12 @@ without ``new_status``, and a task queue means something only for a flow that wa
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from datetime import datetime
 
 from flowledger.errors import InvalidArgument
-from store_service.domain import Append, FlowStatus
-
-MAX_TASK_QUEUE_LENGTH = 128
-MAX_TASK_QUEUES_PER_CLAIM = 1000
-# The contract's queue names (store.proto); the flows table checks the same pattern.
-TASK_QUEUE = re.compile(r"[A-Za-z0-9._:-]{1,128}\Z")
+from flowledger_core.domain import Append, FlowStatus
+from flowledger_core.limits import MAX_TASK_QUEUE_LENGTH, MAX_TASK_QUEUES_PER_CLAIM, TASK_QUEUE
 
 
 def check_append_wait(cmd: Append) -> None:

@@ -15,8 +15,8 @@ import pytest
 from engine_service.registry import StepRegistry
 from engine_service.runner import Engine, EngineSettings
 from engine_service.samples import sample_registry
+from flowledger_core.ports import EventStore
 from store_service.adapters.memory import MemoryEventStore
-from store_service.ports import EventStore
 
 BACKENDS = ["memory", "postgres"]
 

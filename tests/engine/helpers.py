@@ -10,7 +10,7 @@ import rfc8785
 
 from engine_service.flow_run import FlowRun
 from flowledger.canonical import parse_json
-from store_service.domain import (
+from flowledger_core.domain import (
     Append,
     AppendResult,
     ArtifactLookup,
@@ -34,7 +34,7 @@ from store_service.domain import (
     StoredDefinition,
     StoredEvent,
 )
-from store_service.ports import EventStore
+from flowledger_core.ports import EventStore
 
 
 def oracle(value: Any) -> str:

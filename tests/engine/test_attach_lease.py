@@ -10,8 +10,8 @@ from engine_service.registry import StepRegistry
 from engine_service.runner import Engine
 from engine_service.samples import chem_flow
 from flowledger.errors import InvalidArgument
-from store_service.domain import StoredEvent
-from store_service.ports import EventStore
+from flowledger_core.domain import StoredEvent
+from flowledger_core.ports import EventStore
 from tests.engine.helpers import normalized
 from tests.engine.test_leases import claim, claim_when_expired
 

@@ -17,8 +17,8 @@ from engine_service.runner import Engine
 from engine_service.samples import chem_flow, hello_flow
 from engine_service.steps import StepContext, StepKind, StepResult, failure, success
 from flowledger.errors import AlreadyExists, FailedPrecondition, InvalidArgument
-from store_service.domain import Append, AppendResult, FlowFilter, FlowStatus, Page
-from store_service.ports import EventStore
+from flowledger_core.domain import Append, AppendResult, FlowFilter, FlowStatus, Page
+from flowledger_core.ports import EventStore
 from tests.engine.helpers import AppendFn, DelegatingStore, verify_independently
 from tests.engine.test_engine import GOLDEN
 

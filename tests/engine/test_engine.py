@@ -20,8 +20,8 @@ from engine_service.samples import chem_flow, hello_flow
 from engine_service.steps import StepContext, StepKind, StepResult, failure, success
 from flowledger.canonical import JsonValue
 from flowledger.errors import AlreadyExists, InvalidArgument
-from store_service.domain import FlowFilter, FlowStatus, Page
-from store_service.ports import EventStore
+from flowledger_core.domain import FlowFilter, FlowStatus, Page
+from flowledger_core.ports import EventStore
 from tests.engine.helpers import verify_independently
 
 

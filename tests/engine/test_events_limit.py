@@ -11,9 +11,9 @@ from engine_service.events import FlowFailed
 from engine_service.registry import StepRegistry
 from engine_service.runner import Engine
 from engine_service.samples import chem_flow
+from flowledger_core.domain import FlowStatus
+from flowledger_core.ports import EventStore
 from store_service.adapters.memory import MemoryEventStore
-from store_service.domain import FlowStatus
-from store_service.ports import EventStore
 
 LIMIT = 5  # chem needs 8 events: I S F S F S F C
 

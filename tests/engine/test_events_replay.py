@@ -25,7 +25,7 @@ from engine_service.replay import FlowState, StepStatus, replay
 from engine_service.samples import chem_flow
 from flowledger.canonical import parse_json
 from flowledger.errors import InternalError
-from store_service.domain import EventType
+from flowledger_core.domain import EventType
 
 H = "a" * 64
 CHEM = chem_flow()

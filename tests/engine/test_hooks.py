@@ -9,7 +9,7 @@ from engine_service.hooks import HookEvent, Hooks
 from engine_service.registry import StepRegistry
 from engine_service.runner import Engine
 from engine_service.samples import chem_flow
-from store_service.ports import EventStore
+from flowledger_core.ports import EventStore
 
 
 async def test_hooks_see_each_step_and_the_flow_end(

@@ -16,8 +16,8 @@ from engine_service.registry import StepRegistry
 from engine_service.runner import Engine
 from engine_service.samples import chem_flow
 from flowledger.errors import FailedPrecondition
-from store_service.domain import Append, AppendResult, ClaimRequest, FlowLease
-from store_service.ports import EventStore
+from flowledger_core.domain import Append, AppendResult, ClaimRequest, FlowLease
+from flowledger_core.ports import EventStore
 from tests.engine.helpers import AppendFn, DelegatingStore
 from tests.engine.test_engine import GOLDEN
 

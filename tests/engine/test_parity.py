@@ -12,8 +12,8 @@ from engine_service.runner import Engine, EngineSettings
 from engine_service.samples import chem_flow, hello_flow
 from engine_service.steps import StepContext, StepResult, success
 from flowledger.canonical import parse_json
+from flowledger_core.ports import EventStore
 from store_service.adapters.memory import MemoryEventStore
-from store_service.ports import EventStore
 from tests.engine.helpers import normalized
 
 

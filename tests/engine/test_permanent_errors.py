@@ -20,9 +20,9 @@ from engine_service.samples import chem_flow
 from engine_service.steps import StepContext, StepKind, StepResult, success
 from engine_service.store_client import GrpcEventStore
 from flowledger.errors import Unavailable
+from flowledger_core.domain import Append, AppendResult, EventType, FlowStatus
+from flowledger_core.ports import EventStore
 from store_service.adapters.memory import MemoryEventStore
-from store_service.domain import Append, AppendResult, EventType, FlowStatus
-from store_service.ports import EventStore
 from store_service.settings import Limits
 from tests.engine.helpers import AppendFn, DelegatingStore
 from tests.fixtures.store_client import FAST

@@ -20,7 +20,7 @@ from engine_service.samples import chem_flow, install, split
 from engine_service.steps import StepContext, StepKind, StepResult
 from flowledger.canonical import content_hash
 from flowledger.errors import Aborted, FailedPrecondition, Unavailable
-from store_service.domain import (
+from flowledger_core.domain import (
     Append,
     AppendResult,
     EventType,
@@ -28,7 +28,7 @@ from store_service.domain import (
     NewFlow,
     Prune,
 )
-from store_service.ports import EventStore
+from flowledger_core.ports import EventStore
 from tests.engine.helpers import AppendFn, DelegatingStore
 from tests.engine.test_engine import GOLDEN
 

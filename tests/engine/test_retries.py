@@ -18,8 +18,8 @@ from engine_service.runner import Engine, EngineSettings
 from engine_service.steps import StepContext, StepResult, failure, success
 from flowledger.canonical import JsonValue, parse_json
 from flowledger.errors import InvalidArgument
-from store_service.domain import FlowStatus
-from store_service.ports import EventStore
+from flowledger_core.domain import FlowStatus
+from flowledger_core.ports import EventStore
 from tests.engine.helpers import verify_independently
 
 FAST = RetryPolicy(max_attempts=3, initial_interval_ms=10, backoff_multiplier=2.0)

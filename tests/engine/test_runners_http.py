@@ -18,9 +18,9 @@ from engine_service.runners import install
 from engine_service.steps import StepContext, StepKind, StepResult, success
 from flowledger.canonical import JsonValue
 from flowledger.errors import InvalidArgument
+from flowledger_core.domain import Append, AppendResult, EventType, FlowFilter, Page
+from flowledger_core.ports import EventStore
 from store_service.adapters.memory import MemoryEventStore
-from store_service.domain import Append, AppendResult, EventType, FlowFilter, Page
-from store_service.ports import EventStore
 from tests.engine.helpers import AppendFn, DelegatingStore, verify_independently
 from tests.engine.runners_server import LOOPBACK, Answer, ScriptedServer, free_port, server
 

@@ -17,7 +17,7 @@ from engine_service.runners.webhook import sign
 from engine_service.steps import StepContext, StepKind, StepResult, success
 from flowledger.canonical import JsonValue, canonical_bytes
 from flowledger.errors import InvalidArgument
-from store_service.ports import EventStore
+from flowledger_core.ports import EventStore
 from tests.engine.runners_server import LOOPBACK, Answer, ScriptedServer, server
 
 __all__ = ["server"]  # the fixture

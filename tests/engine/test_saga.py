@@ -17,7 +17,7 @@ from engine_service.retry import RetryPolicy
 from engine_service.runner import Engine
 from engine_service.steps import StepContext, StepKind, StepResult, failure, success
 from flowledger.canonical import JsonValue
-from store_service.ports import EventStore
+from flowledger_core.ports import EventStore
 
 ORDER: JsonValue = {"order": 7, "sku": "tea", "amount": 12}
 

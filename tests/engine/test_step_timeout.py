@@ -16,7 +16,7 @@ from engine_service.retry import RetryPolicy
 from engine_service.runner import Engine, EngineSettings
 from engine_service.steps import StepContext, StepKind, StepResult, failure, success
 from flowledger.errors import InvalidArgument
-from store_service.ports import EventStore
+from flowledger_core.ports import EventStore
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 

@@ -21,10 +21,10 @@ from prometheus_client import REGISTRY
 from engine_service.store_client import GrpcEventStore
 from flowledger.errors import FailedPrecondition, Unavailable
 from flowledger.v1 import store_pb2_grpc
+from flowledger_core.domain import Append, NewFlow
+from flowledger_core.ports import EventStore
 from store_service import append_stream
-from store_service.domain import Append, NewFlow
 from store_service.grpc_api import StoreServicer
-from store_service.ports import EventStore
 from store_service.settings import Limits
 from tests.fixtures.gated_store import GatedStore
 from tests.fixtures.store_client import BOUND, FAST, TINY, client_handled, dead_port

@@ -13,7 +13,7 @@ import pytest
 
 from engine_service.store_client import GrpcEventStore
 from flowledger.errors import FieldViolation, InvalidArgument, NotFound, VersionConflict
-from store_service.domain import (
+from flowledger_core.domain import (
     Append,
     EventType,
     FlowFilter,
@@ -25,7 +25,7 @@ from store_service.domain import (
     Prune,
     StepCounts,
 )
-from store_service.ports import EventStore
+from flowledger_core.ports import EventStore
 from tests.fixtures.gated_store import GatedStore
 from tests.fixtures.store_client import BOUND, FAST, client_handled
 from tests.store.helpers import Feed, artifact, ev, read_all

@@ -15,8 +15,8 @@ import pytest
 
 from engine_service.store_client import GrpcEventStore
 from flowledger.errors import FailedPrecondition, Unavailable
-from store_service.domain import Append, FlowFilter, NewFlow, Page
-from store_service.ports import EventStore
+from flowledger_core.domain import Append, FlowFilter, NewFlow, Page
+from flowledger_core.ports import EventStore
 from tests.fixtures.gated_store import GatedStore
 from tests.fixtures.store_client import BOUND, FAST, TINY, dead_port
 from tests.fixtures.store_server import running_store, wait_until

@@ -15,7 +15,7 @@ import pytest
 from engine_service.store_client import GrpcEventStore
 from flowledger.canonical import canonical_bytes
 from flowledger.errors import AlreadyExists, FailedPrecondition, NotFound
-from store_service.domain import (
+from flowledger_core.domain import (
     Append,
     ClaimRequest,
     DefinitionState,
@@ -24,7 +24,7 @@ from store_service.domain import (
     NewFlow,
     Page,
 )
-from store_service.ports import EventStore
+from flowledger_core.ports import EventStore
 from tests.fixtures.gated_store import GatedStore
 from tests.fixtures.store_client import BOUND
 from tests.fixtures.tcp_proxy import TcpProxy

@@ -13,12 +13,12 @@ from engine_service.samples import CHEM_DOCUMENT, chem_flow
 from engine_service.stored import definition_of, document_json, new_version, parse_definition
 from flowledger.canonical import parse_json
 from flowledger.errors import FailedPrecondition, InternalError, InvalidArgument
-from store_service.domain import (
+from flowledger_core.domain import (
     DefinitionState,
     DefinitionTransitionCommand,
     StoredDefinition,
 )
-from store_service.ports import EventStore
+from flowledger_core.ports import EventStore
 from tests.engine.test_engine import GOLDEN
 
 CHEM_YAML = """

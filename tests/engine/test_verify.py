@@ -26,8 +26,8 @@ from engine_service.samples import chem_flow, hello_flow
 from engine_service.steps import StepContext, StepResult
 from flowledger.canonical import content_hash
 from flowledger.errors import NotFound
-from store_service.domain import Append, NewFlow
-from store_service.ports import EventStore
+from flowledger_core.domain import Append, NewFlow
+from flowledger_core.ports import EventStore
 
 
 async def test_clean_flows_verify(engine: Engine, ns: str) -> None:

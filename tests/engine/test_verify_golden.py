@@ -31,8 +31,8 @@ from engine_service.retry import RetryPolicy
 from engine_service.runner import Engine, EngineSettings
 from engine_service.runners import install
 from engine_service.steps import StepContext, StepKind, StepResult, failure, success
-from store_service.domain import Append, FlowStatus, NewFlow
-from store_service.ports import EventStore
+from flowledger_core.domain import Append, FlowStatus, NewFlow
+from flowledger_core.ports import EventStore
 from tests.engine.helpers import verify_independently
 from tests.engine.runners_server import LOOPBACK, Answer, ScriptedServer, server
 

@@ -20,8 +20,8 @@ from engine_service.replay import StepStatus
 from engine_service.runner import Engine, EngineSettings
 from engine_service.steps import StepContext, StepKind, StepResult, success
 from flowledger.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
-from store_service.domain import Append, AppendResult, FlowStatus
-from store_service.ports import EventStore
+from flowledger_core.domain import Append, AppendResult, FlowStatus
+from flowledger_core.ports import EventStore
 from tests.engine.helpers import AppendFn, DelegatingStore
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)

@@ -23,7 +23,7 @@ from engine_service.samples import sample_registry
 from engine_service.server import EngineServer, serve
 from engine_service.settings import ServiceSettings
 from flowledger.client import FlowledgerClient
-from store_service.ports import EventStore
+from flowledger_core.ports import EventStore
 from tests.engine_service import gate_steps
 from tests.fixtures.store_server import RunningStore, running_store
 

@@ -26,9 +26,9 @@ from flowledger.client import FlowledgerClient
 from flowledger.errors import ResourceExhausted
 from flowledger.types import FlowStatus, FlowView
 from flowledger.v1 import common_pb2, store_pb2
+from flowledger_core.domain import EventType
+from flowledger_core.ports import EventStore
 from store_service.adapters.memory import MemoryEventStore
-from store_service.domain import EventType
-from store_service.ports import EventStore
 from tests.engine_service.conftest import BOUND_S, HELLO_DOCUMENT, Stack, running_engine
 from tests.fixtures.store_server import running_store
 from tests.store.helpers import read_all

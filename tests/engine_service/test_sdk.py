@@ -10,7 +10,7 @@ import typing
 from flowledger import _wire, client
 from flowledger import types as t
 from flowledger.v1 import common_pb2, engine_pb2
-from store_service.domain import EventType as StoreEventType
+from flowledger_core.domain import EventType as StoreEventType
 
 
 def _numbers(enum: typing.Any) -> set[int]:

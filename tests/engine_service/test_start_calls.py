@@ -16,7 +16,7 @@ from engine_service.server import serve
 from engine_service.store_client import GrpcEventStore
 from flowledger.client import FlowledgerClient
 from flowledger.errors import FailedPrecondition
-from store_service.domain import (
+from flowledger_core.domain import (
     Append,
     AppendResult,
     ClaimRequest,
@@ -26,7 +26,7 @@ from store_service.domain import (
     NewFlow,
     StoredEvent,
 )
-from store_service.ports import EventStore
+from flowledger_core.ports import EventStore
 from tests.engine.helpers import DelegatingStore
 from tests.engine_service.conftest import BOUND_S, engine_settings, published, registry_for_tests
 from tests.fixtures.store_client import FAST

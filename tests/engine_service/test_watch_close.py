@@ -27,11 +27,11 @@ from flowledger.errors import InvalidArgument
 from flowledger.rpc_status import from_rpc_error
 from flowledger.types import EventType, FlowStatus, WatchUpdate
 from flowledger.v1 import engine_pb2, engine_pb2_grpc
+from flowledger_core.domain import EventType as StoreEventType
+from flowledger_core.domain import FlowStatus as StoreStatus
+from flowledger_core.domain import StoredEvent
+from flowledger_core.ports import EventStore
 from store_service.adapters.memory import MemoryEventStore
-from store_service.domain import EventType as StoreEventType
-from store_service.domain import FlowStatus as StoreStatus
-from store_service.domain import StoredEvent
-from store_service.ports import EventStore
 from tests.engine.helpers import DelegatingStore, normalized
 from tests.engine_service import gate_steps
 from tests.engine_service.conftest import (

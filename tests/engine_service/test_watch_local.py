@@ -28,8 +28,8 @@ from flowledger.client import FlowledgerClient
 from flowledger.errors import NotFound
 from flowledger.types import Event, WatchUpdate
 from flowledger.types import FlowStatus as SdkStatus
-from store_service.domain import EventType, Flow, FlowStatus, StoredEvent
-from store_service.ports import EventStore
+from flowledger_core.domain import EventType, Flow, FlowStatus, StoredEvent
+from flowledger_core.ports import EventStore
 from tests.engine.helpers import DelegatingStore
 from tests.engine_service import gate_steps
 from tests.engine_service.conftest import (

@@ -18,8 +18,8 @@ from engine_service.samples import chem_flow, sample_registry
 from engine_service.stored import document_json
 from engine_service.watch import FlowNotifier, WatchBatch, watch_flow
 from flowledger.errors import FailedPrecondition
+from flowledger_core.domain import DefinitionState, FlowStatus, StoredDefinition, StoredEvent
 from store_service.adapters.memory import MemoryEventStore
-from store_service.domain import DefinitionState, FlowStatus, StoredDefinition, StoredEvent
 from tests.engine.helpers import DelegatingStore, normalized
 
 BOUND_S = 10.0

@@ -19,8 +19,8 @@ from prometheus_client import REGISTRY
 
 from flowledger.client import FlowledgerClient
 from flowledger.types import EventType, FlowStatus
-from store_service.domain import ClaimRequest
-from store_service.ports import EventStore
+from flowledger_core.domain import ClaimRequest
+from flowledger_core.ports import EventStore
 from tests.engine_service import gate_steps
 from tests.engine_service.conftest import BOUND_S, Stack, published, running_engine
 from tests.fixtures.store_server import running_store, store_settings, wait_until

@@ -25,8 +25,7 @@ from psycopg.conninfo import make_conninfo
 
 from flowledger.canonical import canonical_bytes, content_hash
 from flowledger.errors import FlowledgerError, VersionConflict
-from store_service.adapters.postgres.migrate import MigrationError, apply_migrations
-from store_service.domain import (
+from flowledger_core.domain import (
     Append,
     ClaimRequest,
     DefinitionState,
@@ -39,7 +38,8 @@ from store_service.domain import (
     Page,
     Prune,
 )
-from store_service.ports import EventStore
+from flowledger_core.ports import EventStore
+from store_service.adapters.postgres.migrate import MigrationError, apply_migrations
 from store_service.server import StoreServer, serve
 from store_service.settings import SettingsError, StoreSettings
 from tests.fixtures.postgres import PgServer, fresh_database

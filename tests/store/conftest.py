@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from flowledger_core.ports import EventStore
 from store_service.adapters.memory import MemoryEventStore
-from store_service.ports import EventStore
 
 BACKENDS = ["memory", "postgres"]
 

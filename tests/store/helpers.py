@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from flowledger.canonical import canonical_bytes, content_hash, parse_json
-from store_service.domain import (
+from flowledger_core.domain import (
     Append,
     AppendResult,
     EventType,
@@ -22,7 +22,7 @@ from store_service.domain import (
     NewFlow,
     StoredEvent,
 )
-from store_service.ports import EventStore
+from flowledger_core.ports import EventStore
 
 _commands = itertools.count(1)
 

@@ -23,11 +23,11 @@ from flowledger.errors import (
     ResourceExhausted,
     VersionConflict,
 )
+from flowledger_core.domain import Append, AppendResult, EventType, FlowStatus, NewBranch, Prune
 from store_service.adapters.postgres import appender as appender_module
 from store_service.adapters.postgres import appendsql
 from store_service.adapters.postgres.lineage import Range, plan_chunks
 from store_service.adapters.postgres.store import PostgresEventStore
-from store_service.domain import Append, AppendResult, EventType, FlowStatus, NewBranch, Prune
 from tests.store.helpers import aclose, append, artifact, ev, eventually, new_flow, read_all
 
 pytestmark = pytest.mark.postgres_only

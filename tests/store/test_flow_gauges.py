@@ -10,11 +10,11 @@ import psycopg
 import pytest
 from prometheus_client import REGISTRY
 
+from flowledger_core.domain import FlowStatus
+from flowledger_core.ports import EventStore
 from store_service.adapters.postgres.db import Database
 from store_service.adapters.postgres.flow_gauges import refresh
 from store_service.adapters.postgres.retry import RetryPolicy
-from store_service.domain import FlowStatus
-from store_service.ports import EventStore
 from tests.store.helpers import new_flow
 
 pytestmark = pytest.mark.postgres_only

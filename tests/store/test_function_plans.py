@@ -16,9 +16,9 @@ import psycopg
 import pytest
 from psycopg.rows import TupleRow
 
+from flowledger_core.domain import Append, EventType
 from store_service.adapters.postgres import appendsql
 from store_service.adapters.postgres.flows import _CREATE_ROOT
-from store_service.domain import Append, EventType
 from tests.store.helpers import ev
 
 pytestmark = pytest.mark.postgres_only

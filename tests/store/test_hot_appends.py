@@ -15,8 +15,8 @@ import psycopg
 import pytest
 from psycopg.rows import TupleRow
 
+from flowledger_core.domain import Append, EventType, FlowStatus
 from store_service.adapters.postgres import appendsql
-from store_service.domain import Append, EventType, FlowStatus
 from tests.store.helpers import ev
 
 pytestmark = pytest.mark.postgres_only

@@ -8,7 +8,7 @@ import pytest
 
 from flowledger.canonical import content_hash, parse_json
 from flowledger.errors import FailedPrecondition, InvalidArgument, VersionConflict
-from store_service.domain import (
+from flowledger_core.domain import (
     Append,
     EventType,
     FlowStatus,
@@ -16,7 +16,7 @@ from store_service.domain import (
     NewBranch,
     NewEvent,
 )
-from store_service.ports import EventStore
+from flowledger_core.ports import EventStore
 from tests.store.helpers import (
     append,
     artifact,

@@ -13,8 +13,8 @@ import pytest
 
 from flowledger.canonical import content_hash
 from flowledger.errors import VersionConflict
-from store_service.domain import Append, NewBranch, NewFlow
-from store_service.ports import EventStore
+from flowledger_core.domain import Append, NewBranch, NewFlow
+from flowledger_core.ports import EventStore
 from tests.store.helpers import append, artifact, ev, new_flow
 
 

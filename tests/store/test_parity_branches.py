@@ -8,8 +8,8 @@ import pytest
 
 from flowledger.canonical import parse_json
 from flowledger.errors import InvalidArgument, NotFound, VersionConflict
-from store_service.domain import FlowFilter, NewBranch, Page, Prune, StoredEvent
-from store_service.ports import EventStore
+from flowledger_core.domain import FlowFilter, NewBranch, Page, Prune, StoredEvent
+from flowledger_core.ports import EventStore
 from tests.store.helpers import append, assert_contiguous, ev, new_flow, read_all
 
 

@@ -6,8 +6,8 @@ import asyncio
 
 from flowledger.canonical import parse_json
 from flowledger.errors import FlowledgerError, InvalidArgument, VersionConflict
-from store_service.domain import Append, AppendResult, EventType, NewEvent
-from store_service.ports import EventStore
+from flowledger_core.domain import Append, AppendResult, EventType, NewEvent
+from flowledger_core.ports import EventStore
 from tests.store.helpers import append, artifact, assert_contiguous, ev, new_flow, read_all
 
 

@@ -9,8 +9,8 @@ from dataclasses import replace
 import pytest
 
 from flowledger.errors import FailedPrecondition, InvalidArgument, NotFound
-from store_service.domain import Append, ClaimRequest, EventType, FlowStatus, NewFlow
-from store_service.ports import EventStore
+from flowledger_core.domain import Append, ClaimRequest, EventType, FlowStatus, NewFlow
+from flowledger_core.ports import EventStore
 from tests.store.helpers import append, artifact, ev, read_all
 
 LEASE_MS = 60_000

@@ -10,14 +10,14 @@ import pytest
 
 from flowledger.canonical import canonical_bytes, content_hash
 from flowledger.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from store_service.domain import (
+from flowledger_core.domain import (
     DefinitionState,
     DefinitionTransitionCommand,
     NewDefinitionVersion,
     Page,
     StoredDefinition,
 )
-from store_service.ports import EventStore
+from flowledger_core.ports import EventStore
 
 DRAFT, PUBLISHED, ARCHIVED = (
     DefinitionState.DRAFT,

@@ -7,7 +7,7 @@ import uuid
 import pytest
 
 from flowledger.errors import AlreadyExists, InvalidArgument, NotFound
-from store_service.domain import (
+from flowledger_core.domain import (
     Append,
     FlowFilter,
     FlowStatus,
@@ -15,7 +15,7 @@ from store_service.domain import (
     NewFlow,
     Page,
 )
-from store_service.ports import EventStore
+from flowledger_core.ports import EventStore
 from tests.store.helpers import append, ev, flow_view, new_flow, read_all
 
 

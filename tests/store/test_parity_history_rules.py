@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from flowledger.errors import FailedPrecondition, InvalidArgument, NotFound
-from store_service.domain import (
+from flowledger_core.domain import (
     Append,
     ClaimRequest,
     EventType,
@@ -18,7 +18,7 @@ from store_service.domain import (
     NewFlow,
     Prune,
 )
-from store_service.ports import EventStore
+from flowledger_core.ports import EventStore
 from tests.store.helpers import append, command_id, ev, new_flow, read_all
 
 ENDINGS = [

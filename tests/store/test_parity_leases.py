@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from flowledger.errors import FailedPrecondition, InvalidArgument, NotFound
-from store_service.domain import (
+from flowledger_core.domain import (
     Append,
     ClaimRequest,
     Flow,
@@ -23,7 +23,7 @@ from store_service.domain import (
     NewBranch,
     NewFlow,
 )
-from store_service.ports import EventStore
+from flowledger_core.ports import EventStore
 from tests.store.helpers import append, ev, new_flow, read_all
 
 SHORT_MS = 50

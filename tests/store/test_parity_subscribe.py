@@ -7,8 +7,8 @@ import asyncio
 import pytest
 
 from flowledger.errors import InvalidArgument, Unavailable
-from store_service.domain import EventType, FeedEvent
-from store_service.ports import EventStore
+from flowledger_core.domain import EventType, FeedEvent
+from flowledger_core.ports import EventStore
 from tests.store.helpers import Feed, aclose, append, ev, new_flow
 
 

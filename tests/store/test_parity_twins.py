@@ -14,8 +14,7 @@ from typing import Any
 
 from flowledger.canonical import parse_json
 from flowledger.errors import FlowledgerError
-from store_service.adapters.memory import MemoryEventStore
-from store_service.domain import (
+from flowledger_core.domain import (
     Append,
     EventType,
     FlowFilter,
@@ -25,7 +24,8 @@ from store_service.domain import (
     Page,
     Prune,
 )
-from store_service.ports import EventStore
+from flowledger_core.ports import EventStore
+from store_service.adapters.memory import MemoryEventStore
 from tests.store.helpers import Feed, artifact, ev, flow_view, read_all, view
 
 ROOT = str(uuid.UUID(int=1, version=4))

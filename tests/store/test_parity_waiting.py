@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from flowledger.errors import InvalidArgument
-from store_service.domain import (
+from flowledger_core.domain import (
     Append,
     ClaimRequest,
     EventType,
@@ -21,7 +21,7 @@ from store_service.domain import (
     FlowStatus,
     NewBranch,
 )
-from store_service.ports import EventStore
+from flowledger_core.ports import EventStore
 from tests.store.helpers import command_id, ev, new_flow, read_all
 
 LONG_MS = 60_000

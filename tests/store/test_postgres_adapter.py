@@ -25,12 +25,12 @@ from flowledger.errors import (
     Unavailable,
     VersionConflict,
 )
+from flowledger_core.domain import Append, FlowFilter, NewBranch, NewEvent, Page, Prune
 from store_service.adapters.postgres import appender as appender_module
 from store_service.adapters.postgres.lineage import Range, ranges_from_chain
 from store_service.adapters.postgres.retry import RetryPolicy, retrying
 from store_service.adapters.postgres.sqlerrors import transient_reason
 from store_service.adapters.postgres.store import PostgresEventStore
-from store_service.domain import Append, FlowFilter, NewBranch, NewEvent, Page, Prune
 from tests.fixtures.postgres import PgServer
 from tests.store.helpers import Feed, aclose, append, artifact, ev, new_flow, read_all
 
@@ -383,7 +383,7 @@ def test_ranges_walk_branches_and_prunes_oldest_first() -> None:
 
 
 async def test_branch_of_a_pruned_parent_reads_one_log(pg: PostgresEventStore, ns: str) -> None:
-    from store_service.domain import NewBranch
+    from flowledger_core.domain import NewBranch
 
     parent = await new_flow(pg, ns)
     for v in range(6):

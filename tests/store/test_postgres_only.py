@@ -17,8 +17,8 @@ from prometheus_client import REGISTRY
 from psycopg.rows import TupleRow
 
 from flowledger.errors import VersionConflict
-from store_service.domain import AppendResult
-from store_service.ports import EventStore
+from flowledger_core.domain import AppendResult
+from flowledger_core.ports import EventStore
 from tests.fixtures.postgres import PgServer
 from tests.fixtures.tcp_proxy import ProxyFactory
 from tests.store.conftest import MAX_CONNECTIONS, MIN_CONNECTIONS

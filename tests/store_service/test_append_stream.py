@@ -26,7 +26,7 @@ from flowledger.errors import (
     VersionConflict,
 )
 from flowledger.v1 import common_pb2, store_pb2
-from store_service.ports import EventStore
+from flowledger_core.ports import EventStore
 from tests.fixtures.gated_store import GatedStore
 from tests.fixtures.store_server import RunningStore, running_store, wait_until
 from tests.store_service.helpers import (

@@ -31,8 +31,8 @@ from flowledger.errors import (
 )
 from flowledger.rpc_status import ERROR_DOMAIN
 from flowledger.v1 import common_pb2, store_pb2
+from flowledger_core.domain import Flow
 from store_service.adapters.memory import MemoryEventStore
-from store_service.domain import Flow
 from store_service.grpc_api import NOT_YET_SERVED
 from store_service.settings import Limits
 from tests.fixtures.store_server import RunningStore, running_store, store_settings

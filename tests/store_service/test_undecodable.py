@@ -14,8 +14,8 @@ import pytest
 
 from flowledger import rpc_status
 from flowledger.v1 import store_pb2
+from flowledger_core.domain import Append, AppendResult
 from store_service.adapters.memory import MemoryEventStore
-from store_service.domain import Append, AppendResult
 from tests.fixtures.store_server import RunningStore, running_store
 from tests.security.raw_calls import CORRUPT, bad_utf8, methods, raw_call, undecodable_count
 from tests.store_service.helpers import command_id, create_flow, ev, ns

@@ -7,8 +7,10 @@ import pytest
 from flowledger.canonical import content_hash
 from flowledger.errors import InvalidArgument, ResourceExhausted
 from flowledger.v1 import common_pb2, store_pb2
-from store_service import convert, domain, validation
-from store_service.checks import MAX_REPORTED_VIOLATIONS
+from flowledger_core import domain
+from flowledger_core.checks import MAX_REPORTED_VIOLATIONS
+from flowledger_core.wire import store as convert
+from store_service import validation
 from store_service.settings import Limits
 
 LIMITS = Limits()

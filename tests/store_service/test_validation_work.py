@@ -11,7 +11,9 @@ from google.protobuf.message import Message
 
 from flowledger.errors import InvalidArgument, ResourceExhausted
 from flowledger.v1 import store_pb2
-from store_service import convert_work, domain, validation_work
+from flowledger_core import domain
+from flowledger_core.wire import store_work as convert_work
+from store_service import validation_work
 from store_service.settings import Limits
 
 LIMITS = Limits()

@@ -13,7 +13,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from engine_service.store_client import GrpcEventStore
 from flowledger.errors import InvalidArgument
 from flowledger.v1 import common_pb2, store_pb2
-from store_service.domain import Append, ClaimRequest, EventType, FlowStatus, NewFlow
+from flowledger_core.domain import Append, ClaimRequest, EventType, FlowStatus, NewFlow
 from tests.fixtures.store_server import RunningStore
 from tests.store.helpers import ev as domain_ev
 from tests.store_service.helpers import append, create_flow, ev, failure, field_paths, ns, read_all

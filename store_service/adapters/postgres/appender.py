@@ -27,13 +27,13 @@ from flowledger.errors import (
     InvalidArgument,
     Unavailable,
 )
-from store_service.adapters.flow_limits import DEFAULT_MAX_EVENTS_PER_FLOW
+from flowledger_core.domain import Append, AppendResult
+from flowledger_core.limits import DEFAULT_MAX_EVENTS_PER_FLOW
 from store_service.adapters.postgres import appendsql as sql
 from store_service.adapters.postgres import sqlerrors
 from store_service.adapters.postgres.db import Conn, Database
 from store_service.adapters.postgres.rows import flow_uuid
 from store_service.adapters.wait_rules import check_append_wait
-from store_service.domain import Append, AppendResult
 from store_service.metrics import (
     APPEND_BATCH_EVENTS,
     APPEND_DURATION,

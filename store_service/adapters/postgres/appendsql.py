@@ -15,11 +15,11 @@ from datetime import datetime
 from typing import Any
 
 from flowledger.errors import AlreadyExists, FlowledgerError, VersionConflict
+from flowledger_core.domain import Append, AppendResult
 from store_service.adapters.flow_limits import events_per_flow_exceeded, highest_start_version
 from store_service.adapters.flow_rules import flow_ended
 from store_service.adapters.lease_rules import lease_lost
 from store_service.adapters.postgres.rows import flow_deleted, flow_not_found
-from store_service.domain import Append, AppendResult
 
 # The function's array arguments, in order, as :func:`batch_params` packs them.
 APPEND_ARGUMENTS = """

@@ -12,9 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from flowledger.errors import InvalidArgument
-from store_service.adapters import definition_rules as rules
-from store_service.adapters.postgres.db import Conn, Database
-from store_service.domain import (
+from flowledger_core.domain import (
     DefinitionPage,
     DefinitionState,
     DefinitionTransition,
@@ -23,6 +21,8 @@ from store_service.domain import (
     Page,
     StoredDefinition,
 )
+from store_service.adapters import definition_rules as rules
+from store_service.adapters.postgres.db import Conn, Database
 
 
 def _history(column: str) -> str:

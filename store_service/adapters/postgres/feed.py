@@ -24,10 +24,10 @@ from typing import Any
 import psycopg
 
 from flowledger.errors import InvalidArgument
+from flowledger_core.domain import EventType, FeedEvent
 from store_service.adapters.postgres.db import Conn, Database
 from store_service.adapters.postgres.retry import RetryPolicy
 from store_service.adapters.postgres.rows import event_from_row
-from store_service.domain import EventType, FeedEvent
 from store_service.metrics import SUBSCRIBERS
 
 log = logging.getLogger(__name__)

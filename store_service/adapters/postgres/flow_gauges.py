@@ -12,8 +12,8 @@ import asyncio
 import contextlib
 import logging
 
+from flowledger_core.domain import FlowStatus
 from store_service.adapters.postgres.db import Conn, Database
-from store_service.domain import FlowStatus
 from store_service.metrics import FLOWS, FLOWS_OVERDUE, FLOWS_WAITING_DUE, TASK_QUEUE_DEPTH
 
 log = logging.getLogger(__name__)

@@ -9,6 +9,20 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flowledger.errors import AlreadyExists, InvalidArgument, VersionConflict
+from flowledger_core.domain import (
+    Append,
+    AppendResult,
+    CreatedFlow,
+    Flow,
+    FlowFilter,
+    FlowLease,
+    FlowPage,
+    FlowStatus,
+    NewBranch,
+    NewFlow,
+    Page,
+    Prune,
+)
 from store_service.adapters import lease_rules
 from store_service.adapters.flow_limits import check_events_per_flow
 from store_service.adapters.flow_rules import REOPENED, check_is_branch, reopens
@@ -22,20 +36,6 @@ from store_service.adapters.postgres.rows import (
     flow_from_row,
     flow_not_found,
     flow_uuid,
-)
-from store_service.domain import (
-    Append,
-    AppendResult,
-    CreatedFlow,
-    Flow,
-    FlowFilter,
-    FlowLease,
-    FlowPage,
-    FlowStatus,
-    NewBranch,
-    NewFlow,
-    Page,
-    Prune,
 )
 from store_service.metrics import EVENTS_APPENDED, VERSION_CONFLICTS
 

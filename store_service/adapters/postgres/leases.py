@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from flowledger_core.domain import ClaimRequest, FlowLease
 from store_service.adapters import lease_rules as rules
 from store_service.adapters.postgres.db import Conn, Database
 from store_service.adapters.postgres.rows import (
@@ -21,7 +22,6 @@ from store_service.adapters.postgres.rows import (
     flow_not_found,
     flow_uuid,
 )
-from store_service.domain import ClaimRequest, FlowLease
 
 # The flow's columns, then the lease's: (..., lease_expires_at, lease_owner).
 _RETURNING = FLOW_COLUMNS + ", lease_expires_at, lease_owner"

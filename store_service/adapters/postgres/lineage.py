@@ -18,6 +18,7 @@ from functools import partial
 from typing import Any
 
 from flowledger.errors import InvalidArgument
+from flowledger_core.domain import StepCounts, StoredEvent
 from store_service.adapters.postgres.db import Conn, Database
 from store_service.adapters.postgres.rows import (
     FLOW_EVENT_COLUMNS,
@@ -25,7 +26,6 @@ from store_service.adapters.postgres.rows import (
     flow_not_found,
     flow_uuid,
 )
-from store_service.domain import StepCounts, StoredEvent
 
 # The flow's head, then its generation chain (stopping where nothing older is inherited).
 _HEAD = """

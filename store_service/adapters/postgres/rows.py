@@ -11,7 +11,7 @@ from typing import Any
 
 from flowledger.canonical import parse_json
 from flowledger.errors import FailedPrecondition, InvalidArgument, NotFound
-from store_service.domain import EventType, Flow, FlowStatus, StoredEvent
+from flowledger_core.domain import EventType, Flow, FlowStatus, StoredEvent
 
 FLOW_COLUMNS = (
     "flow_id::text, namespace, name, status, metadata::text, parent_flow_id::text, fork_version, "

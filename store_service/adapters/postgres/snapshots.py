@@ -9,9 +9,9 @@ at or below the head version).
 from __future__ import annotations
 
 from flowledger.errors import InvalidArgument
+from flowledger_core.domain import Snapshot
 from store_service.adapters.postgres.db import Conn, Database
 from store_service.adapters.postgres.rows import check_json, flow_deleted, flow_not_found, flow_uuid
-from store_service.domain import Snapshot
 from store_service.metrics import SNAPSHOTS_LOADED, SNAPSHOTS_SAVED
 
 _LOCK_FLOW = """

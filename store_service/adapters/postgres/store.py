@@ -1,4 +1,4 @@
-"""``PostgresEventStore``: the Postgres implementation of :class:`store_service.ports.EventStore`.
+"""``PostgresEventStore``: the Postgres implementation of :class:`flowledger_core.ports.EventStore`.
 
 A thin facade: each concept lives in its own module (group-commit appends in :mod:`.appender`,
 the global feed in :mod:`.feed`, branch/prune resolution in :mod:`.lineage`, flow records in
@@ -14,15 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from flowledger.errors import InvalidArgument, Unavailable
-from store_service.adapters.flow_limits import DEFAULT_MAX_EVENTS_PER_FLOW
-from store_service.adapters.postgres import definitions, feed, flows, leases, lineage, snapshots
-from store_service.adapters.postgres.appender import GroupCommitAppender
-from store_service.adapters.postgres.db import Conn, Database
-from store_service.adapters.postgres.flow_gauges import FlowGauges
-from store_service.adapters.postgres.migrate import apply_migrations
-from store_service.adapters.postgres.retry import RetryPolicy
-from store_service.adapters.postgres.schema_dump import check_schema
-from store_service.domain import (
+from flowledger_core.domain import (
     Append,
     AppendResult,
     Artifact,
@@ -47,6 +39,14 @@ from store_service.domain import (
     StoredDefinition,
     StoredEvent,
 )
+from flowledger_core.limits import DEFAULT_MAX_EVENTS_PER_FLOW
+from store_service.adapters.postgres import definitions, feed, flows, leases, lineage, snapshots
+from store_service.adapters.postgres.appender import GroupCommitAppender
+from store_service.adapters.postgres.db import Conn, Database
+from store_service.adapters.postgres.flow_gauges import FlowGauges
+from store_service.adapters.postgres.migrate import apply_migrations
+from store_service.adapters.postgres.retry import RetryPolicy
+from store_service.adapters.postgres.schema_dump import check_schema
 
 log = logging.getLogger(__name__)
 

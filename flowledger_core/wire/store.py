@@ -14,7 +14,10 @@ from datetime import UTC, datetime
 from google.protobuf import timestamp_pb2
 
 from flowledger.v1 import common_pb2, store_pb2
-from store_service import domain
+from flowledger_core import domain
+
+# AppendStream's initial metadata: the store reads several commands per message (``more``).
+MORE_HEADER = "flowledger-append-more"
 
 # Contract defaults for zero-valued request fields (see store.proto).
 DEFAULT_PAGE_SIZE = 100

@@ -1,6 +1,6 @@
 """Store wire conversion for callers of the store (the engine's ``GrpcEventStore``).
 
-Domain → requests and responses → domain: the inverse of :mod:`store_service.convert`, which
+Domain → requests and responses → domain: the inverse of :mod:`flowledger_core.wire.store`, which
 the store's servicer uses; the two live apart so that each stays one direction of one seam.
 """
 
@@ -13,8 +13,8 @@ from google.protobuf import timestamp_pb2
 
 from flowledger.errors import InternalError
 from flowledger.v1 import common_pb2, store_pb2
-from store_service import domain
-from store_service.convert import (
+from flowledger_core import domain
+from flowledger_core.wire.store import (
     EVENT_TYPE_FROM_PB,
     EVENT_TYPE_TO_PB,
     FLOW_STATUS_FROM_PB,

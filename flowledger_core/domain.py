@@ -1,7 +1,7 @@
 """Domain values of the store: what the storage port takes and returns.
 
 Frozen dataclasses, free of protobuf and of psycopg; conversion to the wire lives in
-``store_service.convert`` and to the database in ``store_service.adapters.postgres``.
+``flowledger_core.wire.store`` and to the database in ``store_service.adapters.postgres``.
 JSON payloads are kept as JSON text exactly as received (after validation), so that what is read
 back is byte-for-byte what was written.
 """

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
 
-from store_service.domain import (
+from flowledger_core.domain import (
     Append,
     AppendResult,
     ArtifactLookup,

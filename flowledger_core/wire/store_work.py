@@ -1,6 +1,6 @@
 """Protobuf ↔ domain for the engine's work RPCs: versioned definitions and work leases.
 
-The same rules as :mod:`store_service.convert` (split off to keep modules small): requests are
+The same rules as :mod:`flowledger_core.wire.store` (split off to keep modules small): requests are
 converted only after :mod:`store_service.validation_work` accepted them, enums map by name, and
 the client half (used by ``engine_service.store_client``) refuses values of a newer contract.
 """
@@ -14,7 +14,9 @@ from google.protobuf import timestamp_pb2
 
 from flowledger.errors import InternalError
 from flowledger.v1 import store_pb2
-from store_service import convert, convert_client, domain
+from flowledger_core import domain
+from flowledger_core.wire import store as convert
+from flowledger_core.wire import store_client as convert_client
 
 _STATE_TO_PB: dict[domain.DefinitionState, store_pb2.StoredDefinitionState.ValueType] = {
     s: store_pb2.StoredDefinitionState.Value(f"STORED_DEFINITION_STATE_{s.name}")

@@ -14,14 +14,13 @@ from typing import Any
 
 from flowledger.canonical import JsonTooDeep, parse_json
 from flowledger.errors import FieldViolation, InvalidArgument, ResourceExhausted
-from store_service.adapters.wait_rules import MAX_TASK_QUEUE_LENGTH
-from store_service.adapters.wait_rules import TASK_QUEUE as _TASK_QUEUE
-from store_service.convert import (
+from flowledger_core.limits import MAX_TASK_QUEUE_LENGTH, Limits
+from flowledger_core.limits import TASK_QUEUE as _TASK_QUEUE
+from flowledger_core.wire.store import (
     event_type_from_number,
     event_type_name,
     flow_status_from_number,
 )
-from store_service.settings import Limits
 
 # Trailers carry the details (grpc-status-details-bin; peers accept 8 KiB of metadata by
 # default), so a request with thousands of bad fields reports the first few.

@@ -1,0 +1,1 @@
+"""flowledger_core."""
