@@ -59,7 +59,7 @@ format: setup
 	$(BIN)/ruff format .
 
 demo: $(LOCAL_STAMP)
-	$(BIN)/python -m flowledger.devserver.demo
+	$(BIN)/python -m flowctl.devserver.demo
 
 bench: bench-store bench-engine
 

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import psycopg
 
-from flowledger.server.event_loop import VARIABLE, default_loop
+from flowledger_core.server.event_loop import VARIABLE, default_loop
 
 T = TypeVar("T")
 
@@ -77,7 +77,7 @@ def postgres_url() -> Iterator[str]:
     if url:
         yield url
         return
-    from flowledger.devserver.postgres import LocalPostgres
+    from flowctl.devserver.postgres import LocalPostgres
 
     with LocalPostgres() as pg:
         yield pg.admin_url

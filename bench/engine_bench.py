@@ -47,8 +47,8 @@ from dbos import DBOS, DBOSConfig
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench._common import fresh_database, postgres_cpu, postgres_url, process_cpu
+from flowctl.devserver.postgres import free_port
 from flowledger.client import FlowledgerClient
-from flowledger.devserver.postgres import free_port
 from flowledger.types import FlowStatus
 
 NAMESPACE = "bench"

@@ -50,8 +50,8 @@ from bench import _waits_flows as f
 from bench._common import fresh_database, postgres_cpu, postgres_url, process_cpu
 from bench._waits_report import print_report
 from bench.engine_bench import service_env, start_service, stop
+from flowctl.devserver.postgres import free_port
 from flowledger.client import FlowledgerClient
-from flowledger.devserver.postgres import free_port
 from flowledger.types import Event, FlowStatus
 from flowledger.types import EventType as E
 

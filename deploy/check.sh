@@ -202,7 +202,7 @@ else
     PYTHONPATH=clients/python "$TOOLS/venv/bin/python" - "$IMG" "${PODMAN[*]}" \
       "${PODMAN_RUN[*]}" <<'PY'
 import json, os, subprocess, sys, urllib.request
-from flowledger.devserver.postgres import LocalPostgres, free_port
+from flowctl.devserver.postgres import LocalPostgres, free_port
 
 image, podman, run_opts = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
 names = ("flowledger-check-store", "flowledger-check-engine")

@@ -15,8 +15,8 @@ from engine_service.plugins import build_registry
 from engine_service.registry import StepRegistry
 from engine_service.server import serve
 from engine_service.settings import ServiceSettings
-from flowledger.server import shutdown_signals
-from flowledger.server.runtime import metrics_url, run_service, stop_on_signal
+from flowledger_core.server import shutdown_signals
+from flowledger_core.server.runtime import metrics_url, run_service, stop_on_signal
 
 log = logging.getLogger("engine_service")
 

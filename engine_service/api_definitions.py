@@ -26,8 +26,8 @@ from engine_service.definition_cache import DEFAULT_TTL_S, DefinitionCache
 from engine_service.registry import StepRegistry
 from engine_service.stored import definition_of, new_version
 from flowledger.canonical import JsonValue
-from flowledger.documents import DocumentError, load_document
 from flowledger.errors import FieldViolation, InvalidArgument
+from flowledger_core.documents import DocumentError, load_document
 from flowledger_core.domain import (
     DefinitionPage,
     DefinitionState,
@@ -167,7 +167,7 @@ def parse_document(
 
 
 def _load(text: str, fmt: DocumentFormat) -> JsonValue:
-    """The document's value, within the bounds of :mod:`flowledger.documents` (depth, YAML
+    """The document's value, within the bounds of :mod:`flowledger_core.documents` (depth, YAML
     alias expansion)."""
     try:
         return load_document(text, "yaml" if fmt is DocumentFormat.YAML else "json")

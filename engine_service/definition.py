@@ -32,8 +32,8 @@ from engine_service.retry import RetryPolicy
 from engine_service.steps import StepKind
 from engine_service.validation import compile_schema, raise_if_any, violations
 from flowledger.canonical import JsonValue, canonical_bytes, parse_json
-from flowledger.documents import DocumentError, DocumentFormat, load_document
 from flowledger.errors import FieldViolation, InvalidArgument
+from flowledger_core.documents import DocumentError, DocumentFormat, load_document
 
 _STEP_ID = re.compile(STEP_ID_PATTERN)
 
@@ -318,7 +318,7 @@ class FlowDefinition:
 
 
 def _document(text: str, fmt: DocumentFormat) -> Any:
-    """A definition document's value, within the bounds of :mod:`flowledger.documents`."""
+    """A definition document's value, within the bounds of :mod:`flowledger_core.documents`."""
     try:
         return load_document(text, fmt)
     except DocumentError as exc:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from engine_service.egress import EgressPolicy
 from engine_service.registry import StepRegistry, StepType, default_registry
 from flowledger.errors import FlowledgerError
-from flowledger.server.env import SettingsError
+from flowledger_core.server.env import SettingsError
 
 log = logging.getLogger(__name__)
 

@@ -30,16 +30,16 @@ from engine_service.store_client import GrpcEventStore
 from engine_service.store_probe import StoreProbe
 from engine_service.watch import FlowNotifier
 from engine_service.worker import Worker
-from flowledger.server import GrpcServer, ServerConfig
-from flowledger.server.auth_interceptor import auth_interceptors
-from flowledger.server.tls import (
+from flowledger.v1 import engine_pb2_grpc, worker_pb2_grpc
+from flowledger_core.ports import EventStore
+from flowledger_core.server import GrpcServer, ServerConfig
+from flowledger_core.server.auth_interceptor import auth_interceptors
+from flowledger_core.server.tls import (
     ClientNameInterceptor,
     channel_credentials,
     channel_options,
     server_credentials,
 )
-from flowledger.v1 import engine_pb2_grpc, worker_pb2_grpc
-from flowledger_core.ports import EventStore
 
 log = logging.getLogger("engine_service")
 

@@ -21,10 +21,10 @@ from engine_service.egress import VARIABLE as EGRESS_ALLOW
 from engine_service.runner import EngineSettings
 from engine_service.store_retry import StoreClientSettings
 from engine_service.watch_log import LocalLogLimits
-from flowledger.server.auth_settings import AuthSettings, read_auth
-from flowledger.server.auth_tokens import Authenticator, FileError
-from flowledger.server.env import LOG_LEVELS, Env, SettingsError
-from flowledger.server.tls import ClientTLS, ServerTLS, read_client_tls, read_server_tls
+from flowledger_core.server.auth_settings import AuthSettings, read_auth
+from flowledger_core.server.auth_tokens import Authenticator, FileError
+from flowledger_core.server.env import LOG_LEVELS, Env, SettingsError
+from flowledger_core.server.tls import ClientTLS, ServerTLS, read_client_tls, read_server_tls
 
 __all__ = ["ServiceSettings", "SettingsError"]
 

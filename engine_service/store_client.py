@@ -60,7 +60,6 @@ from flowledger.errors import (
     Unavailable,
 )
 from flowledger.rpc_status import from_rpc_error
-from flowledger.server.interceptors import client_interceptors
 from flowledger.v1 import store_pb2, store_pb2_grpc
 from flowledger_core.domain import (
     Append,
@@ -80,6 +79,7 @@ from flowledger_core.domain import (
     StepCounts,
     StoredEvent,
 )
+from flowledger_core.server.interceptors import client_interceptors
 from flowledger_core.wire import store_client as wire
 from flowledger_core.wire import store_work as work_wire
 

@@ -11,8 +11,8 @@ import os
 import sys
 
 from flowledger.errors import FlowledgerError
-from flowledger.server import BindError, shutdown_signals
-from flowledger.server.runtime import metrics_url, run_service, stop_on_signal
+from flowledger_core.server import BindError, shutdown_signals
+from flowledger_core.server.runtime import metrics_url, run_service, stop_on_signal
 from store_service.server import serve
 from store_service.settings import StoreSettings
 

@@ -7,8 +7,8 @@ interceptor work), which is what an engine replica that appends all the time pay
   stream run concurrently and share the store's group commits.
 * A command is validated and applied exactly as :meth:`StoreServicer.AppendEvents` does it; a
   failure becomes the ``google.rpc.Status`` that call would have ended with (through the same
-  mapping, :func:`flowledger.server.handlers.as_error` and :func:`flowledger.rpc_status.to_status`),
-  sent in the answer's ``error``. The stream goes on.
+  mapping, :func:`flowledger_core.server.handlers.as_error` and
+  :func:`flowledger.rpc_status.to_status`), sent in the answer's ``error``. The stream goes on.
 * A message may carry several commands (`more`); each is started as if it had come alone. The
   stream's initial metadata says so (MORE_HEADER), first thing: a client sends `more` only
   after seeing it, since a store that predates the field would drop those commands unanswered.
@@ -45,10 +45,10 @@ import grpc.aio
 
 from flowledger import rpc_status
 from flowledger.errors import FieldViolation, FlowledgerError, InvalidArgument, Unavailable
-from flowledger.server.decoding import UndecodableRequest
-from flowledger.server.handlers import Context, as_error
-from flowledger.server.interceptors import SERVER_MSG_RECEIVED, SERVER_MSG_SENT
 from flowledger.v1 import store_pb2
+from flowledger_core.server.decoding import UndecodableRequest
+from flowledger_core.server.handlers import Context, as_error
+from flowledger_core.server.interceptors import SERVER_MSG_RECEIVED, SERVER_MSG_SENT
 from flowledger_core.wire import store as convert
 from flowledger_core.wire.store import MORE_HEADER
 from store_service import validation

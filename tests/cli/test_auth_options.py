@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from flowledger.server.tls import ServerTLS
+from flowledger_core.server.tls import ServerTLS
 from tests.cli.live import COMMAND_DEADLINE_S, FLOWCTL, REPO, Done, service_env
 from tests.cli.test_commands import assert_one_line_error
 from tests.security.certs import Leaf

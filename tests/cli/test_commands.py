@@ -141,7 +141,7 @@ def test_errors_are_one_line_with_a_non_zero_exit(
     bad.write_text("steps: [\n  - id: a\n")
     assert_one_line_error(live_engine.run("run", str(bad), namespace=ns), "bad YAML at line")
 
-    # Hostile documents are refused before they are sent, in one line (flowledger.documents).
+    # Hostile documents are refused before they are sent, in one line (flowledger_core.documents).
     deep = tmp_path / "deep.json"
     deep.write_text('{"steps": ' + "[" * 10_000 + "]" * 10_000 + "}")
     assert_one_line_error(
@@ -169,7 +169,7 @@ def test_errors_are_one_line_with_a_non_zero_exit(
 
 
 def test_an_unreachable_engine_is_one_line() -> None:
-    from flowledger.devserver.postgres import free_port
+    from flowctl.devserver.postgres import free_port
 
     done = flowctl("flows", "ls", engine=f"127.0.0.1:{free_port()}")
     assert_one_line_error(done, "UNAVAILABLE")

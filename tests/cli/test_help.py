@@ -8,7 +8,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from flowledger.cli import cli
+from flowctl import cli
 from tests.cli.live import flowctl
 
 

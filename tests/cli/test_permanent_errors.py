@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from flowledger.devserver.services import services
+from flowctl.devserver.services import services
 from tests.cli.live import REPO, Live
 from tests.fixtures.postgres import PgServer, fresh_database
 

@@ -1,4 +1,4 @@
-"""flowledger.documents: the bounds every user document is parsed within (depth, YAML alias
+"""flowledger_core.documents: the bounds every user document is parsed within (depth, YAML alias
 expansion, self-reference), for JSON and YAML alike. Over the engine API in
 tests/engine_service/test_deep_documents.py, through flowctl in tests/cli/test_commands.py."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from flowledger.documents import (
+from flowledger_core.documents import (
     MAX_DOCUMENT_DEPTH,
     DocumentError,
     DocumentFormat,

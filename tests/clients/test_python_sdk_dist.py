@@ -51,8 +51,7 @@ SDK_MODULES = [
       for grpc in ("", "_grpc")),
 ]  # fmt: skip
 NOT_SHIPPED = [
-    "store_service", "engine_service", "flowledger.server", "flowledger.devserver",
-    "flowledger.cli",
+    "store_service", "engine_service", "flowledger_core", "flowctl",
 ]  # fmt: skip
 
 

@@ -1,6 +1,6 @@
 """The README's first command runs its main job: both services, a flow, its events and fingerprint.
 
-Runs ``python -m flowledger.devserver.demo`` exactly as ``make demo`` does, with DATABASE_URL
+Runs ``python -m flowctl.devserver.demo`` exactly as ``make demo`` does, with DATABASE_URL
 unset so that it starts its own throwaway Postgres, and checks what it prints against goldens.
 """
 
@@ -20,7 +20,7 @@ CHEM_DEFINITION_HASH = "d5280a7821eac21594d64cd2dd5f891756bb869e672315ff51b7e681
 def test_demo_runs_a_flow_end_to_end_and_stops_everything() -> None:
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     done = subprocess.run(
-        [sys.executable, "-m", "flowledger.devserver.demo"],
+        [sys.executable, "-m", "flowctl.devserver.demo"],
         env=env,
         capture_output=True,
         text=True,

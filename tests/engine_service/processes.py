@@ -21,7 +21,7 @@ import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from flowledger.devserver.postgres import free_port
+from flowctl.devserver.postgres import free_port
 from tests.engine_service import gate_steps
 
 REPO = Path(__file__).resolve().parents[2]

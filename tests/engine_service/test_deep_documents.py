@@ -1,7 +1,8 @@
 """Hostile documents over the engine API (both store backends): definitions nested 10,000 deep in
 JSON or YAML, YAML alias bombs and self-references, and 10,000-deep JSON in every other JSON field
 a caller sends (flow input, signal payload, branch params, task outputs). Each is INVALID_ARGUMENT
-on its field, answered at once, and writes nothing (flowledger.documents, canonical.parse_json)."""
+on its field, answered at once, and writes nothing (flowledger_core.documents,
+canonical.parse_json)."""
 
 from __future__ import annotations
 

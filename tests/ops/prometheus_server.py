@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from flowledger.devserver.postgres import free_port
+from flowctl.devserver.postgres import free_port
 
 READY_DEADLINE_S = 30.0
 

@@ -1,4 +1,4 @@
-"""FLOWLEDGER_EVENT_LOOP: which loop the services run on (flowledger/server/event_loop.py).
+"""FLOWLEDGER_EVENT_LOOP: which loop the services run on (flowledger_core/server/event_loop.py).
 
 The processes themselves run on the default loop in every process test (tests/*/test_process*);
 this checks the choice: each value runs a coroutine on the loop it names, and a bad one is a
@@ -12,8 +12,8 @@ import asyncio
 import pytest
 import uvloop
 
-from flowledger.server.env import SettingsError
-from flowledger.server.event_loop import VARIABLE, default_loop, loop_runner
+from flowledger_core.server.env import SettingsError
+from flowledger_core.server.event_loop import VARIABLE, default_loop, loop_runner
 
 
 def _loop_type(runner_env: dict[str, str]) -> type[asyncio.AbstractEventLoop]:

@@ -33,8 +33,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from engine_service.settings import ServiceSettings
 from flowledger.client import FlowledgerClient
 from flowledger.errors import Unauthenticated
-from flowledger.server.env import parse_address
 from flowledger.types import FlowStatus
+from flowledger_core.server.env import parse_address
 from store_service.migrate import owner_url
 from store_service.settings import StoreSettings
 from tests.engine_service.conftest import BOUND_S, published

@@ -32,7 +32,7 @@ def recipe(target: str) -> list[str]:
 
 
 def test_make_targets_run_what_the_readme_says() -> None:
-    assert recipe("demo")[-1] == ".venv/bin/python -m flowledger.devserver.demo"
+    assert recipe("demo")[-1] == ".venv/bin/python -m flowctl.devserver.demo"
     # "drift check, lint, type check, the whole test suite", in that order, last in the recipe.
     assert recipe("test")[-4:] == [
         "scripts/check_generated.sh", ".venv/bin/ruff check .", ".venv/bin/mypy",

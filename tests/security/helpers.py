@@ -28,10 +28,10 @@ from google.protobuf.message import Message
 
 from engine_service.server import EngineServer, serve
 from flowledger import rpc_status
-from flowledger.server.auth_settings import AuthSettings, JwtSettings, RateLimit
-from flowledger.server.auth_tokens import token_sha256
-from flowledger.server.tls import ClientTLS, ServerTLS
 from flowledger.v1 import engine_pb2, worker_pb2
+from flowledger_core.server.auth_settings import AuthSettings, JwtSettings, RateLimit
+from flowledger_core.server.auth_tokens import token_sha256
+from flowledger_core.server.tls import ClientTLS, ServerTLS
 from store_service.adapters.memory import MemoryEventStore
 from store_service.server import StoreServer
 from store_service.server import serve as serve_store

@@ -21,11 +21,11 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import REGISTRY, generate_latest
 
 from flowledger.errors import PermissionDenied, Unauthenticated
-from flowledger.server.auth import Principal, Role
-from flowledger.server.auth_policy import authorize
-from flowledger.server.auth_settings import AuthSettings, JwtSettings
-from flowledger.server.auth_tokens import Authenticator, FileError
 from flowledger.v1 import engine_pb2
+from flowledger_core.server.auth import Principal, Role
+from flowledger_core.server.auth_policy import authorize
+from flowledger_core.server.auth_settings import AuthSettings, JwtSettings
+from flowledger_core.server.auth_tokens import Authenticator, FileError
 from tests.security.helpers import (
     AUDIENCE,
     ISSUER,

@@ -15,12 +15,12 @@ from google.protobuf import json_format
 
 from flowledger.canonical import content_hash
 from flowledger.errors import NotFound
-from flowledger.server.auth import Principal, Role, current_principal
-from flowledger.server.auth_interceptor import AuthInterceptor
-from flowledger.server.auth_policy import PERMISSIONS, check_namespace, stamp_actor
-from flowledger.server.auth_settings import AuthSettings
-from flowledger.server.auth_tokens import Authenticator
 from flowledger.v1 import engine_pb2, worker_pb2
+from flowledger_core.server.auth import Principal, Role, current_principal
+from flowledger_core.server.auth_interceptor import AuthInterceptor
+from flowledger_core.server.auth_policy import PERMISSIONS, check_namespace, stamp_actor
+from flowledger_core.server.auth_settings import AuthSettings
+from flowledger_core.server.auth_tokens import Authenticator
 from tests.engine_service.conftest import HELLO_DOCUMENT
 from tests.fixtures.store_server import wait_until
 from tests.security.helpers import (

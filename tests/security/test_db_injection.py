@@ -28,9 +28,9 @@ import pytest
 
 from flowledger.canonical import canonical_bytes, content_hash
 from flowledger.client import FlowledgerClient
-from flowledger.server import client_interceptors
 from flowledger.types import FlowStatus
 from flowledger.v1 import common_pb2, store_pb2, store_pb2_grpc
+from flowledger_core.server import client_interceptors
 from store_service.server import StoreServer, serve
 from tests.engine_service.conftest import running_engine
 from tests.fixtures.postgres import PgServer, fresh_database

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from engine_service.settings import ServiceSettings
-from flowledger.server.auth_policy import roles_table
+from flowledger_core.server.auth_policy import roles_table
 from store_service.settings import StoreSettings
 from tests.security.helpers import Keys, Pki
 from tests.security.test_settings import engine_tls_env, jwt_env, store_tls_env

@@ -10,10 +10,10 @@ import grpc
 import pytest
 
 from engine_service.settings import ServiceSettings
-from flowledger.server.auth_settings import AuthSettings, JwtSettings, RateLimit
-from flowledger.server.env import SettingsError
-from flowledger.server.tls import ClientTLS, ServerTLS
 from flowledger.v1 import engine_pb2
+from flowledger_core.server.auth_settings import AuthSettings, JwtSettings, RateLimit
+from flowledger_core.server.env import SettingsError
+from flowledger_core.server.tls import ClientTLS, ServerTLS
 from store_service.settings import StoreSettings
 from tests.engine_service.processes import base_env, free_port, service_process
 from tests.security.helpers import AUDIENCE, ISSUER, Keys, Pki, call, engine

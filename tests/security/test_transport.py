@@ -17,8 +17,8 @@ from engine_service.store_channel import open_channel
 from engine_service.store_retry import StoreClientSettings
 from flowledger import rpc_status
 from flowledger.client import FlowledgerClient
-from flowledger.server.tls import ClientTLS, ServerTLS, channel_credentials, channel_options
 from flowledger.v1 import engine_pb2, store_pb2, store_pb2_grpc
+from flowledger_core.server.tls import ClientTLS, ServerTLS, channel_credentials, channel_options
 from store_service.adapters.memory import MemoryEventStore
 from store_service.server import serve as serve_store
 from tests.engine_service.conftest import HELLO_DOCUMENT

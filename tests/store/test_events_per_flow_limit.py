@@ -21,11 +21,11 @@ import pytest
 
 from flowledger.canonical import content_hash
 from flowledger.errors import FailedPrecondition, NotFound, ResourceExhausted, VersionConflict
-from flowledger.server import client_interceptors
 from flowledger.v1 import store_pb2_grpc
 from flowledger_core.domain import Append, EventType, FlowStatus, NewBranch, NewFlow, Prune
 from flowledger_core.limits import DEFAULT_MAX_EVENTS_PER_FLOW
 from flowledger_core.ports import EventStore
+from flowledger_core.server import client_interceptors
 from store_service.adapters.memory import MemoryEventStore
 from store_service.server import serve
 from store_service.settings import Limits, SettingsError, StoreSettings

@@ -15,8 +15,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from flowledger.server import BindError, GrpcServer, ServerConfig, client_interceptors
 from flowledger.v1 import store_pb2, store_pb2_grpc
+from flowledger_core.server import BindError, GrpcServer, ServerConfig, client_interceptors
 from store_service.adapters.memory import MemoryEventStore
 from store_service.grpc_api import SERVICE_NAME, StoreServicer
 from store_service.settings import Limits

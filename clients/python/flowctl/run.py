@@ -10,10 +10,10 @@ from typing import Any
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+from flowctl import _output as out
+from flowctl._app import call, load_definition, parse_json_option, settings
+from flowctl.defs import create
 from flowledger import types as t
-from flowledger.cli import _output as out
-from flowledger.cli._app import call, load_definition, parse_json_option, settings
-from flowledger.cli.defs import create
 from flowledger.client import FlowledgerClient
 
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import click
 
+from flowctl import _output as out
+from flowctl._app import call, json_option, settings
 from flowledger import types as t
-from flowledger.cli import _output as out
-from flowledger.cli._app import call, json_option, settings
 from flowledger.client import FlowledgerClient
 
 

@@ -33,12 +33,12 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from flowledger.server.decoding import DecodeAfterAdmission
-from flowledger.server.env import SettingsError
-from flowledger.server.event_loop import loop_runner
-from flowledger.server.interceptors import ServerMetricsInterceptor
+from flowledger_core.server.decoding import DecodeAfterAdmission
+from flowledger_core.server.env import SettingsError
+from flowledger_core.server.event_loop import loop_runner
+from flowledger_core.server.interceptors import ServerMetricsInterceptor
 
-log = logging.getLogger("flowledger.server")
+log = logging.getLogger("flowledger_core.server")
 
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
@@ -57,7 +57,7 @@ class ServerConfig:
     service_names: tuple[str, ...]
     """Fully qualified names of the services, for health and reflection."""
     credentials: grpc.ServerCredentials | None = None
-    """TLS (see :mod:`flowledger.server.tls`); None serves plaintext, which the services'
+    """TLS (see :mod:`flowledger_core.server.tls`); None serves plaintext, which the services'
     settings allow only when configured explicitly."""
     health_listen: str | None = None
     """``host:port`` of a plaintext port serving only grpc.health.v1 (for probes that cannot
@@ -132,7 +132,7 @@ class GrpcServer:
         """Build, bind and start the server; health answers NOT_SERVING until set_serving.
 
         ``interceptors`` run after the metrics and before the requests are decoded
-        (:mod:`flowledger.server.decoding`): a check that refuses a call costs no decoding."""
+        (:mod:`flowledger_core.server.decoding`): a check that refuses a call costs no decoding."""
         server = grpc.aio.server(
             interceptors=[ServerMetricsInterceptor(), *interceptors, DecodeAfterAdmission()],
             options=[

@@ -14,7 +14,7 @@ import importlib.util
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
-from flowledger.server.env import SettingsError
+from flowledger_core.server.env import SettingsError
 
 VARIABLE = "FLOWLEDGER_EVENT_LOOP"
 CHOICES = ("uvloop", "asyncio")

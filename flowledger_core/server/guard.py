@@ -4,8 +4,8 @@ A *guard* is an async function of the request (None for client- and bidi-streami
 whose requests arrive later) and the call's context. It returns normally to let the call
 through, or raises a :class:`~flowledger.errors.FlowledgerError`, which ends the call with that
 error's rich status (the handler never runs). A unary request arrives still encoded, as a
-:class:`~flowledger.server.decoding.PendingRequest`: a guard that needs the message calls
-:func:`~flowledger.server.decoding.decoded` once it has admitted the caller (an undecodable one
+:class:`~flowledger_core.server.decoding.PendingRequest`: a guard that needs the message calls
+:func:`~flowledger_core.server.decoding.decoded` once it has admitted the caller (an undecodable one
 raises INVALID_ARGUMENT). It may also change the message, which the handler then receives (the
 authorization interceptor stamps the caller as the recorded actor).
 

@@ -3,7 +3,7 @@
 grpc.aio decodes a unary request (``request_deserializer``) before it calls the handler, that
 is, before any interceptor's check has run; a decoding error there is logged with a traceback
 and answered UNKNOWN. :class:`DecodeAfterAdmission`, installed by
-:class:`~flowledger.server.runtime.GrpcServer` as the innermost interceptor of every service,
+:class:`~flowledger_core.server.runtime.GrpcServer` as the innermost interceptor of every service,
 changes that for every method (decision 0023):
 
 * A unary request (unary and server-streaming methods) reaches the handler chain as a
@@ -44,7 +44,7 @@ __all__ = [
     "decoded",
 ]
 
-log = logging.getLogger("flowledger.server")
+log = logging.getLogger("flowledger_core.server")
 
 UNDECODABLE_REQUESTS = Counter(
     "flowledger_undecodable_requests_total",

@@ -1,5 +1,5 @@
 """Throwaway local servers for tests and local use (not for production)."""
 
-from flowledger.devserver.postgres import LocalPostgres, PostgresNotFoundError, find_bindir
+from flowctl.devserver.postgres import LocalPostgres, PostgresNotFoundError, find_bindir
 
 __all__ = ["LocalPostgres", "PostgresNotFoundError", "find_bindir"]

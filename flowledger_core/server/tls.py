@@ -29,8 +29,8 @@ from cryptography.hazmat.primitives import serialization
 from prometheus_client import Gauge
 
 from flowledger.errors import PermissionDenied
-from flowledger.server.env import Env, SettingsError
-from flowledger.server.guard import guarded_handler
+from flowledger_core.server.env import Env, SettingsError
+from flowledger_core.server.guard import guarded_handler
 
 __all__ = [
     "CERTIFICATE_NOT_AFTER",
@@ -47,7 +47,7 @@ __all__ = [
     "server_credentials",
 ]
 
-log = logging.getLogger("flowledger.server.tls")
+log = logging.getLogger("flowledger_core.server.tls")
 
 OPEN_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"})
 """Methods every caller may use: health checks stay open."""

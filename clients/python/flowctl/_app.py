@@ -12,10 +12,10 @@ from typing import Any, Literal, TypeVar
 import click
 import yaml
 
-from flowledger.cli._connect import Transport
+from flowctl._connect import Transport
 from flowledger.client import FlowledgerClient
-from flowledger.documents import DocumentError, load_document
 from flowledger.errors import FlowledgerError, Unauthenticated, Unavailable
+from flowledger_core.documents import DocumentError, load_document
 
 T = TypeVar("T")
 

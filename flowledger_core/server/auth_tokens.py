@@ -32,12 +32,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from flowledger.errors import Unauthenticated
-from flowledger.server.auth import Principal, principal
-from flowledger.server.auth_settings import AuthSettings, JwtSettings
+from flowledger_core.server.auth import Principal, principal
+from flowledger_core.server.auth_settings import AuthSettings, JwtSettings
 
 __all__ = ["Authenticator", "FileError", "StaticTokens", "token_sha256"]
 
-log = logging.getLogger("flowledger.server.auth")
+log = logging.getLogger("flowledger_core.server.auth")
 
 _T = TypeVar("_T")
 _BEARER = "bearer "

@@ -9,8 +9,8 @@ from types import FrameType
 
 import click
 
-from flowledger.cli._app import settings
-from flowledger.devserver.services import data_home, postgres, services
+from flowctl._app import settings
+from flowctl.devserver.services import data_home, postgres, services
 
 _LOOPBACK = ("127.0.0.1", "localhost", "[::1]", "::1")
 

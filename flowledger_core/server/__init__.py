@@ -8,13 +8,13 @@ static token file), ``auth_interceptor`` (applies them), ``auth_limits`` (rate l
 ``guard`` (running a check before any kind of handler).
 """
 
-from flowledger.server.interceptors import (
+from flowledger_core.server.interceptors import (
     ServerMetricsInterceptor,
     StreamClientMetricsInterceptor,
     UnaryClientMetricsInterceptor,
     client_interceptors,
 )
-from flowledger.server.runtime import (
+from flowledger_core.server.runtime import (
     BindError,
     GrpcServer,
     MetricsEndpoint,

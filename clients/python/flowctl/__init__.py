@@ -1,7 +1,7 @@
 """``flowctl``: the command line of flowledger (``flowctl --help``).
 
 One module per command group; every command talks to an engine through the Python SDK
-(:mod:`flowledger.client`), except ``up``, which starts one (:mod:`flowledger.devserver`).
+(:mod:`flowledger.client`), except ``up``, which starts one (:mod:`flowctl.devserver`).
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 import click
 
-from flowledger.cli._app import DEFAULT_ENGINE, DEFAULT_NAMESPACE, FlowctlGroup, Settings
-from flowledger.cli._connect import Transport
-from flowledger.cli.defs import defs
-from flowledger.cli.flows import branch, events, flows, verify, watch
-from flowledger.cli.interventions import cancel, signal
-from flowledger.cli.run import run
-from flowledger.cli.up import up
+from flowctl._app import DEFAULT_ENGINE, DEFAULT_NAMESPACE, FlowctlGroup, Settings
+from flowctl._connect import Transport
+from flowctl.defs import defs
+from flowctl.flows import branch, events, flows, verify, watch
+from flowctl.interventions import cancel, signal
+from flowctl.run import run
+from flowctl.up import up
 
 
 @click.group(cls=FlowctlGroup, context_settings={"help_option_names": ["-h", "--help"]})
