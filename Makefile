@@ -13,7 +13,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 # Re-install only when the lock changes; `make setup` is then a no-op.
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: setup test lint lock lock-check typecheck demo bench bench-store bench-engine protos format
+.PHONY: setup test lint imports lock lock-check typecheck demo bench bench-store bench-engine protos format
 
 setup: $(STAMP)
 
@@ -44,12 +44,19 @@ lock-check: $(UV)
 test: setup lock-check
 	scripts/check_generated.sh
 	$(BIN)/ruff check .
+	$(MAKE) --no-print-directory imports
 	$(BIN)/mypy
 	$(BIN)/pytest
 
 lint: setup
 	scripts/check_generated.sh
 	$(BIN)/ruff check .
+	$(MAKE) --no-print-directory imports
+
+# The import rules of decision 0026: import-linter's contracts (pyproject.toml) and no circles.
+imports: setup
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/python scripts/check_import_cycles.py
 
 typecheck: setup
 	$(BIN)/mypy

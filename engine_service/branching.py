@@ -14,12 +14,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from engine_service.definition import FlowDefinition, canonical_params
 from engine_service.event_codec import decode
 from engine_service.events import PropertyPreferenceAssigned, StepFinished
 from engine_service.fingerprint import ENGINE_VERSION
+from engine_service.flow_host import FlowHost
 from engine_service.flow_run import FlowRun
 from engine_service.ids import flow_id_for_key
 from engine_service.registry import StepType
@@ -28,9 +28,6 @@ from engine_service.validation import json_path, raise_if_any
 from flowledger.canonical import JsonValue, canonical_bytes
 from flowledger.errors import AlreadyExists, FailedPrecondition, FieldViolation, InvalidArgument
 from flowledger_core.domain import FlowStatus, NewBranch
-
-if TYPE_CHECKING:
-    from engine_service.runner import Engine
 
 OVERRIDES_FIELD = "params_overrides"
 
@@ -43,7 +40,7 @@ class _ParentLog:
 
 
 async def branch_flow(
-    engine: Engine,
+    engine: FlowHost,
     namespace: str,
     flow_id: str,
     at_step: str,
@@ -126,7 +123,7 @@ async def branch_flow(
     return run
 
 
-async def _scan(engine: Engine, namespace: str, flow_id: str) -> _ParentLog:
+async def _scan(engine: FlowHost, namespace: str, flow_id: str) -> _ParentLog:
     """The parent's state, replayed from its whole log (never a snapshot: the versions of its
     StepFinished events are needed)."""
     state = FlowState()
@@ -146,7 +143,7 @@ async def _scan(engine: Engine, namespace: str, flow_id: str) -> _ParentLog:
 
 
 def _step_types(
-    engine: Engine, definition: FlowDefinition | None, state: FlowState, at: int
+    engine: FlowHost, definition: FlowDefinition | None, state: FlowState, at: int
 ) -> dict[str, StepType]:
     """The types of the steps the branch will run: it must be able to run every one."""
     assert state.init is not None

@@ -14,8 +14,6 @@ the step's).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from engine_service import decide as plan
 from engine_service.events import (
     CompensationFailed,
@@ -25,11 +23,9 @@ from engine_service.events import (
 )
 from engine_service.executor import execute_attempt
 from engine_service.replay import FlowState, StepStatus
+from engine_service.step_planning import StepPlanner
 from engine_service.writes import Write
 from flowledger_core.domain import FlowStatus, NewArtifact
-
-if TYPE_CHECKING:
-    from engine_service.planner import WritePlanner
 
 PHASE = "compensate"
 
@@ -44,7 +40,7 @@ def pending_after_failure(state: FlowState, failed_index: int) -> bool:
 
 
 async def plan_compensation(
-    planner: WritePlanner, state: FlowState, action: plan.Action, generation: int
+    planner: StepPlanner, state: FlowState, action: plan.Action, generation: int
 ) -> Write:
     assert state.init is not None
     match action:
@@ -68,7 +64,7 @@ async def plan_compensation(
 
 
 async def _run(
-    planner: WritePlanner, state: FlowState, index: int, attempt: int, generation: int
+    planner: StepPlanner, state: FlowState, index: int, attempt: int, generation: int
 ) -> Write:
     assert state.init is not None
     spec = state.init.steps[index]

@@ -22,13 +22,13 @@ import enum
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from engine_service import decide as plan
 from engine_service import permanent, snapshots
 from engine_service.artifacts import ArtifactCache
 from engine_service.definition import FlowDefinition
 from engine_service.events import FlowInitialized, PropertyPreferenceAssigned
+from engine_service.flow_host import FlowHost
 from engine_service.flow_log import FlowLog, stored_events
 from engine_service.ids import branch_command_id
 from engine_service.lease import LeaseLost, is_lease_lost
@@ -63,13 +63,8 @@ from flowledger_core.domain import (
     StoredEvent,
 )
 
-if TYPE_CHECKING:
-    from engine_service.runner import Engine
-
 log = logging.getLogger(__name__)
 
-AppendObserver = Callable[[str, str, tuple[StoredEvent, ...]], None]
-"""(namespace, flow id, the events of one applied append as stored)."""
 
 
 class Appended(enum.Enum):
@@ -83,7 +78,7 @@ class FlowRun(FlowLog):
 
     def __init__(
         self,
-        engine: Engine,
+        engine: FlowHost,
         flow: Flow,
         definition: FlowDefinition | None,
         *,

@@ -25,8 +25,8 @@ from __future__ import annotations
 from engine_service.events import EngineEvent, FlowFailed, StepFailed
 from engine_service.fingerprint import failed_step_fingerprint
 from engine_service.ids import command_id
-from engine_service.planner import fingerprint_inputs_of
 from engine_service.replay import FlowState, StepStatus
+from engine_service.step_inputs import fingerprint_inputs_of
 from engine_service.writes import EVENTS_PER_FLOW_EXCEEDED, Write
 from flowledger.errors import FlowledgerError, InternalError, InvalidArgument, ResourceExhausted
 from flowledger_core.domain import FlowStatus

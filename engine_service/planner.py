@@ -39,6 +39,7 @@ from engine_service.replay import FlowState
 from engine_service.retry import STEP_TIMEOUT_ERROR_TYPE as STEP_TIMEOUT
 from engine_service.retry import StepDefaults
 from engine_service.step_binding import bind_step_types
+from engine_service.step_inputs import finished_inputs_of, init_of, received_and_covered
 from engine_service.step_start import started_event
 from engine_service.steps import StepContext, StepFailure
 from engine_service.when import plan_condition
@@ -91,7 +92,7 @@ class WritePlanner:
         ``chain``, a step that finishes and is not the last also starts the next one in the
         same append (StepFinished + StepStarted): one round trip less per step, and the log is
         the same as two appends would leave."""
-        init = _init_of(state)
+        init = init_of(state)
         # Checked before any write, StepStarted included: a run that cannot execute the flow
         # faithfully (other scheme, other definition, missing types) must not touch its log.
         self._step_types(init)
@@ -145,7 +146,7 @@ class WritePlanner:
             )
             return self.outcome_write(state, index, attempt, generation, chain,
                                       Outcome(failure=interrupted))
-        input_hashes, _ = _inputs(state, init, index)
+        input_hashes, _ = received_and_covered(state, init, index)
         ctx = await self.context(state, index, attempt, input_hashes)
         timeout_ms = spec.timeout_ms if spec.timeout_ms is not None else self._defaults.timeout_ms
         left_ms = self._left_ms(state, index)
@@ -171,10 +172,10 @@ class WritePlanner:
     ) -> Write:
         """The write recording ``outcome`` of step ``index`` attempt ``attempt`` (a function's,
         an external worker's or a wait's), after the ``prefix`` events."""
-        init = _init_of(state)
+        init = init_of(state)
         spec = init.steps[index]
         was_waiting = state.steps[index].waiting
-        _, fingerprint_inputs = _inputs(state, init, index)
+        _, fingerprint_inputs = received_and_covered(state, init, index)
         events: list[EngineEvent] = list(prefix)
         if outcome.failure is not None:
             failure = outcome.failure
@@ -297,7 +298,7 @@ class WritePlanner:
         phase: str = "",
     ) -> StepContext:
         """What step ``index`` sees (a compensation passes its own ``params`` and ``phase``)."""
-        init = _init_of(state)
+        init = init_of(state)
         earlier = state.steps[:index]
         wanted = [init.input_hash, *input_hashes]
         if init.variables_hash:
@@ -359,41 +360,3 @@ class WritePlanner:
 
     def command(self, generation: int, index: int, attempt: int, kind: str) -> str:
         return command_id(self.flow_id, generation, index, attempt, kind)
-
-
-def _inputs(
-    state: FlowState, init: FlowInitialized, index: int
-) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """What step ``index`` receives, and what its fingerprint hashes (the Source's adds the
-    variables)."""
-    if index == 0:
-        received: tuple[str, ...] = (init.input_hash,)
-        return received, received + ((init.variables_hash,) if init.variables_hash else ())
-    received = state.steps[index - 1].output_hashes
-    return received, received
-
-
-def inputs_of(state: FlowState, index: int) -> tuple[str, ...]:
-    """The hashes step ``index`` receives."""
-    return _inputs(state, _init_of(state), index)[0]
-
-
-def fingerprint_inputs_of(state: FlowState, index: int) -> tuple[str, ...]:
-    """The hashes step ``index``'s fingerprint covers (the first step's adds the variables)."""
-    return _inputs(state, _init_of(state), index)[1]
-
-
-def finished_inputs_of(state: FlowState, index: int) -> tuple[str, ...]:
-    """The hashes the fingerprint of step ``index`` finishing now covers, in the order its
-    StepFinished records them (``input_hashes``): those of :func:`fingerprint_inputs_of`, then,
-    for a ``signal`` step, the payload of the signal it consumes (its one output). The run
-    records them with this function and verification recomputes them with it."""
-    consumed = state.consumed_signal(index)
-    signal = (consumed.payload_hash,) if consumed is not None else ()
-    return fingerprint_inputs_of(state, index) + signal
-
-
-def _init_of(state: FlowState) -> FlowInitialized:
-    if state.init is None:
-        raise InternalError("the flow has no FlowInitialized")
-    return state.init

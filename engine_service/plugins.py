@@ -1,4 +1,9 @@
-"""Step types a replica loads at start-up: entry points, then ``ENGINE_STEP_PLUGINS``.
+"""Step types a replica loads at start-up: the built-in runners, entry points, then
+``ENGINE_STEP_PLUGINS``.
+
+:func:`default_registry` is the process-wide registry (built-in runners and entry points);
+:func:`build_registry` a replica's, over it. Both live here, above :mod:`engine_service.registry`
+and :mod:`engine_service.runners`: the runners import the registry, which knows no runner.
 
 Entry points (group ``flowledger.steps``) suit packaged step libraries; ``ENGINE_STEP_PLUGINS``
 (``package.module:attribute``, comma-separated) suits a deployment's own module on the path, and
@@ -10,10 +15,12 @@ from __future__ import annotations
 
 import importlib
 import logging
+import threading
 from collections.abc import Sequence
 
 from engine_service.egress import EgressPolicy
-from engine_service.registry import StepRegistry, StepType, default_registry
+from engine_service.registry import StepRegistry, StepType
+from engine_service.runners import install as install_runners
 from flowledger.errors import FlowledgerError
 from flowledger_core.server.env import SettingsError
 
@@ -21,14 +28,28 @@ log = logging.getLogger(__name__)
 
 VARIABLE = "ENGINE_STEP_PLUGINS"
 
+_default: StepRegistry | None = None
+_default_lock = threading.Lock()
+
+
+def default_registry() -> StepRegistry:
+    """The process-wide registry: the built-in runners (``http``, ``field_update``), then the
+    ``flowledger.steps`` plugins, loaded on first use (not at import, so importing the engine has
+    no side effects)."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            registry = StepRegistry()
+            install_runners(registry)  # http, field_update (engine_service/runners/)
+            registry.load_plugins()
+            _default = registry
+        return _default
+
 
 def build_registry(plugins: Sequence[str], egress: EgressPolicy | None = None) -> StepRegistry:
     """A registry over the process-wide one (entry points) with ``plugins`` installed, and with
     ``egress`` the built-in HTTP runners bound to that policy (over the default ones).
     SettingsError naming ``ENGINE_STEP_PLUGINS`` when one cannot be loaded."""
-    # Imported here: the runners import the registry module, as in default_registry().
-    from engine_service.runners import install as install_runners
-
     try:
         registry = default_registry().child()
     except FlowledgerError as exc:

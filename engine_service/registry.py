@@ -280,24 +280,3 @@ class StepRegistry:
 
 def _describe(fn: Callable[..., Any]) -> str:
     return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
-
-
-_default: StepRegistry | None = None
-_default_lock = threading.Lock()
-
-
-def default_registry() -> StepRegistry:
-    """The process-wide registry: the built-in runners (``http``, ``field_update``), then the
-    ``flowledger.steps`` plugins, loaded on first use (not at import, so importing the engine has
-    no side effects)."""
-    global _default
-    with _default_lock:
-        if _default is None:
-            # Imported here: the runners import this module.
-            from engine_service.runners import install as install_runners
-
-            registry = StepRegistry()
-            install_runners(registry)  # http, field_update (engine_service/runners/)
-            registry.load_plugins()
-            _default = registry
-        return _default

@@ -168,19 +168,6 @@ class FlowState:
         spec = self.init.steps[index]
         return self.overrides.get(spec.id, spec.params)
 
-    def to_json(self) -> str:
-        """Canonical JSON of the state (what a snapshot stores)."""
-        from engine_service.state_json import state_to_json
-
-        return state_to_json(self)
-
-    @classmethod
-    def from_json(cls, text: str) -> FlowState:
-        """InternalError (reason BAD_SNAPSHOT) when the text is not a state of this schema."""
-        from engine_service.state_json import state_from_json
-
-        return state_from_json(text)
-
 
 def apply(state: FlowState, event: EngineEvent, version: int) -> FlowState:
     """The state after ``event``, which must be the event at ``version`` = state.version + 1."""

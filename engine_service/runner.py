@@ -23,26 +23,25 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import datetime
+from collections.abc import Mapping
 
 from engine_service.branching import branch_flow
 from engine_service.definition import FlowDefinition
 from engine_service.events import FlowInitialized
 from engine_service.executor import PreparedArtifact, prepare
 from engine_service.fingerprint import ENGINE_VERSION
+from engine_service.flow_host import AppendObserver, EngineSettings
 from engine_service.flow_log import LoggedEvent
-from engine_service.flow_run import AppendObserver, FlowRun
+from engine_service.flow_run import FlowRun
 from engine_service.hooks import Hooks
 from engine_service.ids import flow_id_for_key
 from engine_service.lease import LeaseLost
-from engine_service.registry import StepRegistry, default_registry
-from engine_service.retry import StepDefaults
+from engine_service.plugins import default_registry
+from engine_service.registry import StepRegistry
 from engine_service.step_start import first_started
 from engine_service.stored import startable
 from engine_service.verify import Divergence, VerifyReport, verify_flow
-from engine_service.writes import append_command, initial_write, utc_now
+from engine_service.writes import append_command, initial_write
 from flowledger.canonical import JsonValue
 from flowledger.errors import AlreadyExists, InvalidArgument
 from flowledger_core.domain import CreatedFlow, FlowStatus, NewArtifact, NewFlow, StoredDefinition
@@ -56,35 +55,11 @@ __all__ = [
     "DEFAULT_NAMESPACE",
     "Divergence",
     "Engine",
-    "EngineSettings",
     "FlowRun",
     "LeaseLost",
     "LoggedEvent",
     "VerifyReport",
 ]
-
-
-@dataclass(frozen=True)
-class EngineSettings:
-    # Save a snapshot of the replayed state whenever the log passes a multiple of this many
-    # events (0 disables). Loading a flow then reads the snapshot and the tail after it.
-    snapshot_every: int = 100
-    read_chunk_size: int = 1000
-    # Retry policy and per-attempt timeout of steps whose definition sets none (decision 0010).
-    step_defaults: StepDefaults = field(default_factory=StepDefaults)
-    # Waits (timers, retry backoffs) this short are slept through inside the run, lease held;
-    # longer ones make the flow WAITING and let go of it (decision 0013).
-    inline_wait_ms: int = 1000
-    # The time waits are measured against (recorded in the log, never re-read on replay).
-    clock: Callable[[], datetime] = field(default=utc_now, compare=False)
-
-    def __post_init__(self) -> None:
-        if self.snapshot_every < 0:
-            raise InvalidArgument.field("snapshot_every", "must be >= 0")
-        if not 1 <= self.read_chunk_size <= 10_000:
-            raise InvalidArgument.field("read_chunk_size", "must be 1..10000")
-        if not 0 <= self.inline_wait_ms <= 60_000:
-            raise InvalidArgument.field("inline_wait_ms", "must be 0..60000")
 
 
 class Engine:

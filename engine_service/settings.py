@@ -4,7 +4,7 @@ Every variable is validated here so that a typo stops the process with one line 
 variable. Durations are milliseconds (``*_MS``) for the lease machinery, whose numbers people
 compare with each other, and seconds (``*_SECONDS``) elsewhere, as in the store's settings.
 
-The in-process core has its own :class:`engine_service.runner.EngineSettings` (snapshots,
+The in-process core has its own :class:`engine_service.flow_host.EngineSettings` (snapshots,
 read chunks); :meth:`ServiceSettings.engine_settings` derives it.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 
 from engine_service.egress import DEFAULT_POLICY, EgressPolicy
 from engine_service.egress import VARIABLE as EGRESS_ALLOW
-from engine_service.runner import EngineSettings
+from engine_service.flow_host import EngineSettings
 from engine_service.store_retry import StoreClientSettings
 from engine_service.watch_log import LocalLogLimits
 from flowledger_core.server.auth_settings import AuthSettings, read_auth

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 
 from engine_service.replay import FlowState
+from engine_service.state_json import state_from_json, state_to_json
 from flowledger.errors import FlowledgerError
 from flowledger_core.ports import EventStore
 
@@ -22,7 +23,7 @@ async def load_latest(store: EventStore, namespace: str, flow_id: str) -> FlowSt
     if snapshot is None:
         return FlowState()
     try:
-        state = FlowState.from_json(snapshot.state_json)
+        state = state_from_json(snapshot.state_json)
     except FlowledgerError as exc:
         log.warning("flow %s: ignoring snapshot at %d: %s", flow_id, snapshot.version, exc)
         return FlowState()
@@ -45,7 +46,7 @@ async def save_if_due(
     if every <= 0 or state.version // every <= last // every:
         return last
     try:
-        await store.save_snapshot(namespace, flow_id, state.version, state.to_json())
+        await store.save_snapshot(namespace, flow_id, state.version, state_to_json(state))
     except FlowledgerError as exc:
         log.warning("flow %s: snapshot at %d not saved: %s", flow_id, state.version, exc)
         return last

@@ -16,11 +16,12 @@ from collections.abc import Mapping
 from types import TracebackType
 
 from engine_service.definition import FlowDefinition
+from engine_service.flow_host import EngineSettings
 from engine_service.flow_log import LoggedEvent
 from engine_service.flow_run import FlowRun
 from engine_service.registry import StepRegistry
 from engine_service.replay import FlowState, StepState
-from engine_service.runner import DEFAULT_NAMESPACE, Engine, EngineSettings
+from engine_service.runner import DEFAULT_NAMESPACE, Engine
 from flowledger.canonical import JsonValue
 from flowledger_core.ports import EventStore
 

@@ -25,9 +25,9 @@ from engine_service.executor import Outcome, prepare
 from engine_service.flow_run import Appended, FlowRun
 from engine_service.interventions import fail_out_of_room
 from engine_service.lease import LeaseLost
-from engine_service.planner import inputs_of
 from engine_service.replay import FlowState, StepStatus
 from engine_service.runner import Engine
+from engine_service.step_inputs import inputs_of
 from engine_service.steps import StepFailure
 from engine_service.writes import EVENTS_PER_FLOW_EXCEEDED, Write
 from flowledger.canonical import JsonValue, canonical_bytes, parse_json

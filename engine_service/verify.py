@@ -46,8 +46,8 @@ from engine_service.fingerprint import (
     skipped_step_fingerprint,
     step_fingerprint,
 )
-from engine_service.planner import fingerprint_inputs_of, finished_inputs_of
 from engine_service.replay import FlowState, apply
+from engine_service.step_inputs import fingerprint_inputs_of, finished_inputs_of
 from flowledger.canonical import content_hash, parse_json
 from flowledger.errors import FailedPrecondition, InternalError
 from flowledger_core.domain import StoredEvent

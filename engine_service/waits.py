@@ -19,7 +19,6 @@ on replay. See docs/decisions/0013-durable-waits.md.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from engine_service.builtin_steps import (
     SIGNAL,
@@ -34,17 +33,16 @@ from engine_service.events import EngineEvent, TaskScheduled, TimerFired, TimerS
 from engine_service.executor import Outcome, prepare
 from engine_service.replay import FlowState
 from engine_service.retry import TIMEOUT_ERROR_TYPE
+from engine_service.step_inputs import inputs_of
+from engine_service.step_planning import StepPlanner
 from engine_service.steps import StepFailure
 from engine_service.writes import Suspend, Write
 from flowledger.errors import InternalError
 from flowledger_core.domain import FlowStatus
 
-if TYPE_CHECKING:
-    from engine_service.planner import WritePlanner
-
 
 async def plan_wait(
-    planner: WritePlanner,
+    planner: StepPlanner,
     state: FlowState,
     index: int,
     attempt: int,
@@ -72,7 +70,6 @@ async def plan_wait(
 
     fired: list[EngineEvent] = [] if step.timer_fired else [TimerFired(spec.id, index, attempt)]
     if spec.type == WAIT:
-        from engine_service.planner import inputs_of
 
         outcome = Outcome(output_hashes=inputs_of(state, index))
     elif spec.type == SIGNAL:
@@ -90,7 +87,7 @@ async def plan_wait(
 
 
 def _begin(
-    planner: WritePlanner,
+    planner: StepPlanner,
     state: FlowState,
     index: int,
     attempt: int,
@@ -121,7 +118,7 @@ def _begin(
     )  # fmt: skip
 
 
-def _signal_timeout(planner: WritePlanner, params: dict[str, object] | object) -> Outcome:
+def _signal_timeout(planner: StepPlanner, params: dict[str, object] | object) -> Outcome:
     assert isinstance(params, dict)
     if params.get("on_timeout") == "default":
         artifact = prepare(params.get("default"))

@@ -7,30 +7,26 @@ failure (compensation, continue_on_error). True: None, and the step starts.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from engine_service.conditions import ConditionError, holds
 from engine_service.events import EngineEvent, StepSkipped
 from engine_service.executor import Outcome
 from engine_service.fingerprint import skipped_step_fingerprint
 from engine_service.replay import FlowState, replay
+from engine_service.step_inputs import fingerprint_inputs_of, inputs_of
+from engine_service.step_planning import StepPlanner
 from engine_service.steps import StepFailure
 from engine_service.writes import Write
 from flowledger.canonical import JsonValue
 
-if TYPE_CHECKING:
-    from engine_service.planner import WritePlanner
-
 
 async def plan_condition(
-    planner: WritePlanner,
+    planner: StepPlanner,
     state: FlowState,
     index: int,
     attempt: int,
     generation: int,
     chain: bool,
 ) -> Write | None:
-    from engine_service.planner import fingerprint_inputs_of, inputs_of
 
     init = state.init
     assert init is not None

@@ -39,13 +39,15 @@ import itertools
 import logging
 from collections import deque
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import grpc.aio
 
 from flowledger import rpc_status
 from flowledger.errors import FieldViolation, FlowledgerError, InvalidArgument, Unavailable
 from flowledger.v1 import store_pb2
+from flowledger_core.limits import Limits
+from flowledger_core.ports import EventStore
 from flowledger_core.server.decoding import UndecodableRequest
 from flowledger_core.server.handlers import Context, as_error
 from flowledger_core.server.interceptors import SERVER_MSG_RECEIVED, SERVER_MSG_SENT
@@ -53,8 +55,20 @@ from flowledger_core.wire import store as convert
 from flowledger_core.wire.store import MORE_HEADER
 from store_service import validation
 
-if TYPE_CHECKING:
-    from store_service.grpc_api import StoreServicer
+
+class StreamHost(Protocol):
+    """What a session needs of the servicer that serves it (:class:`StoreServicer`)."""
+
+    @property
+    def store(self) -> EventStore: ...
+
+    @property
+    def limits(self) -> Limits: ...
+
+    @property
+    def draining(self) -> bool: ...
+
+    async def drained(self) -> None: ...
 
 log = logging.getLogger("store_service")
 
@@ -84,7 +98,7 @@ class AppendStreamSession:
         "_writing",
     )
 
-    def __init__(self, servicer: StoreServicer, context: Context) -> None:
+    def __init__(self, servicer: StreamHost, context: Context) -> None:
         self._servicer = servicer
         self._context = context
         self._unanswered: set[int] = set()

@@ -1,6 +1,6 @@
 """The built-in step runners: ``http`` (:mod:`.http`) and ``field_update`` (:mod:`.webhook`).
 
-They are in the default registry (:func:`engine_service.registry.default_registry`); :func:`install`
+They are in the default registry (:func:`engine_service.plugins.default_registry`); :func:`install`
 puts them into any other. Both share one HTTP client pool (:mod:`.transport`), released by the
 registry's ``aclose()``. Every connection they make is checked against an egress policy
 (:mod:`engine_service.egress`): the default one admits public addresses only; ``install(registry,

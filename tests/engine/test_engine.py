@@ -13,10 +13,12 @@ import pytest
 from engine_service.builder import Flow
 from engine_service.definition import FlowDefinition
 from engine_service.events import StepFinished, StepSignal
+from engine_service.flow_host import EngineSettings
 from engine_service.registry import StepRegistry, StepType
-from engine_service.replay import FlowState, StepStatus, replay_stored
-from engine_service.runner import Engine, EngineSettings
+from engine_service.replay import StepStatus, replay_stored
+from engine_service.runner import Engine
 from engine_service.samples import chem_flow, hello_flow
+from engine_service.state_json import state_from_json, state_to_json
 from engine_service.steps import StepContext, StepKind, StepResult, failure, success
 from flowledger.canonical import JsonValue
 from flowledger.errors import AlreadyExists, InvalidArgument
@@ -241,11 +243,11 @@ async def test_live_state_equals_replay_and_snapshot_plus_tail(
     assert 3 <= snapshot.version < live.version
     from_snapshot = replay_stored(
         [e for e in events if e.version > snapshot.version],
-        FlowState.from_json(snapshot.state_json),
+        state_from_json(snapshot.state_json),
     )
     assert from_snapshot == full
     for version in range(len(events) + 1):  # every cut point, not only the saved one
-        head = FlowState.from_json(replay_stored(events[:version]).to_json())
+        head = state_from_json(state_to_json(replay_stored(events[:version])))
         assert replay_stored(events[version:], head) == full
     # A fresh engine loads snapshot + tail and sees the same state.
     attached = await Engine(store, registry=registry).attach(run.flow_id, namespace=ns)

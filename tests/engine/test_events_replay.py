@@ -23,6 +23,7 @@ from engine_service.events import (
 from engine_service.fingerprint import ENGINE_VERSION
 from engine_service.replay import FlowState, StepStatus, replay
 from engine_service.samples import chem_flow
+from engine_service.state_json import state_from_json, state_to_json
 from flowledger.canonical import parse_json
 from flowledger.errors import InternalError
 from flowledger_core.domain import EventType
@@ -141,11 +142,11 @@ def test_completed_state_and_snapshot_round_trip() -> None:
     assert state.completed
     assert state.flow_fingerprint == "c" * 64
     assert state.cursor == 3
-    assert FlowState.from_json(state.to_json()) == state
+    assert state_from_json(state_to_json(state)) == state
     # A snapshot taken midway, plus the tail, folds to the same state as the whole log.
     for cut in range(len(events) + 1):
         head = replay(enumerate(events[:cut], start=1))
-        snapshot = FlowState.from_json(head.to_json())
+        snapshot = state_from_json(state_to_json(head))
         tail = list(enumerate(events, start=1))[cut:]
         assert replay(tail, start=snapshot) == state
 
@@ -177,7 +178,7 @@ def test_replay_refuses_version_gaps() -> None:
 def test_unusable_snapshots_are_refused() -> None:
     for text in ['{"schema": "other/9"}', "[]", '{"schema": "flowledger.flow-state/1"}']:
         with pytest.raises(InternalError) as exc:
-            FlowState.from_json(text)
+            state_from_json(text)
         assert exc.value.reason == "BAD_SNAPSHOT"
 
 
@@ -202,7 +203,7 @@ def test_replay_applies_assigned_params_to_steps_not_started() -> None:
     assert state.params_of(0) == {"text": "Hola"}
     assert state.params_of(1) == {"x": 1}
     assert state.params_of(2) == {}
-    assert FlowState.from_json(state.to_json()) == state
+    assert state_from_json(state_to_json(state)) == state
     later = replay([(5, PropertyPreferenceAssigned({"split": {"x": 2}}))], start=state)
     assert later.params_of(1) == {"x": 2}
     assert later.params_of(2) == {}

@@ -7,8 +7,9 @@ import pytest
 
 from engine_service.builder import Flow
 from engine_service.definition import FlowDefinition
+from engine_service.flow_host import EngineSettings
 from engine_service.registry import StepRegistry
-from engine_service.runner import Engine, EngineSettings
+from engine_service.runner import Engine
 from engine_service.samples import chem_flow, hello_flow
 from engine_service.steps import StepContext, StepResult, success
 from flowledger.canonical import parse_json

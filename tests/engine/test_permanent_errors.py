@@ -13,9 +13,10 @@ import pytest
 from engine_service import tasks
 from engine_service.builder import Flow
 from engine_service.events import FlowFailed, StepFailed
+from engine_service.flow_host import EngineSettings
 from engine_service.flow_run import FlowRun
 from engine_service.registry import StepRegistry
-from engine_service.runner import Engine, EngineSettings
+from engine_service.runner import Engine
 from engine_service.samples import chem_flow
 from engine_service.steps import StepContext, StepKind, StepResult, success
 from engine_service.store_client import GrpcEventStore

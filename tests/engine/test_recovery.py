@@ -11,11 +11,12 @@ import pytest
 from engine_service.event_codec import encode
 from engine_service.events import FlowInitialized, SignalReceived, StepFinished, StepStarted
 from engine_service.fingerprint import ENGINE_VERSION
+from engine_service.flow_host import EngineSettings
 from engine_service.flow_run import FlowRun
 from engine_service.ids import command_id, flow_id_for_key
 from engine_service.registry import StepRegistry, StepType
 from engine_service.replay import StepStatus
-from engine_service.runner import Engine, EngineSettings
+from engine_service.runner import Engine
 from engine_service.samples import chem_flow, install, split
 from engine_service.steps import StepContext, StepKind, StepResult
 from flowledger.canonical import content_hash

@@ -131,6 +131,6 @@ def test_a_broken_plugin_fails_loudly(tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 def test_the_default_registry_is_one_per_process() -> None:
-    from engine_service.registry import default_registry
+    from engine_service.plugins import default_registry
 
     assert default_registry() is default_registry()

@@ -11,10 +11,11 @@ import rfc8785
 from engine_service.builder import Flow
 from engine_service.definition import FlowDefinition
 from engine_service.events import StepAttemptFailed, StepFailed
+from engine_service.flow_host import EngineSettings
 from engine_service.registry import StepRegistry
 from engine_service.replay import replay_stored
 from engine_service.retry import RetryPolicy, StepDefaults
-from engine_service.runner import Engine, EngineSettings
+from engine_service.runner import Engine
 from engine_service.steps import StepContext, StepResult, failure, success
 from flowledger.canonical import JsonValue, parse_json
 from flowledger.errors import InvalidArgument

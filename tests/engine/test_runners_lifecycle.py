@@ -10,7 +10,8 @@ import httpx
 import pytest
 
 from engine_service.builder import Flow
-from engine_service.registry import StepRegistry, StepType, default_registry
+from engine_service.plugins import default_registry
+from engine_service.registry import StepRegistry, StepType
 from engine_service.runner import Engine
 from engine_service.runners import http
 from engine_service.runners.transport import ClientPool

@@ -11,9 +11,10 @@ import pytest
 from engine_service.builder import Flow
 from engine_service.definition import FlowDefinition
 from engine_service.events import StepStarted
+from engine_service.flow_host import EngineSettings
 from engine_service.registry import StepRegistry
 from engine_service.retry import RetryPolicy
-from engine_service.runner import Engine, EngineSettings
+from engine_service.runner import Engine
 from engine_service.steps import StepContext, StepKind, StepResult, failure, success
 from flowledger.errors import InvalidArgument
 from flowledger_core.ports import EventStore

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from engine_service.registry import default_registry
+from engine_service.plugins import default_registry
 from engine_service.runner import Engine
 from engine_service.samples import CHEM_DOCUMENT, chem_flow
 from engine_service.stored import definition_of, document_json, new_version, parse_definition

@@ -25,10 +25,11 @@ from engine_service.events import (
     StepSkipped,
 )
 from engine_service.fingerprint import ENGINE_VERSION, step_fingerprint
+from engine_service.flow_host import EngineSettings
 from engine_service.flow_run import FlowRun
 from engine_service.registry import StepRegistry, StepType
 from engine_service.retry import RetryPolicy
-from engine_service.runner import Engine, EngineSettings
+from engine_service.runner import Engine
 from engine_service.runners import install
 from engine_service.steps import StepContext, StepKind, StepResult, failure, success
 from flowledger_core.domain import Append, FlowStatus, NewFlow

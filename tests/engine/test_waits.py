@@ -15,9 +15,10 @@ from engine_service import interventions
 from engine_service.builder import Flow
 from engine_service.builtin_steps import format_time
 from engine_service.definition import FlowDefinition
+from engine_service.flow_host import EngineSettings
 from engine_service.registry import StepRegistry
 from engine_service.replay import StepStatus
-from engine_service.runner import Engine, EngineSettings
+from engine_service.runner import Engine
 from engine_service.steps import StepContext, StepKind, StepResult, success
 from flowledger.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from flowledger_core.domain import Append, AppendResult, FlowStatus
