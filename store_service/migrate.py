@@ -2,8 +2,10 @@
 
 The owner's connection string comes from ``STORE_MIGRATE_DATABASE_URL`` (the store serving as
 the least-privileged ``flowledger_app`` role then keeps only ``DATABASE_URL``), else from
-``DATABASE_URL`` (one role for both), or from ``--database-url``. ``--check`` applies nothing and
-exits 1 when a migration is pending (a readiness gate for deployments that migrate by Job).
+``DATABASE_URL`` (one role for both), or from ``--database-url``. It applies the numbered
+migrations (``store_service/sql/migrations/``), then the SQL function files whose checksum changed
+(``store_service/sql/functions/``). ``--check`` applies nothing and exits 1 when a migration or a
+function is pending (a readiness gate for deployments that migrate by Job).
 
 Exit codes: 0 done (or up to date), 1 pending (``--check``) or a migration failed, 2 bad usage.
 The connection string is never printed: it may hold a password.
@@ -21,7 +23,7 @@ from collections.abc import Mapping, Sequence
 import psycopg
 
 from flowledger.errors import FlowledgerError
-from store_service.adapters.postgres.migrate import apply_migrations, load_migrations
+from store_service.adapters.postgres.migrate import apply_schema, pending_files
 
 log = logging.getLogger("store_service.migrate")
 
@@ -33,18 +35,6 @@ def owner_url(environ: Mapping[str, str]) -> str | None:
         if value:
             return value
     return None
-
-
-async def pending(conninfo: str) -> list[str]:
-    """The files not yet applied (reads only; any role with SELECT on schema_migrations)."""
-    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
-        cur = await conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL")
-        row = await cur.fetchone()
-        done: set[int] = set()
-        if row is not None and row[0]:
-            cur = await conn.execute("SELECT version FROM schema_migrations")
-            done = {int(r[0]) for r in await cur.fetchall()}
-    return [mig.filename for mig in load_migrations() if mig.version not in done]
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
@@ -66,14 +56,19 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.check:
-            missing = asyncio.run(pending(url))
+            missing = asyncio.run(pending_files(url))
             print(f"pending: {', '.join(missing)}" if missing else "up to date")
             return 1 if missing else 0
-        applied = asyncio.run(apply_migrations(url))
+        applied = asyncio.run(apply_schema(url))
     except (FlowledgerError, psycopg.Error) as exc:
         print(f"migrations failed: {exc}", file=sys.stderr)
         return 1
-    print(f"applied: {applied}" if applied else "up to date")
+    if applied.versions:
+        print(f"applied: {applied.versions}")
+    if applied.functions:
+        print(f"functions: {', '.join(applied.functions)}")
+    if not (applied.versions or applied.functions):
+        print("up to date")
     return 0
 
 

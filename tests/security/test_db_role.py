@@ -55,6 +55,7 @@ REPO = Path(__file__).resolve().parents[2]
 # UPDATE. Every table and sequence of the schema must appear (an empty set: nothing).
 TABLES: dict[str, set[str]] = {
     "schema_migrations": {"SELECT"},
+    "schema_functions": {"SELECT"},
     "event_log": {"SELECT", "INSERT"},
     "workflow_step_artifacts": {"SELECT", "INSERT"},
     "artifact_refs": {"SELECT", "INSERT"},
@@ -103,6 +104,9 @@ FORBIDDEN = [
     ("delete a definition", "DELETE FROM definition_versions"),
     ("forge a migration", "INSERT INTO schema_migrations VALUES (99, 'x', repeat('0', 64))"),
     ("forget a migration", "DELETE FROM schema_migrations"),
+    ("forge a function's checksum", "UPDATE schema_functions SET sha256 = repeat('0', 64)"),
+    ("define a function",
+     "CREATE OR REPLACE FUNCTION flowledger_append_batch() RETURNS int LANGUAGE sql AS 'SELECT 1'"),
     ("reset the seq counter", "SELECT setval('event_log_seq_seq', 1)"),
     ("drop the append function", "DROP FUNCTION flowledger_append_batch"),
     ("make the append function run as its owner",
@@ -380,6 +384,25 @@ async def test_the_app_role_alone_cannot_migrate_and_says_how(
     with pytest.raises(MigrationError, match="STORE_MIGRATE_DATABASE_URL"):
         await serve(store_settings(database_url=app_url, retry_budget_seconds=2.0))
     assert await _query(database_url, "SELECT to_regclass('flows')::text") == [(None,)]
+
+
+async def test_the_app_role_alone_cannot_apply_a_changed_function_and_says_how(
+    database_url: str, app_url: str
+) -> None:
+    """Only the owner may replace a function: a changed file is pending like a migration."""
+    await apply_migrations(database_url)
+    await _query(database_url, "UPDATE schema_functions SET sha256 = repeat('0', 64) "
+                               "WHERE name = 'flowledger_append_batch'")  # fmt: skip
+    with pytest.raises(
+        MigrationError, match=r"functions/flowledger_append_batch\.sql.*STORE_MIGRATE_DATABASE_URL"
+    ):
+        await apply_migrations(app_url)
+    checked = _migrate_cli("--check", env={"DATABASE_URL": app_url})
+    assert (checked.returncode, checked.stdout.strip()) == (
+        1, "pending: functions/flowledger_append_batch.sql"
+    )
+    done = _migrate_cli(env={"STORE_MIGRATE_DATABASE_URL": database_url})
+    assert (done.returncode, done.stdout.strip()) == (0, "functions: flowledger_append_batch")
 
 
 async def test_the_app_role_alone_serves_a_database_the_owner_migrated(

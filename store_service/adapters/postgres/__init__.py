@@ -1,7 +1,7 @@
 """The Postgres backend of the storage port (psycopg 3, async, pooled).
 
-``PostgresEventStore`` and ``apply_migrations`` are imported lazily, so that running one of the
-modules as a script (``python -m store_service.adapters.postgres.migrate``) imports it once.
+``PostgresEventStore`` and ``apply_migrations`` are imported lazily, so that importing one module
+of the backend (the migration command imports only :mod:`.migrate`) does not import them all.
 """
 
 from __future__ import annotations

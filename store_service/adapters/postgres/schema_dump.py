@@ -6,12 +6,18 @@ line per fact, sorted. Not ``pg_dump``: its output changes between server versio
 noise (SET lines, comments) that would make the snapshot flap.
 
 ``store_service/schema/schema.txt`` and ``schema.sha256`` are the committed snapshot of a fresh
-database after all migrations. Regenerate them after adding a migration with::
+database after all migrations. Regenerate them after adding a migration or changing a function
+file (store_service/sql/) with::
 
     python -m store_service.adapters.postgres.schema_dump --write [--database-url URL]
 
 (URL: any server where a scratch database may be created; default ``$DATABASE_URL``). The store
 logs a warning at start-up when the live schema's hash differs from the committed one.
+
+Functions are described by content (the md5 of their source, with their signature and SET
+options), so the snapshot changes with a function file's body. :func:`check_functions` compares
+the live functions with ``store_service/sql/functions/`` directly: every function of the schema
+has its file, one signature, and the file's body.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from store_service.adapters.postgres.migrate import apply_migrations
+from store_service.adapters.postgres.migrate import apply_migrations, load_functions
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schema"
 UPDATE_HINT = "python -m store_service.adapters.postgres.schema_dump --write"
@@ -147,6 +153,40 @@ async def check_schema(conn: psycopg.AsyncConnection[Any]) -> str | None:
         f"schema drift: the database schema hashes to {actual}, the committed snapshot to "
         f"{expected}; compare `dump_schema()` with store_service/schema/schema.txt"
     )
+
+
+_FUNCTIONS = (
+    "SELECT p.proname, md5(p.prosrc) FROM pg_proc p "
+    "WHERE p.pronamespace = {s} AND " + _NOT_EXT.format(oid="p.oid")
+)
+
+
+async def check_functions(conn: psycopg.AsyncConnection[Any]) -> list[str]:
+    """How the schema's functions differ from ``store_service/sql/functions/`` (empty: not)."""
+    files = {fn.name: fn for fn in load_functions()}
+    cur = await conn.execute(
+        _FUNCTIONS.format(s="current_schema()::regnamespace::oid").encode()
+    )
+    deployed: dict[str, list[str]] = {}
+    for name, digest in await cur.fetchall():
+        deployed.setdefault(name, []).append(digest)
+    problems: list[str] = []
+    for name, digests in sorted(deployed.items()):
+        fn = files.get(name)
+        if fn is None:
+            problems.append(f"function {name} is not defined in store_service/sql/functions/")
+        elif len(digests) > 1:
+            problems.append(
+                f"function {name} has {len(digests)} signatures, {fn.filename} defines one: "
+                "a migration should drop the others"
+            )
+        elif digests[0] != hashlib.md5(fn.body.encode(), usedforsecurity=False).hexdigest():
+            problems.append(f"function {name}'s body differs from store_service/sql/{fn.filename}")
+    problems += [
+        f"function {name} (store_service/sql/{files[name].filename}) is not in the schema"
+        for name in sorted(files.keys() - deployed.keys())
+    ]
+    return problems
 
 
 async def dump_fresh(server_url: str) -> str:

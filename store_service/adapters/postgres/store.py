@@ -44,9 +44,9 @@ from store_service.adapters.postgres import definitions, feed, flows, leases, li
 from store_service.adapters.postgres.appender import GroupCommitAppender
 from store_service.adapters.postgres.db import Conn, Database
 from store_service.adapters.postgres.flow_gauges import FlowGauges
-from store_service.adapters.postgres.migrate import apply_migrations
+from store_service.adapters.postgres.migrate import apply_schema
 from store_service.adapters.postgres.retry import RetryPolicy
-from store_service.adapters.postgres.schema_dump import check_schema
+from store_service.adapters.postgres.schema_dump import check_functions, check_schema
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class PostgresEventStore:
     ) -> PostgresEventStore:
         """``conninfo`` serves (ideally as ``flowledger_app``: docs/security.md); migrations run
         through ``migrate_conninfo`` (the schema's owner) when given, else through ``conninfo``
-        (a database already up to date needs no privilege beyond reading schema_migrations)."""
+        (a database already up to date needs no privilege beyond reading the version tables)."""
         if not 0 <= min_connections <= max_connections or max_connections < 2:
             raise ValueError("need 0 <= min_connections <= max_connections and max >= 2")
         policy = RetryPolicy(budget_s=retry_budget_s)
@@ -264,9 +264,11 @@ class PostgresEventStore:
 
 
 async def _apply(conninfo: str, budget_s: float) -> None:
-    applied = await apply_migrations(conninfo, retry_budget_s=budget_s)
-    if applied:
-        log.info("applied migrations %s", applied)
+    applied = await apply_schema(conninfo, retry_budget_s=budget_s)
+    if applied.versions:
+        log.info("applied migrations %s", applied.versions)
+    if applied.functions:
+        log.info("applied functions %s", ", ".join(applied.functions))
 
 
 # Whether the serving role could rewrite history: a superuser, the owner of event_log (owners
@@ -295,3 +297,5 @@ async def _warn_on_drift(conn: Conn) -> None:
     drift = await check_schema(conn)
     if drift is not None:
         log.warning("%s", drift)
+    for problem in await check_functions(conn):
+        log.warning("schema drift: %s", problem)
