@@ -68,8 +68,11 @@ def load_document(
             value = parse_json(text)
         except JsonTooDeep:
             raise _too_deep(max_depth) from None
-    else:
-        value = _load_yaml(text, max_depth)
+        # JSON has no aliases: its size is its text's, which the message and the store bound
+        # (RESOURCE_EXHAUSTED there, as for any payload).
+        _check_shape(value, max_depth, len(text.encode("utf-8", "surrogatepass")) * 2 + 16)
+        return value
+    value = _load_yaml(text, max_depth)
     _check_shape(value, max_depth, max_expanded_bytes)
     return value
 
