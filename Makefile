@@ -44,7 +44,8 @@ lock-check: $(UV)
 test: setup lock-check
 	scripts/check_generated.sh
 	$(BIN)/ruff check .
-	$(MAKE) --no-print-directory imports
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/python scripts/check_import_cycles.py
 	$(BIN)/mypy
 	$(BIN)/pytest
 

@@ -34,7 +34,8 @@ def recipe(target: str) -> list[str]:
 def test_make_targets_run_what_the_readme_says() -> None:
     assert recipe("demo")[-1] == ".venv/bin/python -m flowctl.devserver.demo"
     # "drift check, lint, type check, the whole test suite", in that order, last in the recipe.
-    assert recipe("test")[-4:] == [
-        "scripts/check_generated.sh", ".venv/bin/ruff check .", ".venv/bin/mypy",
-        ".venv/bin/pytest",
+    assert recipe("test")[-6:] == [
+        "scripts/check_generated.sh", ".venv/bin/ruff check .",
+        ".venv/bin/lint-imports --no-cache", ".venv/bin/python scripts/check_import_cycles.py",
+        ".venv/bin/mypy", ".venv/bin/pytest",
     ]
