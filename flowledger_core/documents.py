@@ -58,7 +58,8 @@ def load_document(
     max_depth: int = MAX_DOCUMENT_DEPTH,
     max_expanded_bytes: int = MAX_EXPANDED_BYTES,
 ) -> JsonValue:
-    """The value of a JSON or YAML document, within the bounds of the module docstring.
+    """The value of a JSON or YAML document, within the bounds of the module docstring
+    (``max_expanded_bytes`` is YAML's: JSON has no aliases).
 
     Raises :class:`DocumentError` for a bound passed, ``ValueError`` for invalid JSON and
     ``yaml.YAMLError`` for invalid YAML.
@@ -70,7 +71,7 @@ def load_document(
             raise _too_deep(max_depth) from None
         # JSON has no aliases: its size is its text's, which the message and the store bound
         # (RESOURCE_EXHAUSTED there, as for any payload).
-        _check_shape(value, max_depth, len(text.encode("utf-8", "surrogatepass")) * 2 + 16)
+        _check_shape(value, max_depth, None)
         return value
     value = _load_yaml(text, max_depth)
     _check_shape(value, max_depth, max_expanded_bytes)
@@ -143,10 +144,10 @@ def _own_bytes(value: object) -> int:
     return len(str(value))
 
 
-def _check_shape(value: JsonValue, max_depth: int, max_expanded_bytes: int) -> None:
-    """Refuse a value deeper than ``max_depth``, larger than ``max_expanded_bytes`` expanded,
-    or containing itself. Iterative, and each distinct container is visited once, so the cost is
-    that of the document as written, not as expanded."""
+def _check_shape(value: JsonValue, max_depth: int, max_expanded_bytes: int | None) -> None:
+    """Refuse a value deeper than ``max_depth``, larger than ``max_expanded_bytes`` expanded
+    (None: no size bound), or containing itself. Iterative, and each distinct container is
+    visited once, so the cost is that of the document as written, not as expanded."""
     sizes: dict[int, int] = {}  # id of a finished container -> its expanded size
     depths: dict[int, int] = {}  # id of a finished container -> levels at and below it
     open_ids: set[int] = set()  # containers being visited: meeting one again is a cycle
@@ -177,7 +178,7 @@ def _check_shape(value: JsonValue, max_depth: int, max_expanded_bytes: int) -> N
             sizes[id(node)], depths[id(node)] = size, depth
             total = size
             _finish_child(stack, size, depth)
-            if size > max_expanded_bytes:
+            if max_expanded_bytes is not None and size > max_expanded_bytes:
                 raise DocumentError(
                     f"stands for more than {max_expanded_bytes} bytes once its YAML aliases "
                     "are expanded"
@@ -187,7 +188,7 @@ def _check_shape(value: JsonValue, max_depth: int, max_expanded_bytes: int) -> N
             _finish_child(stack, sizes[id(child)], depths[id(child)])
             continue
         stack.append([child, None, 0, 0])
-    if total > max_expanded_bytes:
+    if max_expanded_bytes is not None and total > max_expanded_bytes:
         raise DocumentError(f"is more than {max_expanded_bytes} bytes")
 
 
