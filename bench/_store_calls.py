@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import grpc
 import grpc.aio
 
-from engine_service.store_append_stream import AppendStreams
-from engine_service.store_retry import StoreClientSettings
+from engine_service.store_client.append_stream import AppendStreams
+from engine_service.store_client.retry import StoreClientSettings
 from flowledger.v1 import common_pb2, store_pb2, store_pb2_grpc
 
 NAMESPACE = "bench"
@@ -121,7 +121,7 @@ async def store_append_stream(addr: str, clients: int, events_per_client: int) -
 
 async def store_append_shared(addr: str, clients: int, events_per_client: int) -> Result:
     """As :func:`store_append_stream`, but the clients append through one shared client, the
-    one an engine replica's flows share (``engine_service.store_append_stream``): one stream,
+    one an engine replica's flows share (``engine_service.store_client.append_stream``): one stream,
     and the requests waiting to be written at a time go in one message."""
     async with grpc.aio.insecure_channel(addr) as channel:
         stub = store_pb2_grpc.StoreServiceStub(channel)

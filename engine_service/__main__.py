@@ -11,10 +11,10 @@ import logging
 import os
 import sys
 
-from engine_service.plugins import build_registry
-from engine_service.registry import StepRegistry
 from engine_service.server import serve
 from engine_service.settings import ServiceSettings
+from engine_service.steps.plugins import build_registry
+from engine_service.steps.registry import StepRegistry
 from flowledger_core.server import shutdown_signals
 from flowledger_core.server.runtime import metrics_url, run_service, stop_on_signal
 

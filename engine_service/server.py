@@ -17,19 +17,19 @@ import time
 import grpc.aio
 from grpc_health.v1 import health_pb2
 
-from engine_service.api_definitions import Definitions
-from engine_service.api_flows import Flows
-from engine_service.grpc_api import SERVICE_NAME, EngineServicer
-from engine_service.grpc_worker import SERVICE_NAME as WORKER_SERVICE_NAME
-from engine_service.grpc_worker import WorkerServicer
-from engine_service.plugins import build_registry
-from engine_service.registry import StepRegistry
-from engine_service.runner import Engine
+from engine_service.api.definitions import Definitions
+from engine_service.api.engine_servicer import SERVICE_NAME, EngineServicer
+from engine_service.api.flows import Flows
+from engine_service.api.worker_servicer import SERVICE_NAME as WORKER_SERVICE_NAME
+from engine_service.api.worker_servicer import WorkerServicer
+from engine_service.run.engine import Engine
 from engine_service.settings import ServiceSettings
-from engine_service.store_client import GrpcEventStore
-from engine_service.store_probe import StoreProbe
-from engine_service.watch import FlowNotifier
-from engine_service.worker import Worker
+from engine_service.steps.plugins import build_registry
+from engine_service.steps.registry import StepRegistry
+from engine_service.store_client.client import GrpcEventStore
+from engine_service.store_client.probe import StoreProbe
+from engine_service.work.loop import Worker
+from engine_service.work.notifier import FlowNotifier
 from flowledger.v1 import engine_pb2_grpc, worker_pb2_grpc
 from flowledger_core.ports import EventStore
 from flowledger_core.server import GrpcServer, ServerConfig

@@ -4,7 +4,7 @@ Every variable is validated here so that a typo stops the process with one line 
 variable. Durations are milliseconds (``*_MS``) for the lease machinery, whose numbers people
 compare with each other, and seconds (``*_SECONDS``) elsewhere, as in the store's settings.
 
-The in-process core has its own :class:`engine_service.flow_host.EngineSettings` (snapshots,
+The in-process core has its own :class:`engine_service.run.flow_host.EngineSettings` (snapshots,
 read chunks); :meth:`ServiceSettings.engine_settings` derives it.
 """
 
@@ -16,11 +16,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from engine_service.egress import DEFAULT_POLICY, EgressPolicy
-from engine_service.egress import VARIABLE as EGRESS_ALLOW
-from engine_service.flow_host import EngineSettings
-from engine_service.store_retry import StoreClientSettings
-from engine_service.watch_log import LocalLogLimits
+from engine_service.run.flow_host import EngineSettings
+from engine_service.steps.egress import DEFAULT_POLICY, EgressPolicy
+from engine_service.steps.egress import VARIABLE as EGRESS_ALLOW
+from engine_service.store_client.retry import StoreClientSettings
+from engine_service.work.local_logs import LocalLogLimits
 from flowledger_core.server.auth_settings import AuthSettings, read_auth
 from flowledger_core.server.auth_tokens import Authenticator, FileError
 from flowledger_core.server.env import LOG_LEVELS, Env, SettingsError
@@ -53,7 +53,7 @@ class ServiceSettings:
     max_concurrent_flows: int = 64
     # Unconsumed signals a flow may hold; SignalFlow past it is RESOURCE_EXHAUSTED.
     max_pending_signals: int = 1000
-    # WatchFlow's local logs of the flows this replica created (engine_service.watch_log):
+    # WatchFlow's local logs of the flows this replica created (engine_service.work.local_logs):
     # how many flows, events per flow and bytes in all are kept; 0 flows keeps none.
     watch_log_flows: int = 4096
     watch_log_events: int = 1000
@@ -84,7 +84,7 @@ class ServiceSettings:
     auth_disabled: bool = False
     # A plaintext health-only port (kubelet probes cannot speak TLS); "" runs none.
     health_listen: str = ""
-    # Where the http and field_update steps may connect (engine_service/egress.py): public
+    # Where the http and field_update steps may connect (engine_service/steps/egress.py): public
     # addresses, plus ENGINE_EGRESS_ALLOW; ENGINE_EGRESS_DENY_PORTS adds ports to the services'
     # own (refused on non-public addresses unless an allow entry names the port).
     egress: EgressPolicy = DEFAULT_POLICY

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 
-from engine_service.builder import Flow
-from engine_service.runner import Engine
-from engine_service.steps import StepContext, StepResult, success
+from engine_service.definitions.builder import Flow
+from engine_service.run.engine import Engine
+from engine_service.steps.context import StepContext, StepResult, success
 from store_service.adapters.memory import MemoryEventStore
 
 

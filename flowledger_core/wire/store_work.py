@@ -2,7 +2,7 @@
 
 The same rules as :mod:`flowledger_core.wire.store` (split off to keep modules small): requests are
 converted only after :mod:`store_service.validation_work` accepted them, enums map by name, and
-the client half (used by ``engine_service.store_client``) refuses values of a newer contract.
+the client half (used by ``engine_service.store_client.client``) refuses values of a newer contract.
 """
 
 from __future__ import annotations
@@ -166,7 +166,8 @@ def renew_lease_response(lease: domain.FlowLease) -> store_pb2.RenewLeaseRespons
     return store_pb2.RenewLeaseResponse(lease=flow_lease_to_pb(lease))
 
 
-# -- domain → requests, responses → domain (the engine's client, engine_service.store_client) ---
+# -- domain → requests, responses → domain (the engine's client, engine_service.store_client.client)
+# ---
 
 
 def put_definition_version_request(

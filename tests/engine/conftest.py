@@ -12,10 +12,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from engine_service.flow_host import EngineSettings
-from engine_service.registry import StepRegistry
-from engine_service.runner import Engine
-from engine_service.samples import sample_registry
+from engine_service.definitions.samples import sample_registry
+from engine_service.run.engine import Engine
+from engine_service.run.flow_host import EngineSettings
+from engine_service.steps.registry import StepRegistry
 from flowledger_core.ports import EventStore
 from store_service.adapters.memory import MemoryEventStore
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import rfc8785
 
-from engine_service.flow_run import FlowRun
+from engine_service.run.flow_run import FlowRun
 from flowledger.canonical import parse_json
 from flowledger_core.domain import (
     Append,

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from engine_service.egress import EgressPolicy
+from engine_service.steps.egress import EgressPolicy
 
 
 @dataclass(frozen=True)
@@ -164,8 +164,8 @@ def server() -> Iterator[ScriptedServer]:
     running.stop()
 
 
-# The server listens on loopback, which the runners refuse by default (engine_service/egress.py):
-# the tests install them with this policy, explicitly.
+# The server listens on loopback, which the runners refuse by default
+# (engine_service/steps/egress.py): the tests install them with this policy, explicitly.
 LOOPBACK = EgressPolicy.parse("127.0.0.1/32")
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from engine_service.lease import LeaseLost
-from engine_service.registry import StepRegistry
-from engine_service.runner import Engine
-from engine_service.samples import chem_flow
+from engine_service.definitions.samples import chem_flow
+from engine_service.run.engine import Engine
+from engine_service.run.lease import LeaseLost
+from engine_service.steps.registry import StepRegistry
 from flowledger.errors import InvalidArgument
 from flowledger_core.domain import StoredEvent
 from flowledger_core.ports import EventStore

@@ -8,14 +8,14 @@ from collections import Counter
 
 import pytest
 
-from engine_service.builder import Flow
-from engine_service.definition import FlowDefinition, StepSpec
-from engine_service.events import PropertyPreferenceAssigned, StepFinished
-from engine_service.ids import flow_id_for_key
-from engine_service.registry import StepRegistry, StepType
-from engine_service.runner import Engine
-from engine_service.samples import chem_flow, hello_flow
-from engine_service.steps import StepContext, StepKind, StepResult, failure, success
+from engine_service.core.events import PropertyPreferenceAssigned, StepFinished
+from engine_service.core.ids import flow_id_for_key
+from engine_service.definitions.builder import Flow
+from engine_service.definitions.definition import FlowDefinition, StepSpec
+from engine_service.definitions.samples import chem_flow, hello_flow
+from engine_service.run.engine import Engine
+from engine_service.steps.context import StepContext, StepKind, StepResult, failure, success
+from engine_service.steps.registry import StepRegistry, StepType
 from flowledger.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from flowledger_core.domain import Append, AppendResult, FlowFilter, FlowStatus, Page
 from flowledger_core.ports import EventStore

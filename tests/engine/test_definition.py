@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from engine_service.builder import Flow
-from engine_service.definition import FlowDefinition, StepSpec, definition_from_text
-from engine_service.registry import StepRegistry
-from engine_service.samples import CHEM_DOCUMENT, chem_flow, seed, split
-from engine_service.steps import StepContext, StepKind, StepResult, success
+from engine_service.definitions.builder import Flow
+from engine_service.definitions.definition import FlowDefinition, StepSpec, definition_from_text
+from engine_service.definitions.samples import CHEM_DOCUMENT, chem_flow, seed, split
+from engine_service.steps.context import StepContext, StepKind, StepResult, success
+from engine_service.steps.registry import StepRegistry
 from flowledger.errors import InvalidArgument
 
 
@@ -175,8 +175,8 @@ def test_builder_binds_plain_functions_and_uses_registered_names(registry: StepR
     assert [s.type for s in definition.steps] == ["chem.seed", "chem.split"]
     assert definition.bindings == {}
     unregistered = Flow("x").source("s", seed, text="t").build()
-    assert unregistered.steps[0].type == "engine_service.samples.seed"
-    assert unregistered.bindings["engine_service.samples.seed"].fn is seed
+    assert unregistered.steps[0].type == "engine_service.definitions.samples.seed"
+    assert unregistered.bindings["engine_service.definitions.samples.seed"].fn is seed
     # The binding travels with the definition: it resolves with an empty registry.
     assert unregistered.resolve(StepRegistry())[0].fn is seed
 

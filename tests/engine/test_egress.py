@@ -1,4 +1,4 @@
-"""The HTTP runners' egress policy (engine_service/egress.py, decision 0024): refused at send
+"""The HTTP runners' egress policy (engine_service/steps/egress.py, decision 0024): refused at send
 time on the address the connection would use, named ``EgressDenied`` and never retried; a
 literal URL the policy refuses is refused already when the definition is parsed."""
 
@@ -9,16 +9,16 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from engine_service.builder import Flow
-from engine_service.definition import FlowDefinition
-from engine_service.egress import DEFAULT_POLICY, EgressPolicy
-from engine_service.registry import StepRegistry, StepType
-from engine_service.replay import StepStatus
-from engine_service.retry import RetryPolicy
-from engine_service.runner import Engine
-from engine_service.runners import install
+from engine_service.core.replay import StepStatus
+from engine_service.definitions.builder import Flow
+from engine_service.definitions.definition import FlowDefinition
+from engine_service.run.engine import Engine
 from engine_service.settings import ServiceSettings, SettingsError
-from engine_service.steps import StepContext, StepKind, StepResult, success
+from engine_service.steps.context import StepContext, StepKind, StepResult, success
+from engine_service.steps.egress import DEFAULT_POLICY, EgressPolicy
+from engine_service.steps.registry import StepRegistry, StepType
+from engine_service.steps.retry import RetryPolicy
+from engine_service.steps.runners import install
 from flowledger.canonical import JsonValue
 from flowledger.errors import InvalidArgument
 from store_service.adapters.memory import MemoryEventStore

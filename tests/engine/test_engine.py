@@ -10,16 +10,16 @@ from typing import Any
 
 import pytest
 
-from engine_service.builder import Flow
-from engine_service.definition import FlowDefinition
-from engine_service.events import StepFinished, StepSignal
-from engine_service.flow_host import EngineSettings
-from engine_service.registry import StepRegistry, StepType
-from engine_service.replay import StepStatus, replay_stored
-from engine_service.runner import Engine
-from engine_service.samples import chem_flow, hello_flow
-from engine_service.state_json import state_from_json, state_to_json
-from engine_service.steps import StepContext, StepKind, StepResult, failure, success
+from engine_service.core.events import StepFinished, StepSignal
+from engine_service.core.replay import StepStatus, replay_stored
+from engine_service.core.state_json import state_from_json, state_to_json
+from engine_service.definitions.builder import Flow
+from engine_service.definitions.definition import FlowDefinition
+from engine_service.definitions.samples import chem_flow, hello_flow
+from engine_service.run.engine import Engine
+from engine_service.run.flow_host import EngineSettings
+from engine_service.steps.context import StepContext, StepKind, StepResult, failure, success
+from engine_service.steps.registry import StepRegistry, StepType
 from flowledger.canonical import JsonValue
 from flowledger.errors import AlreadyExists, InvalidArgument
 from flowledger_core.domain import FlowFilter, FlowStatus, Page

@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from engine_service.events import FlowFailed
-from engine_service.registry import StepRegistry
-from engine_service.runner import Engine
-from engine_service.samples import chem_flow
+from engine_service.core.events import FlowFailed
+from engine_service.definitions.samples import chem_flow
+from engine_service.run.engine import Engine
+from engine_service.steps.registry import StepRegistry
 from flowledger_core.domain import FlowStatus
 from flowledger_core.ports import EventStore
 from store_service.adapters.memory import MemoryEventStore

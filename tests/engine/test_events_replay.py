@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from engine_service.event_codec import decode, encode
-from engine_service.events import (
+from engine_service.core.event_codec import decode, encode
+from engine_service.core.events import (
     EVENT_TYPES,
     EngineEvent,
     FlowCompleted,
@@ -20,10 +20,10 @@ from engine_service.events import (
     StepStarted,
     variant,
 )
+from engine_service.core.replay import FlowState, StepStatus, replay
+from engine_service.core.state_json import state_from_json, state_to_json
+from engine_service.definitions.samples import chem_flow
 from engine_service.fingerprint import ENGINE_VERSION
-from engine_service.replay import FlowState, StepStatus, replay
-from engine_service.samples import chem_flow
-from engine_service.state_json import state_from_json, state_to_json
 from flowledger.canonical import parse_json
 from flowledger.errors import InternalError
 from flowledger_core.domain import EventType

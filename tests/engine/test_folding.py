@@ -8,10 +8,10 @@ from collections import Counter
 
 import pytest
 
-from engine_service.events import StepFinished
-from engine_service.registry import StepRegistry
-from engine_service.runner import Engine
-from engine_service.samples import chem_flow
+from engine_service.core.events import StepFinished
+from engine_service.definitions.samples import chem_flow
+from engine_service.run.engine import Engine
+from engine_service.steps.registry import StepRegistry
 from flowledger.errors import Unavailable
 from flowledger_core.domain import Append, AppendResult
 from flowledger_core.ports import EventStore

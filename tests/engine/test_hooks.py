@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from engine_service.hooks import HookEvent, Hooks
-from engine_service.registry import StepRegistry
-from engine_service.runner import Engine
-from engine_service.samples import chem_flow
+from engine_service.definitions.samples import chem_flow
+from engine_service.run.engine import Engine
+from engine_service.run.hooks import HookEvent, Hooks
+from engine_service.steps.registry import StepRegistry
 from flowledger_core.ports import EventStore
 
 

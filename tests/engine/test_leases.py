@@ -10,11 +10,11 @@ from collections import Counter
 
 import pytest
 
-from engine_service.events import StepFinished
-from engine_service.lease import LeaseLost
-from engine_service.registry import StepRegistry
-from engine_service.runner import Engine
-from engine_service.samples import chem_flow
+from engine_service.core.events import StepFinished
+from engine_service.definitions.samples import chem_flow
+from engine_service.run.engine import Engine
+from engine_service.run.lease import LeaseLost
+from engine_service.steps.registry import StepRegistry
 from flowledger.errors import FailedPrecondition
 from flowledger_core.domain import Append, AppendResult, ClaimRequest, FlowLease
 from flowledger_core.ports import EventStore

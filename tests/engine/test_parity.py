@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from engine_service.builder import Flow
-from engine_service.definition import FlowDefinition
-from engine_service.flow_host import EngineSettings
-from engine_service.registry import StepRegistry
-from engine_service.runner import Engine
-from engine_service.samples import chem_flow, hello_flow
-from engine_service.steps import StepContext, StepResult, success
+from engine_service.definitions.builder import Flow
+from engine_service.definitions.definition import FlowDefinition
+from engine_service.definitions.samples import chem_flow, hello_flow
+from engine_service.run.engine import Engine
+from engine_service.run.flow_host import EngineSettings
+from engine_service.steps.context import StepContext, StepResult, success
+from engine_service.steps.registry import StepRegistry
 from flowledger.canonical import parse_json
 from flowledger_core.ports import EventStore
 from store_service.adapters.memory import MemoryEventStore

@@ -1,4 +1,4 @@
-"""Errors no attempt gets past end the flow FAILED, once (engine_service/permanent.py): an
+"""Errors no attempt gets past end the flow FAILED, once (engine_service/planning/permanent.py): an
 artifact altered or deleted in Postgres, an append the store service refuses. Transient errors
 still stop the run without ending the flow."""
 
@@ -10,16 +10,16 @@ from collections.abc import AsyncIterator
 import psycopg
 import pytest
 
-from engine_service import tasks
-from engine_service.builder import Flow
-from engine_service.events import FlowFailed, StepFailed
-from engine_service.flow_host import EngineSettings
-from engine_service.flow_run import FlowRun
-from engine_service.registry import StepRegistry
-from engine_service.runner import Engine
-from engine_service.samples import chem_flow
-from engine_service.steps import StepContext, StepKind, StepResult, success
-from engine_service.store_client import GrpcEventStore
+from engine_service.core.events import FlowFailed, StepFailed
+from engine_service.definitions.builder import Flow
+from engine_service.definitions.samples import chem_flow
+from engine_service.run import tasks
+from engine_service.run.engine import Engine
+from engine_service.run.flow_host import EngineSettings
+from engine_service.run.flow_run import FlowRun
+from engine_service.steps.context import StepContext, StepKind, StepResult, success
+from engine_service.steps.registry import StepRegistry
+from engine_service.store_client.client import GrpcEventStore
 from flowledger.errors import Unavailable
 from flowledger_core.domain import Append, AppendResult, EventType, FlowStatus
 from flowledger_core.ports import EventStore

@@ -8,17 +8,17 @@ from collections import Counter
 
 import pytest
 
-from engine_service.event_codec import encode
-from engine_service.events import FlowInitialized, SignalReceived, StepFinished, StepStarted
+from engine_service.core.event_codec import encode
+from engine_service.core.events import FlowInitialized, SignalReceived, StepFinished, StepStarted
+from engine_service.core.ids import command_id, flow_id_for_key
+from engine_service.core.replay import StepStatus
+from engine_service.definitions.samples import chem_flow, install, split
 from engine_service.fingerprint import ENGINE_VERSION
-from engine_service.flow_host import EngineSettings
-from engine_service.flow_run import FlowRun
-from engine_service.ids import command_id, flow_id_for_key
-from engine_service.registry import StepRegistry, StepType
-from engine_service.replay import StepStatus
-from engine_service.runner import Engine
-from engine_service.samples import chem_flow, install, split
-from engine_service.steps import StepContext, StepKind, StepResult
+from engine_service.run.engine import Engine
+from engine_service.run.flow_host import EngineSettings
+from engine_service.run.flow_run import FlowRun
+from engine_service.steps.context import StepContext, StepKind, StepResult
+from engine_service.steps.registry import StepRegistry, StepType
 from flowledger.canonical import content_hash
 from flowledger.errors import Aborted, FailedPrecondition, Unavailable
 from flowledger_core.domain import (

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from engine_service.registry import ENTRY_POINT_GROUP, StepRegistry, StepType
-from engine_service.samples import sample_registry
-from engine_service.steps import StepContext, StepKind, StepResult, success
+from engine_service.definitions.samples import sample_registry
+from engine_service.steps.context import StepContext, StepKind, StepResult, success
+from engine_service.steps.registry import ENTRY_POINT_GROUP, StepRegistry, StepType
 from flowledger.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 
 
@@ -90,7 +90,7 @@ def test_plugins_load_from_entry_points(tmp_path: Path, monkeypatch: pytest.Monk
         installer,
         "install",
         """
-        from engine_service.steps import StepKind, success
+        from engine_service.steps.context import StepKind, success
 
         def install(registry):
             @registry.step("acme.hello", kind=StepKind.SOURCE)
@@ -103,8 +103,8 @@ def test_plugins_load_from_entry_points(tmp_path: Path, monkeypatch: pytest.Monk
         single,
         "STEP",
         """
-        from engine_service.registry import StepType
-        from engine_service.steps import StepKind, success
+        from engine_service.steps.registry import StepType
+        from engine_service.steps.context import StepKind, success
 
         STEP = StepType("acme.done", StepKind.SINK, lambda ctx: success())
         """,
@@ -131,6 +131,6 @@ def test_a_broken_plugin_fails_loudly(tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 def test_the_default_registry_is_one_per_process() -> None:
-    from engine_service.plugins import default_registry
+    from engine_service.steps.plugins import default_registry
 
     assert default_registry() is default_registry()

@@ -8,15 +8,15 @@ import hashlib
 import pytest
 import rfc8785
 
-from engine_service.builder import Flow
-from engine_service.definition import FlowDefinition
-from engine_service.events import StepAttemptFailed, StepFailed
-from engine_service.flow_host import EngineSettings
-from engine_service.registry import StepRegistry
-from engine_service.replay import replay_stored
-from engine_service.retry import RetryPolicy, StepDefaults
-from engine_service.runner import Engine
-from engine_service.steps import StepContext, StepResult, failure, success
+from engine_service.core.events import StepAttemptFailed, StepFailed
+from engine_service.core.replay import replay_stored
+from engine_service.definitions.builder import Flow
+from engine_service.definitions.definition import FlowDefinition
+from engine_service.run.engine import Engine
+from engine_service.run.flow_host import EngineSettings
+from engine_service.steps.context import StepContext, StepResult, failure, success
+from engine_service.steps.registry import StepRegistry
+from engine_service.steps.retry import RetryPolicy, StepDefaults
 from flowledger.canonical import JsonValue, parse_json
 from flowledger.errors import InvalidArgument
 from flowledger_core.domain import FlowStatus

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from engine_service.builder import Flow
-from engine_service.definition import FlowDefinition
-from engine_service.plugins import build_registry
-from engine_service.registry import StepRegistry, StepType
-from engine_service.replay import StepStatus
-from engine_service.runner import Engine
-from engine_service.runners import install
-from engine_service.steps import StepContext, StepKind, StepResult, success
+from engine_service.core.replay import StepStatus
+from engine_service.definitions.builder import Flow
+from engine_service.definitions.definition import FlowDefinition
+from engine_service.run.engine import Engine
+from engine_service.steps.context import StepContext, StepKind, StepResult, success
+from engine_service.steps.plugins import build_registry
+from engine_service.steps.registry import StepRegistry, StepType
+from engine_service.steps.runners import install
 from flowledger.canonical import JsonValue
 from flowledger.errors import InvalidArgument
 from flowledger_core.domain import Append, AppendResult, EventType, FlowFilter, Page

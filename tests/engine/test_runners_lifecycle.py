@@ -9,14 +9,14 @@ import logging
 import httpx
 import pytest
 
-from engine_service.builder import Flow
-from engine_service.plugins import default_registry
-from engine_service.registry import StepRegistry, StepType
-from engine_service.runner import Engine
-from engine_service.runners import http
-from engine_service.runners.transport import ClientPool
-from engine_service.samples import sample_registry
-from engine_service.steps import StepContext, StepKind, StepResult, success
+from engine_service.definitions.builder import Flow
+from engine_service.definitions.samples import sample_registry
+from engine_service.run.engine import Engine
+from engine_service.steps import http
+from engine_service.steps.context import StepContext, StepKind, StepResult, success
+from engine_service.steps.plugins import default_registry
+from engine_service.steps.registry import StepRegistry, StepType
+from engine_service.steps.transport import ClientPool
 from store_service.adapters.memory import MemoryEventStore
 from tests.engine.runners_server import LOOPBACK, ScriptedServer, server
 
@@ -54,7 +54,7 @@ async def test_aclose_calls_each_cleanup_once_and_logs_failures(
     child.register(StepType("c.broken", StepKind.SINK, noop, cleanup=broken_cleanup))
     child.register(StepType("c.sync", StepKind.SINK, noop, cleanup=sync_cleanup))
     child.register(StepType("c.none", StepKind.SINK, noop))
-    with caplog.at_level(logging.ERROR, logger="engine_service.registry"):
+    with caplog.at_level(logging.ERROR, logger="engine_service.steps.registry"):
         await child.aclose()
     assert calls == ["broken", "sync", "async"]  # the failure stopped nothing; parents last
     assert "cleanup of step type 'c.broken' failed" in caplog.text

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine_service.runners.templating import (
+from engine_service.steps.context import ArtifactValue, StepContext
+from engine_service.steps.templating import (
     TemplateError,
     problems,
     render,
@@ -12,7 +13,6 @@ from engine_service.runners.templating import (
     render_text,
     template_data,
 )
-from engine_service.steps import ArtifactValue, StepContext
 from flowledger.canonical import JsonValue
 
 DATA: JsonValue = {

@@ -8,13 +8,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from engine_service.builder import Flow
-from engine_service.definition import FlowDefinition
-from engine_service.registry import StepRegistry, StepType
-from engine_service.runner import Engine
-from engine_service.runners import install
-from engine_service.runners.webhook import sign
-from engine_service.steps import StepContext, StepKind, StepResult, success
+from engine_service.definitions.builder import Flow
+from engine_service.definitions.definition import FlowDefinition
+from engine_service.run.engine import Engine
+from engine_service.steps.context import StepContext, StepKind, StepResult, success
+from engine_service.steps.registry import StepRegistry, StepType
+from engine_service.steps.runners import install
+from engine_service.steps.webhook import sign
 from flowledger.canonical import JsonValue, canonical_bytes
 from flowledger.errors import InvalidArgument
 from flowledger_core.ports import EventStore

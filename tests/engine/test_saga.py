@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from collections import Counter
 
-from engine_service.builder import Flow
-from engine_service.definition import FlowDefinition
-from engine_service.registry import StepRegistry
-from engine_service.replay import CompensationStatus, StepStatus
-from engine_service.retry import RetryPolicy
-from engine_service.runner import Engine
-from engine_service.steps import StepContext, StepKind, StepResult, failure, success
+from engine_service.core.replay import CompensationStatus, StepStatus
+from engine_service.definitions.builder import Flow
+from engine_service.definitions.definition import FlowDefinition
+from engine_service.run.engine import Engine
+from engine_service.steps.context import StepContext, StepKind, StepResult, failure, success
+from engine_service.steps.registry import StepRegistry
+from engine_service.steps.retry import RetryPolicy
 from flowledger.canonical import JsonValue
 from flowledger_core.ports import EventStore
 

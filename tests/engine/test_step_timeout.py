@@ -8,14 +8,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from engine_service.builder import Flow
-from engine_service.definition import FlowDefinition
-from engine_service.events import StepStarted
-from engine_service.flow_host import EngineSettings
-from engine_service.registry import StepRegistry
-from engine_service.retry import RetryPolicy
-from engine_service.runner import Engine
-from engine_service.steps import StepContext, StepKind, StepResult, failure, success
+from engine_service.core.events import StepStarted
+from engine_service.definitions.builder import Flow
+from engine_service.definitions.definition import FlowDefinition
+from engine_service.run.engine import Engine
+from engine_service.run.flow_host import EngineSettings
+from engine_service.steps.context import StepContext, StepKind, StepResult, failure, success
+from engine_service.steps.registry import StepRegistry
+from engine_service.steps.retry import RetryPolicy
 from flowledger.errors import InvalidArgument
 from flowledger_core.ports import EventStore
 

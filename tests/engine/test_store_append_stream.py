@@ -18,7 +18,7 @@ import grpc.aio
 import pytest
 from prometheus_client import REGISTRY
 
-from engine_service.store_client import GrpcEventStore
+from engine_service.store_client.client import GrpcEventStore
 from flowledger.errors import FailedPrecondition, Unavailable
 from flowledger.v1 import store_pb2_grpc
 from flowledger_core.domain import Append, NewFlow

@@ -11,7 +11,7 @@ from dataclasses import replace
 
 import pytest
 
-from engine_service.store_client import GrpcEventStore
+from engine_service.store_client.client import GrpcEventStore
 from flowledger.errors import FieldViolation, InvalidArgument, NotFound, VersionConflict
 from flowledger_core.domain import (
     Append,

@@ -13,7 +13,7 @@ from dataclasses import replace
 
 import pytest
 
-from engine_service.store_client import GrpcEventStore
+from engine_service.store_client.client import GrpcEventStore
 from flowledger.errors import FailedPrecondition, Unavailable
 from flowledger_core.domain import Append, FlowFilter, NewFlow, Page
 from flowledger_core.ports import EventStore

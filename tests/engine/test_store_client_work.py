@@ -12,7 +12,7 @@ import asyncio
 
 import pytest
 
-from engine_service.store_client import GrpcEventStore
+from engine_service.store_client.client import GrpcEventStore
 from flowledger.canonical import canonical_bytes
 from flowledger.errors import AlreadyExists, FailedPrecondition, NotFound
 from flowledger_core.domain import (

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from engine_service.store_channel import STORE_SERVICE, channel_options
-from engine_service.store_retry import RetryBudget, StoreClientSettings, is_transient
+from engine_service.store_client.channel import STORE_SERVICE, channel_options
+from engine_service.store_client.retry import RetryBudget, StoreClientSettings, is_transient
 from flowledger.errors import (
     Aborted,
     DeadlineExceeded,

@@ -7,10 +7,15 @@ from datetime import UTC, datetime
 
 import pytest
 
-from engine_service.plugins import default_registry
-from engine_service.runner import Engine
-from engine_service.samples import CHEM_DOCUMENT, chem_flow
-from engine_service.stored import definition_of, document_json, new_version, parse_definition
+from engine_service.definitions.samples import CHEM_DOCUMENT, chem_flow
+from engine_service.definitions.stored import (
+    definition_of,
+    document_json,
+    new_version,
+    parse_definition,
+)
+from engine_service.run.engine import Engine
+from engine_service.steps.plugins import default_registry
 from flowledger.canonical import parse_json
 from flowledger.errors import FailedPrecondition, InternalError, InvalidArgument
 from flowledger_core.domain import (

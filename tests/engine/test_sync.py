@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from engine_service.samples import chem_flow, sample_registry
-from engine_service.sync import SyncEngine
+from engine_service.definitions.samples import chem_flow, sample_registry
+from engine_service.run.sync import SyncEngine
 from store_service.adapters.memory import MemoryEventStore
 from tests.engine.test_engine import GOLDEN
 

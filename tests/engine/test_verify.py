@@ -11,19 +11,19 @@ from typing import Any
 import psycopg
 import pytest
 
-from engine_service.builder import Flow
-from engine_service.event_codec import encode
-from engine_service.events import (
+from engine_service.core.event_codec import encode
+from engine_service.core.events import (
     EngineEvent,
     FlowCompleted,
     FlowInitialized,
     StepFinished,
     StepStarted,
 )
-from engine_service.registry import StepRegistry
-from engine_service.runner import Engine, VerifyReport
-from engine_service.samples import chem_flow, hello_flow
-from engine_service.steps import StepContext, StepResult
+from engine_service.definitions.builder import Flow
+from engine_service.definitions.samples import chem_flow, hello_flow
+from engine_service.run.engine import Engine, VerifyReport
+from engine_service.steps.context import StepContext, StepResult
+from engine_service.steps.registry import StepRegistry
 from flowledger.canonical import content_hash
 from flowledger.errors import NotFound
 from flowledger_core.domain import Append, NewFlow

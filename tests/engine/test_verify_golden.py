@@ -14,24 +14,24 @@ from typing import Any
 
 import pytest
 
-from engine_service import interventions, tasks
-from engine_service.builder import Flow
-from engine_service.event_codec import encode
-from engine_service.events import (
+from engine_service.core.event_codec import encode
+from engine_service.core.events import (
     EngineEvent,
     FlowInitialized,
     StepFailed,
     StepFinished,
     StepSkipped,
 )
+from engine_service.definitions.builder import Flow
 from engine_service.fingerprint import ENGINE_VERSION, step_fingerprint
-from engine_service.flow_host import EngineSettings
-from engine_service.flow_run import FlowRun
-from engine_service.registry import StepRegistry, StepType
-from engine_service.retry import RetryPolicy
-from engine_service.runner import Engine
-from engine_service.runners import install
-from engine_service.steps import StepContext, StepKind, StepResult, failure, success
+from engine_service.run import interventions, tasks
+from engine_service.run.engine import Engine
+from engine_service.run.flow_host import EngineSettings
+from engine_service.run.flow_run import FlowRun
+from engine_service.steps.context import StepContext, StepKind, StepResult, failure, success
+from engine_service.steps.registry import StepRegistry, StepType
+from engine_service.steps.retry import RetryPolicy
+from engine_service.steps.runners import install
 from flowledger_core.domain import Append, FlowStatus, NewFlow
 from flowledger_core.ports import EventStore
 from tests.engine.helpers import verify_independently

@@ -11,15 +11,15 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from engine_service import interventions
-from engine_service.builder import Flow
-from engine_service.builtin_steps import format_time
-from engine_service.definition import FlowDefinition
-from engine_service.flow_host import EngineSettings
-from engine_service.registry import StepRegistry
-from engine_service.replay import StepStatus
-from engine_service.runner import Engine
-from engine_service.steps import StepContext, StepKind, StepResult, success
+from engine_service.core.replay import StepStatus
+from engine_service.definitions.builder import Flow
+from engine_service.definitions.definition import FlowDefinition
+from engine_service.run import interventions
+from engine_service.run.engine import Engine
+from engine_service.run.flow_host import EngineSettings
+from engine_service.steps.builtin import format_time
+from engine_service.steps.context import StepContext, StepKind, StepResult, success
+from engine_service.steps.registry import StepRegistry
 from flowledger.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from flowledger_core.domain import Append, AppendResult, FlowStatus
 from flowledger_core.ports import EventStore

@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-from engine_service.registry import StepRegistry
-from engine_service.samples import sample_registry
+from engine_service.definitions.samples import sample_registry
 from engine_service.server import EngineServer, serve
 from engine_service.settings import ServiceSettings
+from engine_service.steps.registry import StepRegistry
 from flowledger.client import FlowledgerClient
 from flowledger_core.ports import EventStore
 from tests.engine_service import gate_steps

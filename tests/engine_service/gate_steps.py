@@ -17,8 +17,8 @@ import os
 import time
 from pathlib import Path
 
-from engine_service.registry import StepRegistry, StepType
-from engine_service.steps import StepContext, StepKind, StepResult, failure, success
+from engine_service.steps.context import StepContext, StepKind, StepResult, failure, success
+from engine_service.steps.registry import StepRegistry, StepType
 
 GATE_DIR_ENV = "FLOWLEDGER_TEST_GATE_DIR"
 GATE_TYPE = "testing.gate"

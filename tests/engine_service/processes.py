@@ -27,7 +27,9 @@ from tests.engine_service import gate_steps
 REPO = Path(__file__).resolve().parents[2]
 START_DEADLINE_S = 60.0
 _LISTENING = re.compile(r"serving gRPC on (\S+) .*metrics on (\S+)")
-ENGINE_PLUGINS = "engine_service.samples:install,tests.engine_service.gate_steps:install"
+ENGINE_PLUGINS = (
+    "engine_service.definitions.samples:install,tests.engine_service.gate_steps:install"
+)
 
 
 def base_env(**settings: str) -> dict[str, str]:

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from engine_service.server import serve
-from engine_service.store_client import GrpcEventStore
+from engine_service.store_client.client import GrpcEventStore
 from flowledger.client import FlowledgerClient
 from flowledger.errors import FailedPrecondition
 from flowledger_core.domain import (

@@ -17,11 +17,12 @@ import grpc
 import grpc.aio
 import pytest
 
-from engine_service.runner import Engine
-from engine_service.samples import chem_flow, sample_registry
+from engine_service.api.watch import WatchBatch, watch_flow
+from engine_service.definitions.samples import chem_flow, sample_registry
+from engine_service.run.engine import Engine
 from engine_service.server import EngineServer, serve
-from engine_service.store_client import GrpcEventStore
-from engine_service.watch import FlowNotifier, WatchBatch, watch_flow
+from engine_service.store_client.client import GrpcEventStore
+from engine_service.work.notifier import FlowNotifier
 from flowledger.client import FlowledgerClient
 from flowledger.errors import InvalidArgument
 from flowledger.rpc_status import from_rpc_error

@@ -17,12 +17,13 @@ from typing import Any
 
 import pytest
 
-from engine_service.runner import Engine
-from engine_service.samples import chem_flow, sample_registry
+from engine_service.api.watch import WatchBatch, watch_flow
+from engine_service.definitions.samples import chem_flow, sample_registry
+from engine_service.run.engine import Engine
 from engine_service.server import EngineServer, serve
-from engine_service.store_client import GrpcEventStore
-from engine_service.watch import FlowNotifier, WatchBatch, watch_flow
-from engine_service.watch_log import EVENT_OVERHEAD_BYTES, LocalLogLimits
+from engine_service.store_client.client import GrpcEventStore
+from engine_service.work.local_logs import EVENT_OVERHEAD_BYTES, LocalLogLimits
+from engine_service.work.notifier import FlowNotifier
 from flowledger.canonical import parse_json
 from flowledger.client import FlowledgerClient
 from flowledger.errors import NotFound

@@ -11,12 +11,13 @@ from datetime import UTC, datetime
 
 import pytest
 
-from engine_service.definition_cache import DefinitionCache
-from engine_service.registry import StepRegistry
-from engine_service.runner import Engine
-from engine_service.samples import chem_flow, sample_registry
-from engine_service.stored import document_json
-from engine_service.watch import FlowNotifier, WatchBatch, watch_flow
+from engine_service.api.watch import WatchBatch, watch_flow
+from engine_service.definitions.cache import DefinitionCache
+from engine_service.definitions.samples import chem_flow, sample_registry
+from engine_service.definitions.stored import document_json
+from engine_service.run.engine import Engine
+from engine_service.steps.registry import StepRegistry
+from engine_service.work.notifier import FlowNotifier
 from flowledger.errors import FailedPrecondition
 from flowledger_core.domain import DefinitionState, FlowStatus, StoredDefinition, StoredEvent
 from store_service.adapters.memory import MemoryEventStore

@@ -98,7 +98,7 @@ async def test_a_draining_replica_releases_its_leases_for_another_to_continue(
 async def test_health_follows_the_store_and_a_flow_survives_a_store_restart(
     store_backend: EventStore, ns: str, gate_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="engine_service.store_retry")  # failed attempts
+    caplog.set_level(logging.DEBUG, logger="engine_service.store_client.retry")  # failed attempts
     # A lease that outlives the outage: the run itself retries its write until the store is back.
     port = 0
     async with running_store(store_backend) as store:
@@ -144,7 +144,7 @@ def _failed_appends(caplog: pytest.LogCaptureFixture) -> int:
     # store client logs each failed attempt it retries (appends go over the AppendStream).
     return sum(
         1 for r in caplog.records
-        if r.name == "engine_service.store_retry"
+        if r.name == "engine_service.store_client.retry"
         and r.getMessage().startswith(("AppendStream", "AppendEvents"))
     )
 
@@ -226,7 +226,7 @@ async def test_a_run_whose_lease_was_taken_has_its_write_refused_and_stops(
             (thief,) = await backend.claim_flows(
                 ClaimRequest("thief", 1, 600_000, (ns,), (flow_id,))
             )
-            with caplog.at_level(logging.WARNING, logger="engine_service.worker"):
+            with caplog.at_level(logging.WARNING, logger="engine_service.work.loop"):
                 (gate_dir / "f1.open").touch()
                 await wait_until(
                     lambda: _sample("flowledger_engine_leases_lost_total") > lost_before,

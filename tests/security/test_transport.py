@@ -13,8 +13,8 @@ import grpc.aio
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from engine_service.store_channel import open_channel
-from engine_service.store_retry import StoreClientSettings
+from engine_service.store_client.channel import open_channel
+from engine_service.store_client.retry import StoreClientSettings
 from flowledger import rpc_status
 from flowledger.client import FlowledgerClient
 from flowledger.v1 import engine_pb2, store_pb2, store_pb2_grpc

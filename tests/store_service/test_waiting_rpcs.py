@@ -10,7 +10,7 @@ import grpc.aio
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from engine_service.store_client import GrpcEventStore
+from engine_service.store_client.client import GrpcEventStore
 from flowledger.errors import InvalidArgument
 from flowledger.v1 import common_pb2, store_pb2
 from flowledger_core.domain import Append, ClaimRequest, EventType, FlowStatus, NewFlow

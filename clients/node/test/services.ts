@@ -143,7 +143,7 @@ export async function startStack(
     const engine = await startService("engine_service", {
       STORE_ADDR: store.address, ENGINE_LISTEN: "127.0.0.1:0", ENGINE_METRICS_LISTEN: "127.0.0.1:0",
       ENGINE_POLL_MS: "100", ENGINE_SHUTDOWN_GRACE_SECONDS: "1",
-      ENGINE_STEP_PLUGINS: "engine_service.samples:install",
+      ENGINE_STEP_PLUGINS: "engine_service.definitions.samples:install",
       ...(secure === undefined ? {} : {
         ENGINE_TLS_CERT_FILE: secure.pki.engineCertFile,
         ENGINE_TLS_KEY_FILE: secure.pki.engineKeyFile,
