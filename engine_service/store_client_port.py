@@ -1,6 +1,6 @@
 """Port values the store's wire cannot carry as they are: canonicalised or refused by the client.
 
-The store port (:class:`store_service.ports.EventStore`) and its wire (``store.proto``) differ in
+The store port (:class:`flowledger_core.ports.EventStore`) and its wire (``store.proto``) differ in
 a few places where proto3 has no way to say what the port says: an empty string or a zero *is*
 "not set" on the wire, and a flow id must be in canonical lower-case form there. So that
 :class:`engine_service.store_client.GrpcEventStore` answers as the backends do (the parity suite,
@@ -23,7 +23,7 @@ from __future__ import annotations
 import uuid
 
 from flowledger.errors import InvalidArgument
-from store_service.domain import Append, NewDefinitionVersion, Page
+from flowledger_core.domain import Append, NewDefinitionVersion, Page
 
 
 def wire_uuid(value: str) -> str:

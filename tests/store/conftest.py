@@ -31,8 +31,8 @@ import pytest
 from engine_service.server import _store_client
 from engine_service.settings import ServiceSettings
 from engine_service.store_client import GrpcEventStore
-from store_service.adapters.memory import MemoryEventStore
 from flowledger_core.ports import EventStore
+from store_service.adapters.memory import MemoryEventStore
 from tests.fixtures.store_server import running_store, store_settings
 
 BACKENDS = ["memory", "postgres", "grpc"]

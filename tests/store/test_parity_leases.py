@@ -37,7 +37,7 @@ DEADLINE_S = 10.0
 # Cases that read a flow's lease token from get_flow or a create answer.
 NO_TOKEN_ON_THE_WIRE = pytest.mark.not_over_grpc(
     reason="Flow.lease_token is not on the wire (common.proto Flow has no lease token; "
-    "store_service.convert_client.flow_from_pb leaves it 0): the engine learns its tokens "
+    "flowledger_core.wire.store_client.flow_from_pb leaves it 0): the engine learns its tokens "
     "from the lease RPCs"
 )
 
