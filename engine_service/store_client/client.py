@@ -31,7 +31,10 @@ with
   resumes on another replica. A stream's budget bounds one outage: it restarts whenever the
   stream delivers again (or stayed up for ``call_timeout``). Closing the iterator (``aclose``,
   or cancelling the consuming task) cancels the RPC; :meth:`GrpcEventStore.close` ends open
-  subscriptions, as closing the memory store does.
+  subscriptions (where closing a backend fails them ``Unavailable``).
+* **Port values the wire cannot carry** (an empty string or zero meaning "not set" there, a
+  flow id in a non-canonical form) are canonicalised or refused first, as the backends do
+  (:mod:`engine_service.store_client.port`).
 
 Every ``grpc.RpcError`` becomes a :mod:`flowledger.errors` class through
 :func:`flowledger.rpc_status.from_rpc_error`; protobuf types stay inside this module and
@@ -52,6 +55,7 @@ import grpc.aio
 
 from engine_service.store_client.append_stream import AppendStreams
 from engine_service.store_client.channel import ChannelOptions, open_channel
+from engine_service.store_client.port import check_append, check_page, wire_uuid
 from engine_service.store_client.retry import RetryBudget, StoreClientSettings, is_transient
 from engine_service.store_client.work_calls import WorkCalls
 from flowledger.errors import (
@@ -131,8 +135,8 @@ class GrpcEventStore(WorkCalls):
 
     async def create_flow(self, new: NewFlow) -> tuple[Flow, bool]:
         chosen_here = not new.flow_id
-        if chosen_here:
-            new = replace(new, flow_id=str(uuid.uuid4()))
+        flow_id = str(uuid.uuid4()) if chosen_here else wire_uuid(new.flow_id or "")
+        new = replace(new, flow_id=flow_id)
         resp = await self._unary(
             "CreateFlow", self._stub.CreateFlow, wire.create_flow_request(new)
         )
@@ -148,12 +152,13 @@ class GrpcEventStore(WorkCalls):
         initial: Append | None = None,
     ) -> CreatedFlow:
         chosen_here = not new.flow_id  # as create_flow: the id is fixed before any attempt
-        if chosen_here:
-            new = replace(new, flow_id=str(uuid.uuid4()))
+        flow_id = str(uuid.uuid4()) if chosen_here else wire_uuid(new.flow_id or "")
+        new = replace(new, flow_id=flow_id)
         request = wire.create_flow_request(new)
         if lease is not None:
             request.lease_owner, request.lease_ms = lease
         if initial is not None:
+            check_append(initial, prefix="initial_append.")
             request.initial_append.CopyFrom(wire.append_request(initial))
         resp = await self._unary("CreateFlow", self._stub.CreateFlow, request)
         # A repeat after a lost answer finds the flow existing (leased and initialized by our
@@ -173,6 +178,7 @@ class GrpcEventStore(WorkCalls):
         return wire.flow_from_pb(resp.flow)
 
     async def list_flows(self, flt: FlowFilter, page: Page) -> FlowPage:
+        check_page(page)
         request = wire.list_flows_request(flt, page)
         resp = await self._unary("ListFlows", self._stub.ListFlows, request)
         return FlowPage(
@@ -181,8 +187,11 @@ class GrpcEventStore(WorkCalls):
 
     async def create_branch(self, new: NewBranch) -> tuple[Flow, bool]:
         chosen_here = not new.flow_id
-        if chosen_here:
-            new = replace(new, flow_id=str(uuid.uuid4()))
+        new = replace(
+            new,
+            parent_flow_id=wire_uuid(new.parent_flow_id),
+            flow_id=str(uuid.uuid4()) if chosen_here else wire_uuid(new.flow_id or ""),
+        )
         resp = await self._unary(
             "CreateBranch", self._stub.CreateBranch, wire.create_branch_request(new)
         )
@@ -204,6 +213,7 @@ class GrpcEventStore(WorkCalls):
     # -- the log -----------------------------------------------------------------------------
 
     async def append(self, cmd: Append) -> AppendResult:
+        check_append(cmd)
         appends = self._appends
         resp = None
         if appends is not None and appends.supported:

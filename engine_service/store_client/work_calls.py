@@ -15,6 +15,7 @@ from typing import TypeVar
 
 import grpc.aio
 
+from engine_service.store_client.port import check_page, check_request_id
 from flowledger.v1 import store_pb2, store_pb2_grpc
 from flowledger_core.domain import (
     ClaimRequest,
@@ -47,6 +48,7 @@ class WorkCalls:
     async def put_definition_version(
         self, new: NewDefinitionVersion
     ) -> tuple[StoredDefinition, bool]:
+        check_request_id(new)
         chosen_here = new.request_id is None
         if chosen_here:
             new = replace(new, request_id=str(uuid.uuid4()))
@@ -70,6 +72,7 @@ class WorkCalls:
     async def list_definition_versions(
         self, namespace: str, name: str | None, page: Page
     ) -> DefinitionPage:
+        check_page(page)
         request = convert_work.list_definition_versions_request(namespace, name, page)
         resp = await self._unary(
             "ListStoredDefinitionVersions", self._stub.ListStoredDefinitionVersions, request

@@ -59,6 +59,16 @@ async def test_branch_is_idempotent_with_a_client_id(store: EventStore, ns: str)
     assert again.created_at == first.created_at
 
 
+async def test_branch_ids_in_upper_case_are_canonicalised(store: EventStore, ns: str) -> None:
+    parent = await new_flow(store, ns)
+    await append(store, ns, parent.flow_id, 0, ev(n=1))
+    fid = "0b7d1a54-5d6f-4a57-9d8e-5f2f7c3e2a12"
+    branch, existed = await store.create_branch(
+        NewBranch(ns, parent.flow_id.upper(), 1, "b", fid.upper())
+    )
+    assert (branch.flow_id, branch.parent_flow_id, existed) == (fid, parent.flow_id, False)
+
+
 async def test_fork_version_past_the_parent_is_invalid(store: EventStore, ns: str) -> None:
     parent = await new_flow(store, ns)
     await append(store, ns, parent.flow_id, 0, ev(n=1), ev(n=2))

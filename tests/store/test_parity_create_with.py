@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import replace
+from datetime import datetime
 
 import pytest
 
@@ -84,6 +85,14 @@ async def test_an_existing_flow_gets_no_lease_and_no_append(store: EventStore, n
         (first_append(expected=1), "initial_append.expected_version"),
         (first_append(token=7), "initial_append.fencing_token"),
         (first_append(command=""), "initial_append.command_id"),
+        (
+            replace(first_append(), new_status=FlowStatus.WAITING, task_queue=""),
+            "initial_append.task_queue",
+        ),
+        (
+            replace(first_append(), new_status=FlowStatus.WAITING, wake_at=datetime(2001, 1, 1)),
+            "initial_append.wake_at",
+        ),
     ],
 )
 async def test_a_bad_initial_append_creates_nothing(

@@ -180,6 +180,12 @@ async def test_list_rejects_a_malformed_page_token(store: EventStore, ns: str, t
     assert [v.field for v in err.value.violations] == ["page_token"]
 
 
+async def test_list_rejects_a_zero_page_size(store: EventStore, ns: str) -> None:
+    with pytest.raises(InvalidArgument) as err:
+        await store.list_flows(FlowFilter(ns), Page(size=0))
+    assert [v.field for v in err.value.violations] == ["page_size"]
+
+
 async def test_a_malformed_flow_id_is_invalid(store: EventStore, ns: str) -> None:
     with pytest.raises(InvalidArgument) as err:
         await store.get_flow(ns, "nope")

@@ -1,4 +1,6 @@
-"""The twin test: one command script on both backends gives the same observable history.
+"""The twin test: one command script on memory and on a twin gives the same observable history.
+
+The twins are the Postgres store and the engine's gRPC store client over Postgres.
 
 Clock readings and seq numbers may differ (Postgres sequences skip values on rollback), and
 jsonb normalises JSON text; everything else must be equal: flows, versions, event types and
@@ -11,6 +13,8 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 from typing import Any
+
+import pytest
 
 from flowledger.canonical import parse_json
 from flowledger.errors import FlowledgerError
@@ -151,13 +155,21 @@ async def _observe(store: EventStore) -> dict[str, Any]:
     }
 
 
-async def test_memory_and_postgres_tell_the_same_history(
-    memory_store: MemoryEventStore, postgres_store: EventStore
+@pytest.fixture(params=["postgres", "grpc"])
+def twin(request: pytest.FixtureRequest) -> EventStore:
+    """Postgres, then the gRPC store client over Postgres (``tests/store/conftest.py``)."""
+    fixture = "grpc_client_store" if request.param == "grpc" else "postgres_store"
+    store: EventStore = request.getfixturevalue(fixture)
+    return store
+
+
+async def test_memory_and_its_twin_tell_the_same_history(
+    memory_store: MemoryEventStore, twin: EventStore
 ) -> None:
     memory_answers = await _script(memory_store)
-    postgres_answers = await _script(postgres_store)
-    assert postgres_answers == memory_answers
+    twin_answers = await _script(twin)
+    assert twin_answers == memory_answers
     memory_seen = await _observe(memory_store)
-    postgres_seen = await _observe(postgres_store)
+    twin_seen = await _observe(twin)
     for key in memory_seen:
-        assert postgres_seen[key] == memory_seen[key], key
+        assert twin_seen[key] == memory_seen[key], key
