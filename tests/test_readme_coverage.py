@@ -26,7 +26,7 @@ from tests.readme.blocks import README, REPO, readme_blocks
 
 NOT_EXECUTABLE = "text"
 
-SIGNAL_CANCEL = "tests/cli/test_signal_cancel.py"
+SIGNAL_CANCEL = "tests/clients/python/flowctl/test_signal_cancel.py"
 SERVICES = "tests/readme/test_services_blocks.py"
 
 CLAIMS: dict[tuple[str, str], tuple[str, ...]] = {
@@ -37,7 +37,7 @@ CLAIMS: dict[tuple[str, str], tuple[str, ...]] = {
         # `make test` itself: the suite this file belongs to.
     ),
     ("python", "from flowledger.client import FlowledgerClient"): (
-        "tests/engine_service/test_readme.py::test_readme_python_examples_run",
+        "tests/engine_service/api/test_readme.py::test_readme_python_examples_run",
     ),
     ("yaml", "name: hello"): (
         "tests/readme/test_yaml_block.py::test_yaml_block_runs_with_the_python_fingerprint",
@@ -48,9 +48,9 @@ CLAIMS: dict[tuple[str, str], tuple[str, ...]] = {
         "flowctl up        # Postgres, store and engine on loopback until Ctrl-C; "
         "then, in another terminal:",
     ): (
-        "tests/cli/test_readme_commands.py::test_every_readme_command_runs",
+        "tests/clients/python/flowctl/test_readme_commands.py::test_every_readme_command_runs",
         # The block's first line, `flowctl up`, runs there (it cannot run beside the others).
-        "tests/cli/test_up.py::test_up_serves_run_keeps_data_and_stops_everything_on_sigint",
+        "tests/clients/python/flowctl/test_up.py::test_up_serves_run_keeps_data_and_stops_everything_on_sigint",
     ),
     ("bash", """flowctl run examples/approval.yaml --input '{"name": "order 7"}'   """
              "# stops at its approve step"): (
@@ -73,7 +73,7 @@ CLAIMS: dict[tuple[str, str], tuple[str, ...]] = {
         f"{SIGNAL_CANCEL}::test_readme_saga_block_runs",
     ),
     ("bash", "grpcurl -plaintext 127.0.0.1:50052 list"): (
-        "tests/engine_service/test_grpcurl.py::test_readme_grpcurl_lines_run",
+        "tests/engine_service/api/test_grpcurl.py::test_readme_grpcurl_lines_run",
     ),
     ("bash", "FLOWLEDGER_INSECURE=1 DATABASE_URL=postgresql://user@host/db "
              ".venv/bin/python -m store_service"): (

@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO), str(REPO / "clients" / "python")]
 
 from flowledger.client import FlowledgerClient  # noqa: E402
-from tests.engine_service.processes import (  # noqa: E402
+from tests.engine_service.api.processes import (  # noqa: E402
     engine_env,
     free_port,
     service_process,

@@ -3,8 +3,8 @@
 The store port (:class:`flowledger_core.ports.EventStore`) and its wire (``store.proto``) differ in
 a few places where proto3 has no way to say what the port says: an empty string or a zero *is*
 "not set" on the wire, and a flow id must be in canonical lower-case form there. So that
-:class:`engine_service.store_client.client.GrpcEventStore` answers as the backends do (the parity suite,
-``tests/store/test_parity_*``, runs over it), the client maps those values here, before the
+:class:`engine_service.store_client.client.GrpcEventStore` answers as the backends do (the parity
+suite, ``tests/store/test_parity_*``, runs over it), the client maps those values here, before the
 request is built:
 
 * a flow id the port accepts in any form :class:`uuid.UUID` reads (upper case, say) is sent in

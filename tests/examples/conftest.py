@@ -1,3 +1,3 @@
-from tests.cli.live import live_engine, ns
+from tests.clients.python.flowctl.live import live_engine, ns
 
 __all__ = ["live_engine", "ns"]

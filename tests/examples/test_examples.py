@@ -6,8 +6,12 @@ import re
 import subprocess
 import sys
 
-from tests.cli.live import REPO, Live, service_env
-from tests.cli.test_signal_cancel import Background, background_run, until_waiting
+from tests.clients.python.flowctl.live import REPO, Live, service_env
+from tests.clients.python.flowctl.test_signal_cancel import (
+    Background,
+    background_run,
+    until_waiting,
+)
 from tests.demo.test_demo import CHEM_ORDER_1_FLOW_FINGERPRINT
 
 EXAMPLES = REPO / "examples"
@@ -27,7 +31,7 @@ def run_script(name: str) -> str:
 
 def test_every_example_has_a_test() -> None:
     assert sorted(p.name for p in EXAMPLES.iterdir() if not p.name.startswith(".")) == [
-        # http.yaml runs against a local server in tests/engine/test_runners_http.py.
+        # http.yaml runs against a local server in tests/engine_service/steps/test_runners_http.py.
         "approval.yaml", "branching.py", "chem.yaml", "hello.yaml", "http.yaml",
         "order_saga.py", "python_builder.py", "task.yaml", "worker.py",
     ]

@@ -37,8 +37,8 @@ from flowledger.types import FlowStatus
 from flowledger_core.server.env import parse_address
 from store_service.migrate import owner_url
 from store_service.settings import StoreSettings
-from tests.engine_service.conftest import BOUND_S, published
-from tests.engine_service.processes import REPO, free_port, service_process
+from tests.engine_service.api.conftest import BOUND_S, published
+from tests.engine_service.api.processes import REPO, free_port, service_process
 from tests.ops.expressions import DEPLOY
 from tests.ops.manifests import Container, find, issuer_of, kubectl, render, write_tls_secrets
 from tests.security.helpers import STATIC_TOKEN, Keys, write_token_file

@@ -26,8 +26,8 @@ from pathlib import Path
 import pytest
 
 from flowledger.client import FlowledgerClient
-from tests.engine_service.conftest import BOUND_S, HELLO_DOCUMENT, published
-from tests.engine_service.processes import (
+from tests.engine_service.api.conftest import BOUND_S, HELLO_DOCUMENT, published
+from tests.engine_service.api.processes import (
     ServiceProcess,
     engine_env,
     free_port,

@@ -9,8 +9,8 @@ from markdown_it import MarkdownIt
 
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
-# hello with input {"name": "ana"}: the golden of tests/engine/test_engine.py, which the README's
-# Python block prints too.
+# hello with input {"name": "ana"}: the golden of tests/engine_service/run/test_engine.py, which the
+# README's Python block prints too.
 HELLO_ANA_FLOW_FINGERPRINT = "cb21e09b5d53bc58972bc54038ba8aca7aac41c299cbdc9ad58367b630068df5"
 
 

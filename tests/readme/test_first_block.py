@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import subprocess
 
-from tests.cli.live import service_env
+from tests.clients.python.flowctl.live import service_env
 from tests.readme.blocks import REPO, readme_blocks
 
 

@@ -26,7 +26,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from flowctl.devserver.postgres import free_port
-from tests.cli.live import FLOWCTL, REPO, service_env
+from tests.clients.python.flowctl.live import FLOWCTL, REPO, service_env
 from tests.fixtures.postgres import PgServer, fresh_database
 from tests.readme.blocks import HELLO_ANA_FLOW_FINGERPRINT, readme_block
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.cli.live import REPO, Live
+from tests.clients.python.flowctl.live import REPO, Live
 from tests.readme.blocks import HELLO_ANA_FLOW_FINGERPRINT, readme_block
 
 

@@ -35,7 +35,7 @@ from flowledger_core.server.tls import ClientTLS, ServerTLS
 from store_service.adapters.memory import MemoryEventStore
 from store_service.server import StoreServer
 from store_service.server import serve as serve_store
-from tests.engine_service.conftest import engine_settings, registry_for_tests
+from tests.engine_service.api.conftest import engine_settings, registry_for_tests
 from tests.fixtures.store_server import store_settings
 from tests.security.certs import Authority, Leaf
 

@@ -21,7 +21,7 @@ from flowledger_core.server.auth_interceptor import AuthInterceptor
 from flowledger_core.server.auth_policy import PERMISSIONS, check_namespace, stamp_actor
 from flowledger_core.server.auth_settings import AuthSettings
 from flowledger_core.server.auth_tokens import Authenticator
-from tests.engine_service.conftest import HELLO_DOCUMENT
+from tests.engine_service.api.conftest import HELLO_DOCUMENT
 from tests.fixtures.store_server import wait_until
 from tests.security.helpers import (
     Keys,

@@ -32,7 +32,7 @@ from flowledger.types import FlowStatus
 from flowledger.v1 import common_pb2, store_pb2, store_pb2_grpc
 from flowledger_core.server import client_interceptors
 from store_service.server import StoreServer, serve
-from tests.engine_service.conftest import running_engine
+from tests.engine_service.api.conftest import running_engine
 from tests.fixtures.postgres import PgServer, fresh_database
 from tests.fixtures.store_server import store_settings
 from tests.security.test_db_role import TABLES, app_login

@@ -13,7 +13,7 @@ from flowledger.errors import ResourceExhausted
 from flowledger.v1 import engine_pb2
 from flowledger_core.server.auth_limits import MAX_BUCKETS, RateLimiter
 from flowledger_core.server.auth_settings import RateLimit
-from tests.engine_service.conftest import HELLO_DOCUMENT
+from tests.engine_service.api.conftest import HELLO_DOCUMENT
 from tests.security.helpers import Keys, Pki, SecureStack, auth_settings, call, engine, secure_stack
 
 LIST = engine("ListFlowRuns")

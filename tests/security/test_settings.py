@@ -15,7 +15,7 @@ from flowledger_core.server.auth_settings import AuthSettings, JwtSettings, Rate
 from flowledger_core.server.env import SettingsError
 from flowledger_core.server.tls import ClientTLS, ServerTLS
 from store_service.settings import StoreSettings
-from tests.engine_service.processes import base_env, free_port, service_process
+from tests.engine_service.api.processes import base_env, free_port, service_process
 from tests.security.helpers import AUDIENCE, ISSUER, Keys, Pki, call, engine
 
 OPEN = {"FLOWLEDGER_INSECURE": "1", "ENGINE_AUTH_DISABLED": "1"}

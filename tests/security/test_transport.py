@@ -21,7 +21,7 @@ from flowledger.v1 import engine_pb2, store_pb2, store_pb2_grpc
 from flowledger_core.server.tls import ClientTLS, ServerTLS, channel_credentials, channel_options
 from store_service.adapters.memory import MemoryEventStore
 from store_service.server import serve as serve_store
-from tests.engine_service.conftest import HELLO_DOCUMENT
+from tests.engine_service.api.conftest import HELLO_DOCUMENT
 from tests.fixtures.store_server import store_settings, wait_until
 from tests.security.certs import Authority, Leaf
 from tests.security.helpers import (

@@ -131,8 +131,8 @@ async def test_subscriber_under_concurrent_writers(store: EventStore, ns: str) -
 
 @pytest.mark.not_over_grpc(
     reason="closing GrpcEventStore ends its subscriptions and refuses later calls "
-    "FailedPrecondition CLIENT_CLOSED (the engine's contract, tests/engine/"
-    "test_store_append_stream.py), where the backends raise Unavailable SHUTTING_DOWN"
+    "FailedPrecondition CLIENT_CLOSED (the engine's contract, tests/engine_service/"
+    "store_client/test_append_stream.py), where the backends raise Unavailable SHUTTING_DOWN"
 )
 async def test_closing_the_store_ends_live_subscriptions(store: EventStore, ns: str) -> None:
     flow = await new_flow(store, ns)

@@ -1,3 +1,0 @@
-from tests.cli.live import live_engine, ns
-
-__all__ = ["live_engine", "ns"]

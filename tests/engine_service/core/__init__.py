@@ -1,0 +1,1 @@
+"""Tests of engine_service.core: events, replay, fingerprints, folding."""

@@ -1,0 +1,1 @@
+"""Tests of engine_service.run: the in-process Engine over both store backends."""

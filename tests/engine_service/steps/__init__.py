@@ -1,0 +1,1 @@
+"""Tests of engine_service.steps: the registry, retries, timeouts, the HTTP runners and egress."""
