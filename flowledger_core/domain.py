@@ -281,6 +281,9 @@ class StoredDefinition:
     created_at: datetime
     published_at: datetime | None
     history: tuple[DefinitionTransition, ...] = ()
+    # The request id that stored this version (None when it was stored without one): a client
+    # that chose the id itself tells its own retried call from a reuse of the latest version.
+    request_id: str | None = None
 
 
 @dataclass(frozen=True)

@@ -75,3 +75,19 @@ def test_data_dir_outlives_the_server_and_nothing_is_left_running(
     assert not (datadir / "postmaster.pid").exists()
     with LocalPostgres(datadir, bindir=bindir) as pg, psycopg.connect(pg.admin_url) as conn:
         assert conn.execute("SELECT x FROM kept").fetchall() == [(7,)]
+
+
+def test_a_server_it_did_not_start_is_neither_started_over_nor_stopped(tmp_path: Path) -> None:
+    """A second launcher on a data dir in use refuses before touching it (its clean-up once
+    ran ``pg_ctl stop -m immediate`` there, killing the first launcher's server)."""
+    datadir = tmp_path / "data"
+    with LocalPostgres(datadir) as first:
+        postmaster = int((datadir / "postmaster.pid").read_text().split()[0])
+        second = LocalPostgres(datadir)
+        with pytest.raises(launcher.PostgresInUseError, match=f"pid {postmaster}"):
+            second.start()
+        second.close()
+        assert _alive(postmaster)
+        with psycopg.connect(first.admin_url) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert not _alive(postmaster)

@@ -54,9 +54,11 @@ class WorkCalls:
             new = replace(new, request_id=str(uuid.uuid4()))
         request = convert_work.put_definition_version_request(new)
         resp = await self._unary("PutDefinitionVersion", self._stub.PutDefinitionVersion, request)
-        # As for create_flow: a request id of our own making existed only through this very call.
+        # As for create_flow: a version stored under a request id of our own making was stored
+        # by this very call (a retry found it); any other existing version is the latest one
+        # reused.
         stored = convert_work.stored_definition_from_pb(resp.version)
-        return stored, resp.existed and not chosen_here
+        return stored, resp.existed and not (chosen_here and stored.request_id == new.request_id)
 
     async def get_definition_version(
         self, namespace: str, name: str, version: int = 0

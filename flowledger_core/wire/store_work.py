@@ -104,6 +104,7 @@ def stored_definition_to_pb(d: domain.StoredDefinition) -> store_pb2.StoredDefin
         change_note=d.change_note,
         created_by=d.created_by,
         created_at=_timestamp(d.created_at),
+        request_id=d.request_id or "",
         history=[
             store_pb2.StoredDefinitionTransition(
                 state=_STATE_TO_PB[h.state],
@@ -242,6 +243,7 @@ def stored_definition_from_pb(pb: store_pb2.StoredDefinitionVersion) -> domain.S
             )
             for h in pb.history
         ),
+        request_id=pb.request_id or None,
     )
 
 

@@ -49,6 +49,8 @@ class DefinitionBook:
             for earlier in versions:
                 if earlier.request_id == new.request_id:
                     return rules.same_request(earlier.stored, new), True
+        if versions and rules.reuses(versions[-1].stored, new):
+            return versions[-1].stored, True
         now = self._now()
         stored = StoredDefinition(
             namespace=new.namespace,
@@ -64,6 +66,7 @@ class DefinitionBook:
             history=(
                 DefinitionTransition(DefinitionState.DRAFT, new.change_note, new.created_by, now),
             ),
+            request_id=new.request_id,
         )
         versions.append(_Version(stored, new.request_id))
         return stored, False

@@ -65,6 +65,20 @@ def same_request(earlier: StoredDefinition, new: NewDefinitionVersion) -> Stored
     return earlier
 
 
+def reuses(latest: StoredDefinition | None, new: NewDefinitionVersion) -> bool:
+    """Whether a new version is the latest one again: the same document (as canonical JSON) and
+    definition hash as the name's latest version, which is not archived. Then the latest is the
+    answer (existed=True) and nothing is stored, so re-creating an unchanged document (a script
+    run twice, ``flowctl run`` of the same file) makes no new version; an archived one gets a new
+    DRAFT, since publishing it again needs a version that can be published."""
+    return (
+        latest is not None
+        and latest.definition_hash == new.definition_hash
+        and recanonical(latest.definition_json) == recanonical(new.definition_json)
+        and latest.state is not DefinitionState.ARCHIVED
+    )
+
+
 def checked_transition(cmd: DefinitionTransitionCommand) -> None:
     check_ref(cmd.namespace, cmd.name)
     if cmd.version < 1:

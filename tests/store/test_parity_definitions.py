@@ -97,9 +97,11 @@ async def test_request_id_makes_a_put_idempotent(store: EventStore, ns: str) -> 
     with pytest.raises(AlreadyExists) as err:
         await put(store, ns, n=2, request_id="r-1")
     assert err.value.reason == "REQUEST_ID_REUSED"
-    # Without a request id every put is a new version; the same id under another name is new.
-    assert (await put(store, ns))[0].version == 2
-    assert (await put(store, ns))[0].version == 3
+    # Without a request id a put of another document is a new version (the latest document
+    # again is that version: test_the_latest_document_again_is_that_version); the same id under
+    # another name is new.
+    assert (await put(store, ns, n=3))[0].version == 2
+    assert (await put(store, ns, n=4))[0].version == 3
     other, existed = await put(store, ns, name="other", request_id="r-1")
     assert (other.version, existed) == (1, False)
 
@@ -114,6 +116,26 @@ async def test_request_id_makes_a_put_idempotent(store: EventStore, ns: str) -> 
     results = await asyncio.wait_for(asyncio.gather(*tasks), 60)
     assert {s.version for s, _ in results} == {4}
     assert sorted(existed for _, existed in results) == [False] + [True] * 7
+    listed = await store.list_definition_versions(ns, "chem", Page())
+    assert [v.version for v in listed.versions] == [4, 3, 2, 1]
+
+
+async def test_the_latest_document_again_is_that_version(store: EventStore, ns: str) -> None:
+    v1, _ = await put(store, ns, n=1, created_by="alice")
+    again, existed = await put(store, ns, n=1, created_by="bob", change_note="same")
+    assert (again, existed) == (v1, True)
+    # In whatever state it is: a published latest version is answered as it is.
+    published = await move(store, ns, 1, PUBLISHED, DRAFT)
+    assert await put(store, ns, n=1) == (published, True)
+    # Another document is a new version; an older document than the latest is one too.
+    v2, existed = await put(store, ns, n=2)
+    assert (v2.version, existed) == (2, False)
+    v3, existed = await put(store, ns, n=1)
+    assert (v3.version, v3.state, existed) == (3, DRAFT, False)
+    # An archived latest version is not answered: the same document becomes a new DRAFT.
+    await move(store, ns, 3, ARCHIVED, DRAFT)
+    v4, existed = await put(store, ns, n=1)
+    assert (v4.version, v4.state, existed) == (4, DRAFT, False)
     listed = await store.list_definition_versions(ns, "chem", Page())
     assert [v.version for v in listed.versions] == [4, 3, 2, 1]
 
@@ -233,8 +255,8 @@ async def test_listing_latest_per_name_and_history_per_name(store: EventStore, n
 
 async def test_namespaces_are_isolated(store: EventStore, ns: str) -> None:
     other = f"{ns}-other"
-    await put(store, ns)
-    await put(store, ns)
+    await put(store, ns, n=1)
+    await put(store, ns, n=2)
     theirs, _ = await put(store, other, request_id="r")
     assert theirs.version == 1
     mine, existed = await put(store, ns, request_id="r")

@@ -56,7 +56,13 @@ async def test_definition_versions(store_service: RunningStore) -> None:
     )
     assert repeat.existed
     assert repeat.version == v1
-    v2 = (await stub.PutDefinitionVersion(put_request(space))).version
+    # The same document without a request id is the latest version again: nothing is stored.
+    same = await stub.PutDefinitionVersion(put_request(space))
+    assert (same.existed, same.version) == (True, v1)
+    other_document = '{"steps": [{"id": "seed"}, {"id": "split"}], "name": "chem", "note": 2}'
+    v2 = (
+        await stub.PutDefinitionVersion(put_request(space, definition_json=other_document))
+    ).version
     assert v2.version == 2
 
     with pytest.raises(grpc.aio.AioRpcError) as caught:

@@ -36,12 +36,16 @@ _COLUMNS = (
     "v.namespace, v.name, v.version, v.state, v.definition::text, v.definition_hash, "
     "v.change_note, v.created_by, v.created_at, v.published_at, "
     + ", ".join(_history(c) for c in ("state", "change_note", "actor", "at"))
+    + ", v.request_id"
 )
 _KEY = "v.namespace = %(ns)s AND v.name = %(name)s"
 _GET = f"SELECT {_COLUMNS} FROM definition_versions v WHERE {_KEY} AND v.version = %(version)s"
 _LATEST_PUBLISHED = (
     f"SELECT {_COLUMNS} FROM definition_versions v WHERE {_KEY} AND v.state = 'published' "
     "ORDER BY v.published_at DESC, v.version DESC LIMIT 1"
+)
+_LATEST = (
+    f"SELECT {_COLUMNS} FROM definition_versions v WHERE {_KEY} ORDER BY v.version DESC LIMIT 1"
 )
 _BY_REQUEST = (
     f"SELECT {_COLUMNS} FROM definition_versions v WHERE {_KEY} AND v.request_id = %(rid)s"
@@ -98,6 +102,7 @@ def _from_row(row: tuple[Any, ...]) -> StoredDefinition:
             DefinitionTransition(DefinitionState(s), n, a, t)
             for s, n, a, t in zip(states, notes, actors, ats, strict=True)
         ),
+        request_id=row[14],
     )
 
 
@@ -122,6 +127,10 @@ async def put_version(db: Database, new: NewDefinitionVersion) -> tuple[StoredDe
             earlier = await _fetch_one(conn, _BY_REQUEST, p)
             if earlier is not None:
                 return rules.same_request(earlier, new), True
+        latest = await _fetch_one(conn, _LATEST, p)
+        if rules.reuses(latest, new):
+            assert latest is not None
+            return latest, True
         cur = await conn.execute(_INSERT_VERSION, p)
         row = await cur.fetchone()
         assert row is not None

@@ -24,6 +24,8 @@ steps:
   - id: done
     type: hello.done
 """
+# Another document of the same steps: a new version (the same document again is not one).
+HELLO_YAML_EVERYONE = HELLO_YAML.replace("{name: world}", "{name: everyone}")
 
 
 async def test_a_new_version_is_a_draft_with_its_steps_and_hash(
@@ -55,7 +57,25 @@ async def test_yaml_and_json_documents_store_the_same_definition(
     from_json = await client.create_definition(ns, "hello", json.dumps(HELLO_DOCUMENT))
     assert from_yaml.version.steps == from_json.version.steps
     assert from_yaml.version.definition_hash == from_json.version.definition_hash
-    assert (from_yaml.version.version, from_json.version.version) == (1, 2)
+    # The same definition: the JSON document is the latest version again, so nothing is stored.
+    assert (from_yaml.version.version, from_json.version.version) == (1, 1)
+    assert (from_yaml.existed, from_json.existed) == (False, True)
+    assert from_json.version == from_yaml.version
+
+
+async def test_the_latest_document_again_is_that_version_not_a_new_one(
+    client: FlowledgerClient, ns: str
+) -> None:
+    # A script that creates, publishes and starts, run twice (the README's Python block).
+    first = await client.create_definition(ns, "hello", HELLO_DOCUMENT)
+    await client.publish_definition(ns, "hello", first.version.version)
+    again = await client.create_definition(ns, "hello", HELLO_DOCUMENT, change_note="rerun")
+    assert again.existed
+    assert (again.version.version, again.version.state) == (1, DefinitionState.PUBLISHED)
+    changed = await client.create_definition(ns, "hello", HELLO_YAML_EVERYONE, format="yaml")
+    assert (changed.existed, changed.version.version) == (False, 2)
+    history = await client.list_definitions(ns, "hello")
+    assert [v.version for v in history.versions] == [2, 1]
 
 
 async def test_a_repeated_request_id_returns_the_same_version(
@@ -73,7 +93,7 @@ async def test_lifecycle_draft_publish_archive_rollback(
     client: FlowledgerClient, ns: str
 ) -> None:
     await client.create_definition(ns, "hello", HELLO_DOCUMENT)
-    await client.create_definition(ns, "hello", HELLO_YAML, format="yaml")
+    await client.create_definition(ns, "hello", HELLO_YAML_EVERYONE, format="yaml")
     with pytest.raises(NotFound):
         await client.get_definition(ns, "hello")  # nothing published yet
 
@@ -135,7 +155,7 @@ async def test_listing_shows_latest_versions_and_one_history(
     client: FlowledgerClient, ns: str
 ) -> None:
     await published(client, ns, "alpha")
-    await client.create_definition(ns, "alpha", HELLO_YAML, format="yaml")
+    await client.create_definition(ns, "alpha", HELLO_YAML_EVERYONE, format="yaml")
     await client.create_definition(ns, "beta", HELLO_DOCUMENT)
     latest = await client.list_definitions(ns)
     assert sorted((v.name, v.version) for v in latest.versions) == [("alpha", 2), ("beta", 1)]

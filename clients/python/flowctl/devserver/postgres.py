@@ -42,6 +42,36 @@ class PostgresCommandError(RuntimeError):
     """A server command (initdb, pg_ctl) failed; the message carries its output and the log tail."""
 
 
+class PostgresInUseError(RuntimeError):
+    """A server this process did not start already runs on the data directory."""
+
+    def __init__(self, datadir: Path, pid: int) -> None:
+        super().__init__(
+            f"a Postgres server (pid {pid}) that flowctl did not start runs on the data dir "
+            f"{datadir}; stop it (pg_ctl stop -D {datadir}) or use --data-dir"
+        )
+        self.pid = pid
+
+
+def running_postmaster(datadir: Path) -> int | None:
+    """The pid of the live server whose ``postmaster.pid`` is in ``datadir``, else None (no
+    file, or a stale one a crash left: Postgres starts over it by itself)."""
+    try:
+        first = (datadir / "postmaster.pid").read_text().split("\n", 1)[0].strip()
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return None
+    if not first.isdigit():
+        return None
+    pid = int(first)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # alive, under another account
+        return pid
+    return pid
+
+
 def find_bindir() -> Path:
     """Return the directory holding ``pg_ctl``, ``initdb``, ``postgres`` and ``pg_isready``."""
     candidates: list[Path] = []
@@ -189,6 +219,9 @@ class LocalPostgres:
         """Initialise the data directory if empty, start the server and wait until it is ready."""
         if self._started:
             return self
+        if (other := running_postmaster(self.datadir)) is not None:
+            # Never start over, nor stop, a server someone else runs on these files.
+            raise PostgresInUseError(self.datadir, other)
         account = _server_account()
         self._prepare_dirs(account)
         if not (self.datadir / "PG_VERSION").exists():
@@ -210,7 +243,10 @@ class LocalPostgres:
             self._pg_ctl(account, "start", "-l", str(self.logfile), "-o", server_args)
             self._wait_ready()
         except BaseException:
-            self.stop(immediate=True)
+            # Only a server this call started is stopped: the check above found none running.
+            if running_postmaster(self.datadir) is not None:
+                self.stop(immediate=True)
+            self._started = False
             raise
         return self
 
@@ -218,7 +254,7 @@ class LocalPostgres:
         """Stop the server (``fast``: roll back and disconnect; ``immediate``: like a crash)."""
         if not self._started:
             return
-        if (self.datadir / "postmaster.pid").exists():
+        if running_postmaster(self.datadir) is not None:  # not when it died already
             self._pg_ctl(_server_account(), "stop", "-m", "immediate" if immediate else "fast")
         self._started = False
 

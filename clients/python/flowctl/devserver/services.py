@@ -18,11 +18,12 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -92,13 +93,61 @@ class Service:
     name: str
     address: str
     metrics_url: str
-    pid: int
+    process: subprocess.Popen[bytes] = field(repr=False, compare=False)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def exit_code(self) -> int | None:
+        """None while it runs, else how it ended (negative: the signal that killed it)."""
+        return self.process.poll()
 
 
 @dataclass(frozen=True)
 class Services:
     store: Service
     engine: Service
+
+
+def port_taken(address: str) -> bool:
+    """Whether something already listens on ``host:port`` (port 0 is never taken)."""
+    host, _, port = address.rpartition(":")
+    if port == "0":
+        return False
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host.strip("[]"), int(port)))
+        except OSError:
+            return True
+    return False
+
+
+def listener_pids(port: int) -> set[int] | None:
+    """The pids holding a listening TCP socket on ``port`` (any address), from /proc; None where
+    /proc cannot tell (not Linux, or another account's processes hidden from us)."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                cols = line.split()
+                # local_address is HEXIP:HEXPORT; state 0A is LISTEN
+                if int(cols[1].rpartition(":")[2], 16) == port and cols[3] == "0A":
+                    inodes.add(cols[9])
+    if not inodes:
+        return None
+    pids: set[int] = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for fd in (proc / "fd").iterdir():
+                with contextlib.suppress(OSError):
+                    target = os.readlink(fd)
+                    if target.startswith("socket:[") and target[8:-1] in inodes:
+                        pids.add(int(proc.name))
+    return pids
 
 
 def loopback(address: str) -> str:
@@ -111,8 +160,8 @@ def loopback(address: str) -> str:
 @contextlib.contextmanager
 def service_process(
     name: str, module: str, env: Mapping[str, str], address: str, *, say: Say = print
-) -> Iterator[int]:
-    """Run ``python -m <module>`` and return its pid once it is SERVING; stop it afterwards."""
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``python -m <module>`` and yield it once it is SERVING; stop it afterwards."""
     proc = subprocess.Popen(
         [sys.executable, "-m", module],
         env=dict(os.environ, **env),
@@ -121,7 +170,7 @@ def service_process(
     )
     try:
         _wait_serving(address, proc, name)
-        yield proc.pid
+        yield proc
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -133,21 +182,39 @@ def service_process(
         say(f"{name + ':':<9} stopped (exit {code})")
 
 
+class ServiceError(RuntimeError):
+    """A service did not start, or what answers on its address is not it."""
+
+
 def _wait_serving(address: str, proc: subprocess.Popen[bytes], name: str) -> None:
+    """Until the health check on ``address`` says SERVING and the one answering is ``proc``
+    (another process may hold the port: it would answer for a child that failed to bind)."""
     deadline = time.monotonic() + START_DEADLINE_S
+    port = int(address.rpartition(":")[2])
     with grpc.insecure_channel(address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         while True:
             try:
                 reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
+                serving = reply.status == health_pb2.HealthCheckResponse.SERVING
             except grpc.RpcError:
-                pass
+                serving = False
             if proc.poll() is not None:
-                raise SystemExit(f"the {name} service exited with {proc.returncode} at start-up")
+                raise ServiceError(
+                    f"the {name} service exited with {proc.returncode} at start-up"
+                    + (f" ({address} is in use by another process)" if serving else "")
+                )
+            if serving:
+                holders = listener_pids(port)
+                if holders is None or proc.pid in holders:
+                    return
+                who = f"pid {', '.join(map(str, sorted(holders)))}" if holders else "a process"
+                raise ServiceError(
+                    f"{address} is answered by {who}, not by the {name} service flowctl "
+                    "started: is another flowctl up running?"
+                )
             if time.monotonic() > deadline:
-                raise SystemExit(f"the {name} service was not SERVING within 60 s")
+                raise ServiceError(f"the {name} service was not SERVING within 60 s")
             time.sleep(0.1)
 
 
@@ -186,10 +253,10 @@ def services(
         "ENGINE_EGRESS_ALLOW": "127.0.0.0/8,::1/128",
         "ENGINE_EGRESS_DENY_PORTS": store_metrics.rpartition(":")[2],
     }
-    with service_process("store", "store_service", store_env, store_addr, say=say) as spid:
-        store = Service("store", store_addr, f"http://{store_metrics}/metrics", spid)
+    with service_process("store", "store_service", store_env, store_addr, say=say) as sproc:
+        store = Service("store", store_addr, f"http://{store_metrics}/metrics", sproc)
         with service_process(
             "engine", "engine_service", engine_env, engine_addr, say=say
-        ) as epid:
-            engine = Service("engine", engine_addr, f"http://{engine_metrics}/metrics", epid)
+        ) as eproc:
+            engine = Service("engine", engine_addr, f"http://{engine_metrics}/metrics", eproc)
             yield Services(store, engine)

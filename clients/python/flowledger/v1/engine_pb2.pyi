@@ -401,10 +401,12 @@ class CreateDefinitionVersionResponse(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     EXISTED_FIELD_NUMBER: _builtins.int
     existed: _builtins.bool
-    """True when `request_id` had already created this version."""
+    """True when nothing was stored: `request_id` had already created this version, or the document
+    is the latest version again.
+    """
     @_builtins.property
     def version(self) -> Global___DefinitionVersion:
-        """The stored version (DRAFT)."""
+        """The stored version (DRAFT unless `existed`)."""
 
     def __init__(
         self,

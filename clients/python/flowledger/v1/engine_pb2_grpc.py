@@ -119,7 +119,9 @@ class EngineServiceServicer:
     def CreateDefinitionVersion(self, request, context):
         """Stores a new version of a definition (creating the definition on its first version) in state
         DRAFT. Every step's config is validated against its step type's JSON Schema before anything is
-        stored. Idempotent by `request_id`.
+        stored. Idempotent by `request_id`. A document that is the definition's latest version again
+        (same canonical document and hash; that version not ARCHIVED) stores nothing: the answer is
+        that version, in whatever state it is, with `existed` true.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -49,7 +49,9 @@ class EngineServiceStub:
     CreateDefinitionVersion: _grpc.UnaryUnaryMultiCallable[_engine_pb2.CreateDefinitionVersionRequest, _engine_pb2.CreateDefinitionVersionResponse]
     """Stores a new version of a definition (creating the definition on its first version) in state
     DRAFT. Every step's config is validated against its step type's JSON Schema before anything is
-    stored. Idempotent by `request_id`.
+    stored. Idempotent by `request_id`. A document that is the definition's latest version again
+    (same canonical document and hash; that version not ARCHIVED) stores nothing: the answer is
+    that version, in whatever state it is, with `existed` true.
     """
     PublishDefinitionVersion: _grpc.UnaryUnaryMultiCallable[_engine_pb2.PublishDefinitionVersionRequest, _engine_pb2.PublishDefinitionVersionResponse]
     """Publishes a DRAFT version: it becomes immutable and the latest published version.
@@ -118,7 +120,9 @@ class EngineServiceAsyncStub(EngineServiceStub):
     CreateDefinitionVersion: _aio.UnaryUnaryMultiCallable[_engine_pb2.CreateDefinitionVersionRequest, _engine_pb2.CreateDefinitionVersionResponse]  # type: ignore[assignment]
     """Stores a new version of a definition (creating the definition on its first version) in state
     DRAFT. Every step's config is validated against its step type's JSON Schema before anything is
-    stored. Idempotent by `request_id`.
+    stored. Idempotent by `request_id`. A document that is the definition's latest version again
+    (same canonical document and hash; that version not ARCHIVED) stores nothing: the answer is
+    that version, in whatever state it is, with `existed` true.
     """
     PublishDefinitionVersion: _aio.UnaryUnaryMultiCallable[_engine_pb2.PublishDefinitionVersionRequest, _engine_pb2.PublishDefinitionVersionResponse]  # type: ignore[assignment]
     """Publishes a DRAFT version: it becomes immutable and the latest published version.
@@ -190,7 +194,9 @@ class EngineServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_engine_pb2.CreateDefinitionVersionResponse, _abc.Awaitable[_engine_pb2.CreateDefinitionVersionResponse]]:
         """Stores a new version of a definition (creating the definition on its first version) in state
         DRAFT. Every step's config is validated against its step type's JSON Schema before anything is
-        stored. Idempotent by `request_id`.
+        stored. Idempotent by `request_id`. A document that is the definition's latest version again
+        (same canonical document and hash; that version not ARCHIVED) stores nothing: the answer is
+        that version, in whatever state it is, with `existed` true.
         """
 
     @_abc_1.abstractmethod

@@ -1173,6 +1173,7 @@ class StoredDefinitionVersion(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     PUBLISHED_AT_FIELD_NUMBER: _builtins.int
     HISTORY_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """Namespace of the definition."""
     name: _builtins.str
@@ -1189,6 +1190,8 @@ class StoredDefinitionVersion(_message.Message):
     """Note given when the version was created."""
     created_by: _builtins.str
     """Who created the version."""
+    request_id: _builtins.str
+    """The request id that stored this version; empty when it was stored without one."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """When the version was created."""
@@ -1215,10 +1218,11 @@ class StoredDefinitionVersion(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         published_at: _timestamp_pb2.Timestamp | None = ...,
         history: _abc.Iterable[Global___StoredDefinitionTransition] | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "published_at", b"published_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["change_note", b"change_note", "created_at", b"created_at", "created_by", b"created_by", "definition_hash", b"definition_hash", "definition_json", b"definition_json", "history", b"history", "name", b"name", "namespace", b"namespace", "published_at", b"published_at", "state", b"state", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change_note", b"change_note", "created_at", b"created_at", "created_by", b"created_by", "definition_hash", b"definition_hash", "definition_json", b"definition_json", "history", b"history", "name", b"name", "namespace", b"namespace", "published_at", b"published_at", "request_id", b"request_id", "state", b"state", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1584,7 +1588,9 @@ class PutDefinitionVersionResponse(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     EXISTED_FIELD_NUMBER: _builtins.int
     existed: _builtins.bool
-    """True when `request_id` had already stored this version."""
+    """True when nothing was stored: `request_id` had already stored this version, or the document
+    is the latest version again.
+    """
     @_builtins.property
     def version(self) -> Global___StoredDefinitionVersion:
         """The stored version."""

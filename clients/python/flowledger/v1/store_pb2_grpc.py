@@ -295,6 +295,8 @@ class StoreServiceServicer:
 
         Stores a new version of a definition as DRAFT (creating the definition with its first
         version); the version number is the next of that definition. Idempotent by `request_id`.
+        The same document as the definition's latest version (not ARCHIVED) stores nothing and
+        answers that version with `existed` true.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -136,6 +136,8 @@ class StoreServiceStub:
 
     Stores a new version of a definition as DRAFT (creating the definition with its first
     version); the version number is the next of that definition. Idempotent by `request_id`.
+    The same document as the definition's latest version (not ARCHIVED) stores nothing and
+    answers that version with `existed` true.
     """
     GetStoredDefinitionVersion: _grpc.UnaryUnaryMultiCallable[_store_pb2.GetStoredDefinitionVersionRequest, _store_pb2.GetStoredDefinitionVersionResponse]
     """One version; version 0 = the latest published one. NOT_FOUND when there is none. Read-only."""
@@ -261,6 +263,8 @@ class StoreServiceAsyncStub(StoreServiceStub):
 
     Stores a new version of a definition as DRAFT (creating the definition with its first
     version); the version number is the next of that definition. Idempotent by `request_id`.
+    The same document as the definition's latest version (not ARCHIVED) stores nothing and
+    answers that version with `existed` true.
     """
     GetStoredDefinitionVersion: _aio.UnaryUnaryMultiCallable[_store_pb2.GetStoredDefinitionVersionRequest, _store_pb2.GetStoredDefinitionVersionResponse]  # type: ignore[assignment]
     """One version; version 0 = the latest published one. NOT_FOUND when there is none. Read-only."""
@@ -473,6 +477,8 @@ class StoreServiceServicer(metaclass=_abc_1.ABCMeta):
 
         Stores a new version of a definition as DRAFT (creating the definition with its first
         version); the version number is the next of that definition. Idempotent by `request_id`.
+        The same document as the definition's latest version (not ARCHIVED) stores nothing and
+        answers that version with `existed` true.
         """
 
     @_abc_1.abstractmethod

@@ -9,10 +9,13 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from tests.clients.python.flowctl.live import FLOWCTL, REPO, flowctl, service_env
 from tests.demo.test_demo import CHEM_ORDER_1_FLOW_FINGERPRINT
@@ -30,15 +33,32 @@ def alive(pid: int) -> bool:
     return "\nState:\tZ" not in status
 
 
-@contextlib.contextmanager
-def up(data_home: Path, *extra: str) -> Iterator[tuple[subprocess.Popen[str], str, list[int]]]:
-    """Start ``flowctl up`` on free ports; yield (process, engine address, printed pids)."""
-    env = {k: v for k, v in service_env().items() if k != "DATABASE_URL"}
-    env["XDG_DATA_HOME"] = str(data_home)
-    argv = [
+def up_argv(*extra: str) -> list[str]:
+    return [
         FLOWCTL, "--engine", "127.0.0.1:0", "up", "--store-listen", "127.0.0.1:0",
         "--engine-metrics", "127.0.0.1:0", "--store-metrics", "127.0.0.1:0", *extra,
     ]
+
+
+def up_env(data_home: Path) -> dict[str, str]:
+    env = {k: v for k, v in service_env().items() if k != "DATABASE_URL"}
+    env["XDG_DATA_HOME"] = str(data_home)
+    return env
+
+
+def up_once(data_home: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """``flowctl up`` expected to refuse: run to its exit."""
+    return subprocess.run(
+        up_argv(*extra), cwd=REPO, env=up_env(data_home), capture_output=True, text=True,
+        timeout=DEADLINE_S, check=False,
+    )
+
+
+@contextlib.contextmanager
+def up(data_home: Path, *extra: str) -> Iterator[tuple[subprocess.Popen[str], str, list[int]]]:
+    """Start ``flowctl up`` on free ports; yield (process, engine address, printed pids)."""
+    env = up_env(data_home)
+    argv = up_argv(*extra)
     proc = subprocess.Popen(
         argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True,
@@ -105,3 +125,70 @@ def test_up_refuses_a_non_loopback_address() -> None:
     assert done.code != 0
     assert "not a loopback address" in done.err
     assert "Traceback" not in done.err
+
+
+def wait_gone(pids: list[int]) -> None:
+    deadline = time.monotonic() + DEADLINE_S
+    while any(alive(p) for p in pids):
+        assert time.monotonic() < deadline, f"still running: {[p for p in pids if alive(p)]}"
+        time.sleep(0.05)
+
+
+def test_a_second_up_on_the_same_data_dir_refuses_and_the_first_runs_on(tmp_path: Path) -> None:
+    with up(tmp_path) as (proc, engine, pids):
+        second = up_once(tmp_path)
+        assert second.returncode == 1, second.stdout + second.stderr
+        assert second.stderr.strip().splitlines() == [
+            f"Error: the data dir {tmp_path / 'flowledger' / 'pg'} is in use by flowctl up "
+            f"pid {proc.pid}; stop it or use --data-dir"
+        ]
+        assert "postgres:" not in second.stdout  # it touched nothing
+        assert all(alive(p) for p in pids)
+        ran = flowctl("run", str(REPO / "examples" / "chem.yaml"), "--input", '{"order": 1}',
+                      "--json", engine=engine)
+        assert ran.code == 0, ran.err
+        stop(proc, pids)
+
+
+def test_a_port_in_use_is_named_and_nothing_starts(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        for option in ("--store-listen", "--engine-listen", "--store-metrics"):
+            refused = up_once(tmp_path, option, address)
+            assert refused.returncode == 1, refused.stdout + refused.stderr
+            assert refused.stderr.strip().splitlines() == [
+                f"Error: {address} ({option}) is in use by another process: stop it or "
+                f"choose another port with {option}"
+            ]
+            assert "ready:" not in refused.stdout
+    assert not (tmp_path / "flowledger").exists()  # no data dir was made
+
+
+def test_an_engine_of_another_up_is_not_taken_for_its_own(tmp_path: Path) -> None:
+    with up(tmp_path / "first") as (proc, engine, pids):
+        refused = up_once(tmp_path / "second", "--engine-listen", engine)
+        assert refused.returncode == 1
+        assert f"{engine} (--engine-listen) is in use" in refused.stderr
+        assert "ready:" not in refused.stdout
+        stop(proc, pids)
+
+
+@pytest.mark.parametrize("victim", ["engine", "store", "postgres"])
+def test_when_a_service_dies_up_says_so_and_stops_the_rest(tmp_path: Path, victim: str) -> None:
+    with up(tmp_path) as (proc, _engine, pids):
+        postgres_pid, store_pid, engine_pid = pids
+        killed = {"postgres": postgres_pid, "store": store_pid, "engine": engine_pid}[victim]
+        os.kill(killed, signal.SIGKILL)
+        rest, _ = proc.communicate(timeout=DEADLINE_S)
+        assert proc.returncode == 1, rest
+        said = {
+            "engine": f"the engine service (pid {engine_pid}) was killed by SIGKILL",
+            "store": f"the store service (pid {store_pid}) was killed by SIGKILL",
+            "postgres": f"postgres (pid {postgres_pid}) is gone",
+        }[victim]
+        assert f"{said}: stopping the rest" in rest
+        assert f"Error: {said}; everything else stopped" in rest
+        assert "Traceback" not in rest
+        wait_gone(pids)
