@@ -38,8 +38,9 @@ async def run(settings: ServiceSettings, registry: StepRegistry) -> None:
 
 def _load() -> tuple[ServiceSettings, StepRegistry]:
     settings = ServiceSettings.from_env(os.environ)
-    # Step plugins are settings too: a module that cannot be loaded stops the start here.
-    return settings, build_registry(settings.step_plugins)
+    # Step plugins are settings too: a module that cannot be loaded stops the start here. The
+    # HTTP runners are bound to ENGINE_EGRESS_ALLOW's policy (with the replica's own ports).
+    return settings, build_registry(settings.step_plugins, settings.egress_policy())
 
 
 def main() -> int:

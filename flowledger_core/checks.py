@@ -14,6 +14,7 @@ from typing import Any
 
 from flowledger.canonical import JsonTooDeep, parse_json
 from flowledger.errors import FieldViolation, InvalidArgument, ResourceExhausted
+from flowledger_core.id_prefix import is_id_prefix
 from flowledger_core.limits import MAX_TASK_QUEUE_LENGTH, Limits
 from flowledger_core.limits import TASK_QUEUE as _TASK_QUEUE
 from flowledger_core.wire.store import (
@@ -109,6 +110,12 @@ class FieldChecks:
         elif not _UUID.match(value):
             self.bad(field, "must be a UUID in canonical lower-case form "
                      "(xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)")
+
+    def id_prefix(self, value: str, field: str) -> None:
+        """Empty (no filter), or the start of a canonical UUID (flowledger_core.id_prefix)."""
+        if value and not is_id_prefix(value):
+            self.bad(field, "must be the first 1..36 characters of a flow id in canonical "
+                     "lower-case form (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)")
 
     def hash(self, value: str, field: str) -> bool:
         if not _HASH.match(value):

@@ -205,6 +205,7 @@ class FlowFilter:
     name: str | None = None
     parent_flow_id: str | None = None
     include_deleted: bool = False
+    flow_id_prefix: str = ""  # the start of a canonical id (flowledger_core.id_prefix)
 
 
 @dataclass(frozen=True)

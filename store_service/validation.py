@@ -162,6 +162,8 @@ class ListFlowsRequest(Protocol):
 
     @property
     def statuses(self) -> Sequence[int]: ...
+    @property
+    def flow_id_prefix(self) -> str: ...
 
 
 def check_list_flows(req: ListFlowsRequest, limits: Limits) -> None:
@@ -171,6 +173,7 @@ def check_list_flows(req: ListFlowsRequest, limits: Limits) -> None:
         c.flow_status(status, f"statuses[{i}]", allow_unspecified=False)
     c.text(req.name, "name", MAX_NAME_LENGTH)
     c.uuid(req.parent_flow_id, "parent_flow_id", optional=True)
+    c.id_prefix(req.flow_id_prefix, "flow_id_prefix")
     c.in_range(req.page_size, "page_size", 1, MAX_PAGE_SIZE, "100")
     c.text(req.page_token, "page_token", MAX_OPAQUE_TOKEN_LENGTH)
     c.done("ListFlows")

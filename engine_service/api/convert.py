@@ -114,6 +114,7 @@ def flow_filter(req: engine_pb2.ListFlowRunsRequest) -> FlowFilter:
         statuses=statuses,
         name=req.definition_name or None,
         parent_flow_id=req.parent_flow_id or None,
+        flow_id_prefix=req.flow_id_prefix,
     )
 
 

@@ -216,6 +216,8 @@ class ListFlowRunsRequest(Protocol):
     def page_size(self) -> int: ...
     @property
     def page_token(self) -> str: ...
+    @property
+    def flow_id_prefix(self) -> str: ...
 
 
 def check_list_flow_runs(req: ListFlowRunsRequest) -> None:
@@ -226,6 +228,7 @@ def check_list_flow_runs(req: ListFlowRunsRequest) -> None:
     if req.definition_name:
         _name(c, req.definition_name, "definition_name")
     c.uuid(req.parent_flow_id, "parent_flow_id", optional=True)
+    c.id_prefix(req.flow_id_prefix, "flow_id_prefix")
     _page(c, req.page_size, req.page_token)
     c.done("ListFlowRuns")
 

@@ -4,7 +4,8 @@ Whatever a step does wrong becomes a recorded :class:`StepFailure` rather than a
 an exception (error_type = the exception's class), a value that is not a step result
 (``InvalidResult``), an output or signal payload that is not canonical, storable JSON
 (``InvalidOutput``). ``BaseException`` that is not ``Exception`` (cancellation, exit) propagates:
-the process is going away, and the step will run again on recovery.
+the process is going away, and the step will run again on recovery. An exception is also logged,
+with its traceback and the flow's and step's ids, as a WARNING of this module.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import inspect
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -19,6 +21,8 @@ from engine_service.steps.context import Signal, StepContext, StepFailure, StepS
 from engine_service.steps.registry import StepType
 from engine_service.steps.retry import TIMEOUT_ERROR_TYPE
 from flowledger.canonical import JsonValue, canonical_bytes
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,11 @@ async def execute(step_type: StepType, ctx: StepContext) -> Outcome:
         if inspect.isawaitable(result):
             result = await result
     except Exception as exc:
+        # The log keeps what the event cannot: where the step's code raised.
+        log.warning(
+            "step %s (type %s) of flow %s in namespace %s raised on attempt %d",
+            ctx.step_id, step_type.name, ctx.flow_id, ctx.namespace, ctx.attempt, exc_info=True,
+        )  # fmt: skip
         return Outcome(failure=StepFailure(str(exc) or repr(exc), type(exc).__qualname__))
     if isinstance(result, StepFailure):
         return Outcome(failure=result)

@@ -100,6 +100,7 @@ def flow_query(req: store_pb2.ListFlowsRequest) -> tuple[domain.FlowFilter, doma
         name=req.name or None,
         parent_flow_id=req.parent_flow_id or None,
         include_deleted=req.include_deleted,
+        flow_id_prefix=req.flow_id_prefix,
     )
     return flt, domain.Page(size=req.page_size or DEFAULT_PAGE_SIZE, token=req.page_token)
 

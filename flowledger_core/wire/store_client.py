@@ -61,6 +61,7 @@ def list_flows_request(flt: domain.FlowFilter, page: domain.Page) -> store_pb2.L
         include_deleted=flt.include_deleted,
         page_size=page.size,
         page_token=page.token,
+        flow_id_prefix=flt.flow_id_prefix,
     )
 
 

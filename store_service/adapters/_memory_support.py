@@ -13,6 +13,7 @@ from typing import Any
 from flowledger.canonical import content_hash, parse_json
 from flowledger.errors import InvalidArgument
 from flowledger_core.domain import Append, Flow, FlowFilter, NewBranch, NewFlow
+from store_service.adapters.flow_rules import checked_prefix
 from store_service.adapters.wait_rules import check_append_wait
 
 _CURSOR = re.compile(r"mem:(0|[1-9][0-9]{0,18})\Z")
@@ -168,7 +169,9 @@ def matches(flow: Flow, flt: FlowFilter) -> bool:
             or flow.parent_flow_id == flow_uuid(flt.parent_flow_id, "parent_flow_id")
         )
         and (flt.include_deleted or not flow.deleted)
+        and (not flt.flow_id_prefix or flow.flow_id.startswith(checked_prefix(flt)))
     )
+
 
 
 def flow_key(flow: Flow) -> tuple[datetime, str]:

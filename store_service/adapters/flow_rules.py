@@ -8,14 +8,17 @@
   RUNNING (wake_at and task_queue cleared), so an engine claims it and runs on from the kept
   log; its ending, and the fingerprint it claimed, are gone with the cut. A prune that cuts
   nothing, and any prune of a flow that has not ended, leaves the status as it is.
+* A listing's ``flow_id_prefix`` must be the start of a canonical id, else INVALID_ARGUMENT
+  naming the field (the services check it first; this is the port's own guard).
 * DeleteBranch deletes branches only: a root flow (no parent) is FAILED_PRECONDITION, reason
   ``NOT_A_BRANCH``.
 """
 
 from __future__ import annotations
 
-from flowledger.errors import FailedPrecondition
-from flowledger_core.domain import Flow, FlowStatus
+from flowledger.errors import FailedPrecondition, InvalidArgument
+from flowledger_core.domain import Flow, FlowFilter, FlowStatus
+from flowledger_core.id_prefix import is_id_prefix
 
 
 def flow_ended(flow_id: str, status: str) -> FailedPrecondition:
@@ -49,3 +52,13 @@ def check_is_branch(flow: Flow) -> None:
             reason="NOT_A_BRANCH",
             metadata={"flow_id": flow.flow_id},
         )
+
+
+def checked_prefix(flt: FlowFilter) -> str:
+    """The filter's id prefix, or InvalidArgument naming it (the port's own check)."""
+    if not is_id_prefix(flt.flow_id_prefix):
+        raise InvalidArgument.field(
+            "flow_id_prefix",
+            f"is not the start of a canonical flow id: {flt.flow_id_prefix!r:.40}",
+        )
+    return flt.flow_id_prefix

@@ -55,7 +55,13 @@ from store_service.adapters._memory_definitions import DefinitionBook
 from store_service.adapters._memory_feed import MemoryFeed
 from store_service.adapters._memory_records import Generation, Record, read_log
 from store_service.adapters.flow_limits import check_events_per_flow
-from store_service.adapters.flow_rules import REOPENED, check_is_branch, check_not_ended, reopens
+from store_service.adapters.flow_rules import (
+    REOPENED,
+    check_is_branch,
+    check_not_ended,
+    checked_prefix,
+    reopens,
+)
 from store_service.adapters.initial_append import as_initial, bind_initial, check_initial
 from store_service.adapters.lease_rules import check_lease_request, check_renewal, check_token
 
@@ -155,6 +161,8 @@ class MemoryEventStore:
         if not 1 <= page.size <= 1000:
             raise InvalidArgument.field("page_size", "must be 1..1000")
         after = support.decode_page_token(page.token)
+        if flt.flow_id_prefix:
+            checked_prefix(flt)
         size = page.size
         async with self._lock:
             rows = [

@@ -203,3 +203,52 @@ async def test_a_malformed_flow_id_is_invalid(store: EventStore, ns: str) -> Non
 async def test_out_of_range_names_are_invalid(store: EventStore, namespace: str, name: str) -> None:
     with pytest.raises(InvalidArgument):
         await store.create_flow(NewFlow(namespace, name))
+
+
+
+def _ids(base: str) -> tuple[str, ...]:
+    """Four ids under a random 6-digit start (flow ids are unique across namespaces)."""
+    return (
+        f"{base}3d-0000-4000-8000-000000000001",
+        f"{base}3d-0000-4000-8000-000000000002",
+        f"{base}3e-ffff-4fff-bfff-ffffffffffff",
+        f"{base}ff-ffff-4fff-bfff-ffffffffffff",
+    )
+
+
+@pytest.mark.parametrize(
+    ("prefix", "expected"),
+    [
+        ("", (0, 1, 2, 3)),
+        ("{base}3", (0, 1, 2)),
+        ("{base}3d", (0, 1)),
+        ("{base}3d-", (0, 1)),
+        ("{base}3d-0000-4000-8000-000000000002", (1,)),
+        ("{base}3e-f", (2,)),
+        ("{base}f", (3,)),
+        ("{base}0", ()),
+    ],
+)
+async def test_list_by_id_prefix(
+    store: EventStore, ns: str, prefix: str, expected: tuple[int, ...]
+) -> None:
+    base = uuid.uuid4().hex[:6]
+    ids = _ids(base)
+    for flow_id in ids:
+        await store.create_flow(NewFlow(ns, "order", flow_id=flow_id))
+    other = f"{base}3d-0000-4000-8000-0000000000ff"
+    await store.create_flow(NewFlow(ns + "-other", "order", flow_id=other))  # never crosses
+    listed = await store.list_flows(FlowFilter(ns, flow_id_prefix=prefix.format(base=base)), Page())
+    assert sorted(f.flow_id for f in listed.flows) == [ids[i] for i in expected]
+
+
+@pytest.mark.parametrize(
+    "prefix", ["0A1B", "0a1b2c3d0", "g", "0a1b2c3d-0000-4000-8000-0000000000011", " 0"]
+)
+async def test_an_id_prefix_that_cannot_begin_an_id_is_invalid(
+    store: EventStore, ns: str, prefix: str
+) -> None:
+    await new_flow(store, ns)
+    with pytest.raises(InvalidArgument) as caught:
+        await store.list_flows(FlowFilter(ns, flow_id_prefix=prefix), Page())
+    assert any(v.field == "flow_id_prefix" for v in caught.value.violations)

@@ -15,8 +15,8 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 import click
 
-from flowctl._app import DEFAULT_ENGINE, DEFAULT_NAMESPACE, FlowctlGroup, Settings
-from flowctl._connect import Transport
+from flowctl._app import DEFAULT_ENGINE, DEFAULT_NAMESPACE, FlowctlGroup, settings_from_params
+from flowctl.completion import completion
 from flowctl.defs import defs
 from flowctl.flows import branch, events, flows, verify, watch
 from flowctl.interventions import cancel, signal
@@ -90,11 +90,10 @@ def cli(
     Connection: TLS with the system's CAs (or --ca-file) and a bearer token (--token) for a
     secured engine; plaintext without a token for `flowctl up` on loopback (docs/security.md).
     """
-    transport = Transport(tls, ca_file, client_cert, client_key, server_name, token, token_file)
-    ctx.obj = Settings(engine, namespace, timeout, transport)
+    ctx.obj = settings_from_params(ctx.params)
 
 
-for command in (up, run, flows, events, watch, branch, verify, signal, cancel, defs):
+for command in (up, run, flows, events, watch, branch, verify, signal, cancel, defs, completion):
     cli.add_command(command)
 
 

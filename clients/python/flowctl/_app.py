@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -14,12 +17,13 @@ import yaml
 
 from flowctl._connect import Transport
 from flowledger.client import FlowledgerClient
-from flowledger.errors import FlowledgerError, Unauthenticated, Unavailable
+from flowledger.errors import FlowledgerError, InternalError, Unauthenticated, Unavailable
 from flowledger_core.documents import DocumentError, load_document
 
 T = TypeVar("T")
 
 DEFAULT_ENGINE = "127.0.0.1:50052"
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # what a shell reports for a tool SIGPIPE ended
 DEFAULT_NAMESPACE = "default"
 
 
@@ -31,6 +35,21 @@ class Settings:
     namespace: str
     timeout: float
     transport: Transport
+
+
+def settings_from_params(params: Mapping[str, Any]) -> Settings:
+    """The global options as the root command parsed them (``cli``'s parameters)."""
+    transport = Transport(
+        params.get("tls"), params.get("ca_file"), params.get("client_cert"),
+        params.get("client_key"), params.get("server_name"), params.get("token"),
+        params.get("token_file"),
+    )  # fmt: skip
+    return Settings(
+        params.get("engine") or DEFAULT_ENGINE,
+        params.get("namespace") or DEFAULT_NAMESPACE,
+        params.get("timeout") or 30.0,
+        transport,
+    )
 
 
 def settings(ctx: click.Context) -> Settings:
@@ -52,6 +71,13 @@ def call(ctx: click.Context, work: Callable[[FlowledgerClient], Awaitable[T]]) -
 
     try:
         return asyncio.run(go())
+    except InternalError as exc:
+        if exc.reason != "UNIMPLEMENTED":
+            raise
+        raise click.ClickException(
+            f"{opts.engine} is not a flowledger engine: it does not serve EngineService "
+            f"({exc.message}); is it the store? `flowctl up` prints the engine's address"
+        ) from None
     except (Unavailable, Unauthenticated) as exc:
         hint = _hint(opts, exc)
         if not hint:
@@ -101,6 +127,11 @@ class FlowctlGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:
+            # The reader went away (`flowctl ... | head`): stop quietly, as Unix tools do when
+            # SIGPIPE ends them; what is still buffered goes nowhere.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise SystemExit(EXIT_BROKEN_PIPE) from None
         except (FlowledgerError, yaml.YAMLError, json.JSONDecodeError, OSError) as exc:
             raise click.ClickException(one_line(exc)) from None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -10,8 +11,10 @@ import click
 
 from flowctl import _output as out
 from flowctl._app import DefinitionFile, call, json_option, load_definition, settings
+from flowctl.completion import complete_definition
 from flowledger import types as t
 from flowledger.client import FlowledgerClient
+from flowledger.errors import NotFound
 
 
 @click.group()
@@ -61,7 +64,7 @@ def _transition(
     verb: str, pick: Callable[[FlowledgerClient], Callable[..., Awaitable[t.DefinitionVersion]]]
 ) -> click.Command:
     @click.command(verb, help=f"{verb.capitalize()} version VERSION of definition NAME.")
-    @click.argument("name")
+    @click.argument("name", shell_complete=complete_definition)
     @click.argument("version", type=int)
     @click.option("--note", default="", help="Change note.")
     @json_option
@@ -79,39 +82,61 @@ defs.add_command(_transition("rollback", lambda c: c.rollback_definition))
 
 
 @defs.command("ls")
-@click.argument("name", required=False, default="")
+@click.argument("name", required=False, default="", shell_complete=complete_definition)
 @click.option("--limit", default=50, show_default=True, help="At most this many versions.")
 @json_option
 @click.pass_context
 def defs_ls(ctx: click.Context, name: str, limit: int, as_json: bool) -> None:
-    """The latest version of every definition, or every version of NAME."""
+    """The latest version of every definition, or every version of NAME; `runs` says which
+    version new flows start from (the latest published one: after a rollback, not the
+    highest)."""
     ns = settings(ctx).namespace
-    page = call(ctx, lambda c: c.list_definitions(ns, name, page_size=limit))
+
+    async def go(client: FlowledgerClient) -> tuple[t.DefinitionPage, dict[str, int]]:
+        page = await client.list_definitions(ns, name, page_size=limit)
+        running: dict[str, int] = {}
+        for each in dict.fromkeys(v.name for v in page.versions):
+            with contextlib.suppress(NotFound):  # nothing published: no flow can start
+                running[each] = (await client.get_definition(ns, each, 0)).version
+        return page, running
+
+    page, running = call(ctx, go)
     if as_json:
         out.print_json(page.versions)
         return
     out.table(
         None,
-        ("name", "version", "state", "steps", "hash", "created"),
+        ("name", "version", "state", "runs", "steps", "hash", "created"),
         [
             [
-                v.name, v.version, v.state.value, len(v.steps), v.definition_hash[:16],
-                out.time_text(v.created_at),
+                v.name, v.version, v.state.value, _runs(v, running.get(v.name)), len(v.steps),
+                v.definition_hash[:16], out.time_text(v.created_at),
             ]
             for v in page.versions
         ],
     )
 
 
+def _runs(version: t.DefinitionVersion, running: int | None) -> str:
+    if running is None:
+        return "no (none published)"
+    return "yes" if version.version == running else f"no (v{running} does)"
+
+
 @defs.command("show")
-@click.argument("name")
-@click.option("--version", default=0, show_default=True, help="0: the latest published.")
+@click.argument("name", shell_complete=complete_definition)
+@click.argument("version", type=int, required=False, default=0)
+@click.option("--version", "version_option", type=int, default=None, hidden=True)
 @json_option
 @click.pass_context
-def defs_show(ctx: click.Context, name: str, version: int, as_json: bool) -> None:
-    """One version of a definition, with its steps."""
+def defs_show(
+    ctx: click.Context, name: str, version: int, version_option: int | None, as_json: bool
+) -> None:
+    """Version VERSION of definition NAME, with its steps (VERSION 0 or none: the one new flows
+    start from, the latest published)."""
     ns = settings(ctx).namespace
-    _show(call(ctx, lambda c: c.get_definition(ns, name, version)), as_json)
+    chosen = version_option if version_option is not None else version  # the old --version
+    _show(call(ctx, lambda c: c.get_definition(ns, name, chosen)), as_json)
 
 
 def _show(version: t.DefinitionVersion, as_json: bool) -> None:

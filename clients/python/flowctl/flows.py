@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
 
 import click
 
+from flowctl import _explain as explain
 from flowctl import _output as out
 from flowctl._app import call, json_option, settings
+from flowctl._flow_ids import flow_id_argument, resolved
+from flowctl._params import parse_params, patched
+from flowctl.completion import complete_definition, complete_flow_id
 from flowledger import types as t
 from flowledger.client import FlowledgerClient
 
@@ -27,8 +30,14 @@ def flows() -> None:
     type=click.Choice([s.value for s in t.FlowStatus]),
     help="Only flows in this status (repeatable).",
 )
-@click.option("--definition", default="", help="Only flows of this definition.")
-@click.option("--parent", default="", help="Only branches of this flow.")
+@click.option(
+    "--definition", default="", help="Only flows of this definition.",
+    shell_complete=complete_definition,
+)
+@click.option(
+    "--parent", default="", help="Only branches of this flow (any unique start of its id).",
+    shell_complete=complete_flow_id, callback=resolved,
+)
 @click.option("--limit", default=50, show_default=True, help="At most this many flows.")
 @json_option
 @click.pass_context
@@ -69,17 +78,39 @@ def flows_ls(
 
 
 @flows.command("show")
-@click.argument("flow_id")
+@flow_id_argument
+@click.option(
+    "--outputs", is_flag=True,
+    help="Also print each step's outputs (its artifacts, JSON; long ones cut).",
+)  # fmt: skip
 @json_option
 @click.pass_context
-def flows_show(ctx: click.Context, flow_id: str, as_json: bool) -> None:
-    """Describe one flow: status, steps, fingerprints."""
+def flows_show(ctx: click.Context, flow_id: str, outputs: bool, as_json: bool) -> None:
+    """Describe one flow: status, steps with timings and fingerprints, what it waits for or why
+    it failed."""
     ns = _ns(ctx)
-    view = call(ctx, lambda c: c.describe_flow(ns, flow_id))
+
+    async def go(client: FlowledgerClient) -> tuple[t.FlowView, list[t.Event], t.Artifacts]:
+        view = await client.describe_flow(ns, flow_id)
+        found = [] if as_json else await read_events(client, ns, view.flow.flow_id)
+        hashes = [h for s in view.steps for h in s.output_hashes] if outputs else []
+        artifacts = await client.fetch_artifacts(ns, hashes) if hashes else t.Artifacts((), ())
+        return view, found, artifacts
+
+    view, found, artifacts = call(ctx, go)
     if as_json:
-        out.print_json(view)
-    else:
-        out.print_flow_view(view)
+        data = out.jsonable(view)
+        if outputs:
+            by_hash = artifacts.by_hash()
+            data["outputs"] = {
+                s.step_id: [by_hash[h].payload if h in by_hash else None for h in s.output_hashes]
+                for s in view.steps
+            }
+        out.print_json(data)
+        return
+    out.print_flow_view(view, found)
+    if outputs:
+        out.print_outputs(view, artifacts)
 
 
 async def read_events(client: FlowledgerClient, namespace: str, flow_id: str) -> list[t.Event]:
@@ -96,7 +127,7 @@ async def read_events(client: FlowledgerClient, namespace: str, flow_id: str) ->
 
 
 @click.command()
-@click.argument("flow_id")
+@flow_id_argument
 @json_option
 @click.pass_context
 def events(ctx: click.Context, flow_id: str, as_json: bool) -> None:
@@ -111,7 +142,7 @@ def events(ctx: click.Context, flow_id: str, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("flow_id")
+@flow_id_argument
 @click.option("--after", default=0, show_default=True, help="Start after this event version.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per event.")
 @click.pass_context
@@ -127,7 +158,7 @@ def watch(ctx: click.Context, flow_id: str, after: int, as_json: bool) -> None:
                     click.echo(json.dumps(out.jsonable(event), sort_keys=True))
                 else:
                     row = out.event_rows([event])[0]
-                    click.echo("  ".join(str(c) for c in row if c != ""))
+                    click.echo("  ".join(str(c) for c in row if c != "").rstrip())
             status = update.status
             if status.terminal:
                 break
@@ -138,29 +169,14 @@ def watch(ctx: click.Context, flow_id: str, after: int, as_json: bool) -> None:
         click.echo(f"flow {flow_id}: {status.value}")
 
 
-def parse_params(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """``step.key=value`` pairs as ``{step: {key: value}}``; values are JSON when they parse,
-    else text."""
-    params: dict[str, dict[str, Any]] = {}
-    for pair in pairs:
-        target, eq, raw = pair.partition("=")
-        step, dot, key = target.partition(".")
-        if not eq or not dot or not step or not key:
-            raise click.BadParameter(f"{pair!r} is not step.key=value", param_hint="--param")
-        try:
-            value: Any = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        params.setdefault(step, {})[key] = value
-    return params
-
-
 @click.command()
-@click.argument("flow_id")
+@flow_id_argument
 @click.option("--at", "at_step", required=True, help="Re-run from this step on.")
 @click.option(
     "--param", "pairs", multiple=True, metavar="STEP.KEY=VALUE",
-    help="A changed param for a step at or after --at (repeatable; VALUE is JSON or text).",
+    help="Set one key of the params of a step at or after --at, keeping its other keys (a JSON "
+    "merge patch: STEP.KEY.SUB=... sets a nested key, VALUE null removes the key; VALUE is JSON "
+    "or text; repeatable).",
 )
 @click.option("--idempotency-key", default="", help="Repeat-safe key of this branch.")
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Wait for it to end.")
@@ -179,47 +195,50 @@ def branch(
 ) -> None:
     """Branch a finished flow before a step, optionally with changed params (waiting: exit 1
     unless the branch completes)."""
-    ns, params = _ns(ctx), parse_params(pairs)
+    ns, patches = _ns(ctx), parse_params(pairs)
 
     async def go(
         client: FlowledgerClient,
-    ) -> tuple[t.StartedFlow, t.FlowView | None, str]:
+    ) -> tuple[t.StartedFlow, t.FlowView | None, list[t.Event], str]:
+        params = {}
+        if patches:
+            current = explain.effective_params(await read_events(client, ns, flow_id))
+            params = patched(current, patches)
         started = await client.branch_flow(
             ns, flow_id, at_step, params=params, idempotency_key=idempotency_key
         )
         if not wait:
-            return started, None, ""
+            return started, None, [], ""
         view = await client.wait_for_flow(ns, started.flow_id, within=within)
+        found = await read_events(client, ns, started.flow_id)
         why = ""
         if view.status is not t.FlowStatus.COMPLETED:
-            why = await _why_ended(client, ns, started.flow_id, view.status)
-        return started, view, why
+            why = _why_ended(found, view.status)
+        return started, view, found, why
 
-    started, view, why = call(ctx, go)
+    started, view, found, why = call(ctx, go)
     if as_json:
         out.print_json({"flow_id": started.flow_id, "existed": started.existed, "view": view})
     else:
         click.echo(f"branch {started.flow_id} of {flow_id} at {at_step}")
         if view is not None:
-            out.print_flow_view(view)
+            out.print_flow_view(view, found)
     if why:
         # Waited for, and did not complete: an error, as for ``flowctl run``.
         raise click.ClickException(f"branch {started.flow_id} {why}")
 
 
-async def _why_ended(
-    client: FlowledgerClient, namespace: str, flow_id: str, status: t.FlowStatus
-) -> str:
+def _why_ended(found: Sequence[t.Event], status: t.FlowStatus) -> str:
     """``failed at step s: ErrorType: reason`` (from its FlowFailed), or ``ended <status>``."""
-    for event in reversed(await read_events(client, namespace, flow_id)):
+    for event in reversed(found):
         p = event.payload
         if event.type is t.EventType.FLOW_FAILED and isinstance(p, dict):
-            return f"failed at step {p.get('step_id')}: {p.get('error_type')}: {p.get('reason')}"
+            return f"failed at step {p.get('step_id')}: {explain.failure(p)}"
     return f"ended {status.value}"
 
 
 @click.command()
-@click.argument("flow_id")
+@flow_id_argument
 @json_option
 @click.pass_context
 def verify(ctx: click.Context, flow_id: str, as_json: bool) -> None:

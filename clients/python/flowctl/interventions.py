@@ -6,17 +6,23 @@ import click
 
 from flowctl import _output as out
 from flowctl._app import call, json_option, parse_json_option, settings
+from flowctl._flow_ids import flow_id_argument
+from flowctl.flows import read_events
 from flowledger import types as t
 from flowledger.client import FlowledgerClient
 
 
 @click.command()
-@click.argument("flow_id")
+@flow_id_argument
 @click.argument("name")
 @click.argument("payload", required=False, metavar="[PAYLOAD_JSON]")
 @click.option(
     "--request-id", default="",
     help="Repeat-safe id: the same id delivers the signal once.",
+)  # fmt: skip
+@click.option(
+    "--strict", is_flag=True,
+    help="Refuse (send nothing, exit 1) when no signal step of the flow's definition has NAME.",
 )  # fmt: skip
 @json_option
 @click.pass_context
@@ -26,16 +32,44 @@ def signal(
     name: str,
     payload: str | None,
     request_id: str,
+    strict: bool,
     as_json: bool,
 ) -> None:
     """Send signal NAME to a flow; PAYLOAD_JSON (default null) becomes the output of the
-    `signal` step waiting for it. A signal sent before the step waits is kept for it."""
+    `signal` step waiting for it. A signal sent before the step waits is kept for it; a name
+    no signal step of the flow's definition has is sent with a warning (--strict refuses it)."""
     ns = settings(ctx).namespace
     value = parse_json_option(payload, "PAYLOAD_JSON")
-    result = call(
-        ctx, lambda c: c.signal_flow(ns, flow_id, name, value, request_id=request_id,
-                                     sent_by="flowctl")
-    )  # fmt: skip
+
+    async def go(client: FlowledgerClient) -> tuple[t.SignalResult | None, str]:
+        view = await client.describe_flow(ns, flow_id)
+        definition = await client.get_definition(
+            ns, view.definition_name, view.definition_version
+        )
+        names = [
+            str(s.config.get("name")) for s in definition.steps
+            if s.type == "signal" and "name" in s.config
+        ]  # fmt: skip
+        unknown = ""
+        if name not in names:
+            waits = ", ".join(repr(n) for n in names) or "no signal at all"
+            unknown = (
+                f"no step of flow {view.flow.flow_id}'s definition {definition.name} "
+                f"v{definition.version} waits for signal {name!r} (its signal steps wait for "
+                f"{waits})"
+            )
+            if strict:
+                return None, unknown
+        result = await client.signal_flow(
+            ns, view.flow.flow_id, name, value, request_id=request_id, sent_by="flowctl"
+        )
+        return result, unknown
+
+    result, unknown = call(ctx, go)
+    if result is None:
+        raise click.ClickException(f"{unknown}; nothing sent (--strict)")
+    if unknown:
+        click.echo(f"warning: {unknown}; it is kept, but no step will read it", err=True)
     if as_json:
         out.print_json(result)
         return
@@ -49,7 +83,7 @@ def signal(
 
 
 @click.command()
-@click.argument("flow_id")
+@flow_id_argument
 @click.option("--reason", default="", help="Why (recorded in the flow's log).")
 @click.option(
     "--wait/--no-wait", default=False, show_default=True,
@@ -65,16 +99,20 @@ def cancel(
     reverse order, then it is cancelled."""
     ns = settings(ctx).namespace
 
-    async def go(client: FlowledgerClient) -> tuple[t.CancelResult, t.FlowView | None]:
+    async def go(
+        client: FlowledgerClient,
+    ) -> tuple[t.CancelResult, t.FlowView | None, list[t.Event]]:
         result = await client.cancel_flow(ns, flow_id, reason=reason, cancelled_by="flowctl")
-        view = await client.wait_for_flow(ns, flow_id, within=within) if wait else None
-        return result, view
+        if not wait:
+            return result, None, []
+        view = await client.wait_for_flow(ns, flow_id, within=within)
+        return result, view, await read_events(client, ns, flow_id)
 
-    result, view = call(ctx, go)
+    result, view, found = call(ctx, go)
     if as_json:
         out.print_json({"version": result.version, "already": result.already, "view": view})
         return
     what = "was already cancelled or cancelling" if result.already else "cancel requested"
     click.echo(f"flow {flow_id}: {what} (version {result.version})")
     if view is not None:
-        out.print_flow_view(view)
+        out.print_flow_view(view, found)

@@ -10,6 +10,7 @@ from typing import Any
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+from flowctl import _explain as explain
 from flowctl import _output as out
 from flowctl._app import call, load_definition, parse_json_option, settings
 from flowctl.defs import create
@@ -23,6 +24,15 @@ class RunResult:
     flow_id: str
     events: tuple[t.Event, ...]
     view: t.FlowView
+    # --within elapsed before the flow ended (it goes on without us).
+    timed_out: bool = False
+
+
+def keeps_running(flow_id: str) -> str:
+    return (
+        f"flow {flow_id} keeps running in the engine: follow it with `flowctl watch {flow_id}`, "
+        f"stop it with `flowctl cancel {flow_id}`"
+    )
 
 
 class StepProgress:
@@ -51,6 +61,8 @@ class StepProgress:
         if self._quiet or kind not in _SHOWN:
             return
         line = f"  {_SHOWN[kind]:<9} {step}"
+        if kind in (t.EventType.STEP_FAILED, t.EventType.STEP_ATTEMPT_FAILED):
+            line += f": {explain.event_detail(event)}"
         if self._bar is not None:
             self._bar.console.print(line)
         else:
@@ -106,8 +118,10 @@ def run(
         )
         if not as_json:
             click.echo(f"flow {started.flow_id} ({version.name} v{version.version}) started")
+        running.append(started.flow_id)
         progress = StepProgress(len(version.steps), quiet=as_json)
         events: list[t.Event] = []
+        timed_out = False
         try:
             async with asyncio.timeout(within):
                 async for update in client.watch_flow(ns, started.flow_id):
@@ -116,12 +130,20 @@ def run(
                         progress.event(event)
                     if update.status.terminal:
                         break
+        except TimeoutError:
+            timed_out = True  # the flow waits or is slow; the engine is fine
         finally:
             progress.close()
         view = await client.describe_flow(ns, started.flow_id)
-        return RunResult(version, started.flow_id, tuple(events), view)
+        return RunResult(version, started.flow_id, tuple(events), view, timed_out)
 
-    result = call(ctx, go)
+    running: list[str] = []
+    try:
+        result = call(ctx, go)
+    except KeyboardInterrupt:
+        if running:
+            click.echo(f"\ninterrupted: {keeps_running(running[0])}", err=True)
+        ctx.exit(130)
     view = result.view
     if as_json:
         out.print_json({
@@ -136,6 +158,7 @@ def run(
             "flow_fingerprint": view.flow_fingerprint,
             "steps": view.steps,
             "events": result.events,
+            "timed_out": result.timed_out,
         })
     else:
         click.echo("")
@@ -147,6 +170,13 @@ def run(
             *((f"step {s.step_id}", s.fingerprint or "") for s in view.steps),
             ("flow fingerprint", out.flow_fingerprint_text(view)),
         ])
+        for line in explain.notes(view, result.events):
+            click.echo(line)
+    if result.timed_out:
+        raise click.ClickException(
+            f"the flow is {view.status.value} after --within {within:g} s; "
+            + keeps_running(result.flow_id)
+        )
     if view.status is not t.FlowStatus.COMPLETED:
         ctx.exit(1)
 

@@ -187,8 +187,10 @@ class FlowledgerClient:
         parent_flow_id: str = "",
         page_size: int = 0,
         page_token: str = "",
+        flow_id_prefix: str = "",
     ) -> t.FlowPage:
-        """Flows of a namespace, newest first."""
+        """Flows of a namespace, newest first; ``flow_id_prefix``: only those whose id begins
+        with it (canonical lower-case form, hyphens included)."""
         request = engine_pb2.ListFlowRunsRequest(
             namespace=namespace,
             statuses=[_wire.FLOW_STATUS_NUMBERS[s] for s in statuses],
@@ -196,6 +198,7 @@ class FlowledgerClient:
             parent_flow_id=parent_flow_id,
             page_size=page_size,
             page_token=page_token,
+            flow_id_prefix=flow_id_prefix,
         )
         resp = await self._call(self._stub.ListFlowRuns(request, timeout=self.timeout))
         return t.FlowPage(tuple(_wire.flow(f) for f in resp.flows), resp.next_page_token)

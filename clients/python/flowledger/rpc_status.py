@@ -124,6 +124,8 @@ def _from_parts(
                 bad = error_details_pb2.BadRequest()
                 detail.Unpack(bad)
                 violations = [FieldViolation(v.field, v.description) for v in bad.field_violations]
+    if reason is None and call_code not in _ERROR_CODE:
+        reason = call_code.name  # UNIMPLEMENTED (not an engine), UNKNOWN, ...: say which
     message = details or call_code.name
     if reason == VersionConflict.default_reason and "current_version" in metadata:
         return VersionConflict(

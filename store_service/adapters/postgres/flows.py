@@ -23,9 +23,10 @@ from flowledger_core.domain import (
     Page,
     Prune,
 )
+from flowledger_core.id_prefix import id_range
 from store_service.adapters import lease_rules
 from store_service.adapters.flow_limits import check_events_per_flow
-from store_service.adapters.flow_rules import REOPENED, check_is_branch, reopens
+from store_service.adapters.flow_rules import REOPENED, check_is_branch, checked_prefix, reopens
 from store_service.adapters.initial_append import as_initial, bind_initial, check_initial
 from store_service.adapters.postgres import appendsql, pagetoken
 from store_service.adapters.postgres.db import Conn, Database
@@ -248,6 +249,10 @@ async def list_flows(db: Database, flt: FlowFilter, page: Page) -> FlowPage:
         params["parent"] = parent
     if not flt.include_deleted:
         where.append("deleted_at IS NULL")
+    if flt.flow_id_prefix:
+        # One range of the (namespace, flow_id) key: UUIDs sort as their canonical text.
+        where.append("flow_id BETWEEN %(id_low)s::uuid AND %(id_high)s::uuid")
+        params["id_low"], params["id_high"] = id_range(checked_prefix(flt))
     if after is not None:
         where.append("(created_at, flow_id) < (%(at)s, %(after_id)s)")
         params["at"], params["after_id"] = after

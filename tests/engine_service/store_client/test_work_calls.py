@@ -34,8 +34,13 @@ DOC = canonical_bytes({"name": "chem", "steps": [{"id": "seed", "type": "chem.se
 HASH = "c" * 64
 
 
-def new_version(ns: str, request_id: str | None = None, note: str = "") -> NewDefinitionVersion:
-    return NewDefinitionVersion(ns, "chem", DOC, HASH, note, "alice", request_id)
+DOC_2 = canonical_bytes({"name": "chem", "steps": [{"id": "seed2", "type": "chem.seed"}]}).decode()
+
+
+def new_version(
+    ns: str, request_id: str | None = None, note: str = "", doc: str = DOC
+) -> NewDefinitionVersion:
+    return NewDefinitionVersion(ns, "chem", doc, HASH, note, "alice", request_id)
 
 
 async def test_definitions_round_trip(
@@ -46,9 +51,11 @@ async def test_definitions_round_trip(
     assert v1 == await store_backend.get_definition_version(ns, "chem", 1)
     assert v1.created_at.tzinfo is not None
     assert v1.published_at is None
-    v2, existed = await grpc_store.put_definition_version(new_version(ns, "r-2"))
+    # The same document again is version 1 again (reused, not stored: existed).
+    assert await grpc_store.put_definition_version(new_version(ns)) == (v1, True)
+    v2, existed = await grpc_store.put_definition_version(new_version(ns, "r-2", doc=DOC_2))
     assert (v2.version, existed) == (2, False)
-    assert await grpc_store.put_definition_version(new_version(ns, "r-2")) == (v2, True)
+    assert await grpc_store.put_definition_version(new_version(ns, "r-2", doc=DOC_2)) == (v2, True)
     with pytest.raises(AlreadyExists):
         await grpc_store.put_definition_version(
             NewDefinitionVersion(ns, "chem", "{}", HASH, request_id="r-2")

@@ -163,7 +163,9 @@ def service_process(
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``python -m <module>`` and yield it once it is SERVING; stop it afterwards."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", module],
+        # -P: the caller's working directory is not put on the path, where a directory named
+        # like a package (the data home's "flowledger/") would shadow the installed one.
+        [sys.executable, "-P", "-m", module],
         env=dict(os.environ, **env),
         stdin=subprocess.DEVNULL,
         start_new_session=True,

@@ -949,6 +949,7 @@ class ListFlowRunsRequest(_message.Message):
     PARENT_FLOW_ID_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    FLOW_ID_PREFIX_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """Namespace whose flows are listed."""
     definition_name: _builtins.str
@@ -959,6 +960,11 @@ class ListFlowRunsRequest(_message.Message):
     """Items per page; 0 means the server's default."""
     page_token: _builtins.str
     """Opaque token from a previous response's `next_page_token`; empty for the first page."""
+    flow_id_prefix: _builtins.str
+    """Only flows whose id begins with this: the first 1..36 characters of an id in canonical
+    lower-case form, hyphens included (as a unique prefix names a commit in git); empty matches
+    all.
+    """
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[_common_pb2.FlowStatus.ValueType]:
         """Only flows in one of these statuses; empty matches all."""
@@ -972,10 +978,11 @@ class ListFlowRunsRequest(_message.Message):
         parent_flow_id: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        flow_id_prefix: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["definition_name", b"definition_name", "namespace", b"namespace", "page_size", b"page_size", "page_token", b"page_token", "parent_flow_id", b"parent_flow_id", "statuses", b"statuses"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["definition_name", b"definition_name", "flow_id_prefix", b"flow_id_prefix", "namespace", b"namespace", "page_size", b"page_size", "page_token", b"page_token", "parent_flow_id", b"parent_flow_id", "statuses", b"statuses"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

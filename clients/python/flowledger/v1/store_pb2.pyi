@@ -236,6 +236,7 @@ class ListFlowsRequest(_message.Message):
     INCLUDE_DELETED_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    FLOW_ID_PREFIX_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """Namespace whose flows are listed."""
     name: _builtins.str
@@ -248,6 +249,10 @@ class ListFlowsRequest(_message.Message):
     """1..1000; 0 means 100."""
     page_token: _builtins.str
     """Opaque token from a previous response."""
+    flow_id_prefix: _builtins.str
+    """Only flows whose id begins with this (the first 1..36 characters of a canonical id, hyphens
+    included); empty matches all.
+    """
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[_common_pb2.FlowStatus.ValueType]:
         """Filters; empty/unspecified matches all."""
@@ -262,10 +267,11 @@ class ListFlowsRequest(_message.Message):
         include_deleted: _builtins.bool = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        flow_id_prefix: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_deleted", b"include_deleted", "name", b"name", "namespace", b"namespace", "page_size", b"page_size", "page_token", b"page_token", "parent_flow_id", b"parent_flow_id", "statuses", b"statuses"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["flow_id_prefix", b"flow_id_prefix", "include_deleted", b"include_deleted", "name", b"name", "namespace", b"namespace", "page_size", b"page_size", "page_token", b"page_token", "parent_flow_id", b"parent_flow_id", "statuses", b"statuses"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

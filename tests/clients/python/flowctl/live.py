@@ -59,6 +59,7 @@ def flowctl(*args: str, engine: str | None = None, namespace: str | None = None)
 class Live:
     engine: str
     backend: str
+    store: str = ""  # the store's address (never the one to give flowctl)
 
     def run(self, *args: str, namespace: str) -> Done:
         return flowctl(*args, engine=self.engine, namespace=namespace)
@@ -68,12 +69,12 @@ class Live:
 def live_engine(request: pytest.FixtureRequest) -> Iterator[Live]:
     if request.param == "memory":
         with services("memory:", say=lambda _: None) as running:
-            yield Live(running.engine.address, "memory")
+            yield Live(running.engine.address, "memory", running.store.address)
         return
     pg: PgServer = request.getfixturevalue("pg_server")
     # The store applies its migrations to the empty database at start-up.
     with fresh_database(pg) as url, services(url, say=lambda _: None) as running:
-        yield Live(running.engine.address, "postgres")
+        yield Live(running.engine.address, "postgres", running.store.address)
 
 
 @pytest.fixture

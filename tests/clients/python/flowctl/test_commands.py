@@ -39,7 +39,11 @@ def test_run_chem_prints_events_variants_and_the_golden_fingerprint(
     assert re.search(rf"^flow fingerprint:\s+{CHEM_ORDER_1_FLOW_FINGERPRINT}$", done.out, re.M)
     for step in ("seed", "split", "print_and_count"):
         assert re.search(rf"^\s+finished\s+{step}$", done.out, re.M), done.out  # progress
-    assert re.search(r"^8\s+C\s+flow_completed", done.out, re.M), done.out  # the events
+    # The events, each with its time (UTC) and detail.
+    assert re.search(
+        rf"^8\s+\d\d:\d\d:\d\d\.\d{{3}}\s+C\s+flow_completed\s+flow fingerprint "
+        rf"{CHEM_ORDER_1_FLOW_FINGERPRINT}$", done.out, re.M,
+    ), done.out
 
 
 def test_every_read_command_has_parseable_json(live_engine: Live, ns: str) -> None:

@@ -55,9 +55,11 @@ def up_once(data_home: Path, *extra: str) -> subprocess.CompletedProcess[str]:
 
 
 @contextlib.contextmanager
-def up(data_home: Path, *extra: str) -> Iterator[tuple[subprocess.Popen[str], str, list[int]]]:
+def up(
+    data_home: Path, *extra: str, env_extra: dict[str, str] | None = None
+) -> Iterator[tuple[subprocess.Popen[str], str, list[int]]]:
     """Start ``flowctl up`` on free ports; yield (process, engine address, printed pids)."""
-    env = up_env(data_home)
+    env = {**up_env(data_home), **(env_extra or {})}
     argv = up_argv(*extra)
     proc = subprocess.Popen(
         argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -192,3 +194,32 @@ def test_when_a_service_dies_up_says_so_and_stops_the_rest(tmp_path: Path, victi
         assert f"Error: {said}; everything else stopped" in rest
         assert "Traceback" not in rest
         wait_gone(pids)
+
+
+def test_own_step_types_under_up_and_a_raising_step_s_traceback_in_its_log(
+    tmp_path: Path,
+) -> None:
+    """The README's ``ENGINE_STEP_PLUGINS=my_steps:install PYTHONPATH=. flowctl up``; a step
+    that raises fails with ``ValueError: reason`` and the engine logs where it raised."""
+    plugins = {
+        "ENGINE_STEP_PLUGINS": "tests.clients.python.flowctl.exploding_steps:install",
+        "PYTHONPATH": str(REPO),
+    }
+    document = tmp_path / "explode.json"
+    document.write_text(json.dumps({"name": "explode", "steps": [
+        {"id": "pack", "type": "test.explode", "config": {"order": 7}},
+    ]}))  # fmt: skip
+    with up(tmp_path, env_extra=plugins) as (proc, engine, pids):
+        ran = flowctl("run", str(document), "--json", engine=engine)
+        assert ran.code == 1, ran.err
+        flow_id = json.loads(ran.out)["flow_id"]
+        shown = flowctl("flows", "show", flow_id, engine=engine)
+        assert "failed at step pack: ValueError: order 7 cannot be packed" in shown.out
+        rest = stop(proc, pids)
+    assert (
+        f"step pack (type test.explode) of flow {flow_id} in namespace default raised on "
+        "attempt 1" in rest
+    ), rest
+    assert "Traceback (most recent call last):" in rest
+    assert "in _deep_inside" in rest
+    assert "ValueError: order 7 cannot be packed" in rest
