@@ -180,7 +180,9 @@ async def serve(
     flows = Flows(
         engine, definitions, worker, max_pending_signals=settings.max_pending_signals
     )
-    servicer = EngineServicer(store, definitions, flows, notifier)
+    # Over gRPC, WatchFlow forwards the store's event messages (no decode and encode back).
+    messages = store if isinstance(store, GrpcEventStore) else None
+    servicer = EngineServicer(store, definitions, flows, notifier, messages)
     worker_servicer = WorkerServicer(engine, worker, settings.lease_ms)
 
     def add_services(server: grpc.aio.Server) -> None:

@@ -24,7 +24,7 @@ import grpc.aio
 from engine_service.api import convert, validation
 from engine_service.api.definitions import Definitions
 from engine_service.api.flows import Flows
-from engine_service.api.watch import watch_flow
+from engine_service.api.watch import follow_flow
 from engine_service.work.notifier import FlowNotifier
 from flowledger import rpc_status
 from flowledger.canonical import parse_json
@@ -92,11 +92,15 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
         definitions: Definitions,
         flows: Flows,
         notifier: FlowNotifier,
+        messages: convert.EventMessages | None = None,
     ) -> None:
+        """``messages``: the store's event messages, when the store is reached over gRPC, so
+        that WatchFlow forwards what it reads instead of decoding and encoding it back."""
         self._store = store
         self._definitions = definitions
         self._flows = flows
         self._notifier = notifier
+        self._watch_form = convert.message_form(store, messages)
         self._draining = asyncio.Event()
 
     def drain(self) -> None:
@@ -175,8 +179,8 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
     async def StartFlow(
         self, request: engine_pb2.StartFlowRequest, context: Context
     ) -> engine_pb2.StartFlowResponse:
-        validation.check_start_flow(request)
-        flow_id, existed = await self._flows.start(convert.start_request(request))
+        flow_input = validation.check_start_flow(request)
+        flow_id, existed = await self._flows.start(convert.start_request(request, flow_input))
         return engine_pb2.StartFlowResponse(flow_id=flow_id, existed=existed)
 
     @_unary
@@ -202,9 +206,9 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
         self, request: engine_pb2.WatchFlowRequest, context: Context
     ) -> AsyncIterator[engine_pb2.WatchFlowResponse]:
         validation.check_watch_flow(request)
-        batches = watch_flow(
-            self._store, self._notifier, request.namespace, request.flow_id,
-            request.after_version, self._draining, convert.close_only(request),
+        batches = follow_flow(
+            self._watch_form, self._store, self._notifier, request.namespace,
+            request.flow_id, request.after_version, self._draining, convert.close_only(request),
         )
         try:
             async for batch in batches:

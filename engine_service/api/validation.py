@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from engine_service.validation import json_path
+from flowledger.canonical import JsonValue
 from flowledger_core.checks import FieldChecks
 from flowledger_core.limits import Limits
 
@@ -176,15 +177,19 @@ class StartFlowRequest(Protocol):
     def started_by(self) -> str: ...
 
 
-def check_start_flow(req: StartFlowRequest) -> None:
+def check_start_flow(req: StartFlowRequest) -> JsonValue:
+    """Returns the input parsed from ``input_json`` (None when it is empty), so that the
+    request's JSON is parsed once."""
     c = _checks()
     c.namespace(req.namespace)
     _name(c, req.definition_name, "definition_name")
     c.non_negative(req.version, "version")
-    c.json(req.input_json, "input_json", require_object=False, optional=True)
+    _, flow_input = c.json(req.input_json, "input_json", require_object=False, optional=True)
     _key(c, req.idempotency_key, "idempotency_key")
     c.text(req.started_by, "started_by", MAX_TEXT)
     c.done("StartFlow")
+    value: JsonValue = flow_input
+    return value
 
 
 class FlowRef(Protocol):

@@ -44,9 +44,10 @@ Every ``grpc.RpcError`` becomes a :mod:`flowledger.errors` class through
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import replace
 from typing import TypeVar
 
@@ -65,7 +66,7 @@ from flowledger.errors import (
     Unavailable,
 )
 from flowledger.rpc_status import from_rpc_error
-from flowledger.v1 import store_pb2, store_pb2_grpc
+from flowledger.v1 import common_pb2, store_pb2, store_pb2_grpc
 from flowledger_core.domain import (
     Append,
     AppendResult,
@@ -238,6 +239,23 @@ class GrpcEventStore(WorkCalls):
         to_version: int = 0,
         chunk_size: int = 1000,
     ) -> AsyncIterator[Sequence[StoredEvent]]:
+        messages = self.read_event_messages(
+            namespace, flow_id, after_version, to_version, chunk_size
+        )
+        async with contextlib.aclosing(messages):
+            async for chunk in messages:
+                yield tuple(wire.event_from_pb(e) for e in chunk)
+
+    async def read_event_messages(
+        self,
+        namespace: str,
+        flow_id: str,
+        after_version: int = 0,
+        to_version: int = 0,
+        chunk_size: int = 1000,
+    ) -> AsyncGenerator[Sequence[common_pb2.Event], None]:
+        """:meth:`read_events` as the store sent them (each chunk one response's events), for a
+        caller that forwards them (WatchFlow): retried and resumed in the same way."""
         budget = RetryBudget(self.settings, what=f"ReadEvents({flow_id})")
         after = after_version
         while True:
@@ -265,7 +283,7 @@ class GrpcEventStore(WorkCalls):
                     if resp is grpc.aio.EOF:
                         return
                     assert isinstance(resp, store_pb2.ReadEventsResponse)
-                    events = tuple(wire.event_from_pb(e) for e in resp.events)
+                    events = resp.events
                     if events:
                         budget.reset()
                         after = events[-1].version

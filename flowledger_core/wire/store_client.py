@@ -23,7 +23,9 @@ from flowledger_core.wire.store import (
 )
 
 
-def _number_to_event_type(number: int) -> domain.EventType:
+def event_type_from_pb(number: int) -> domain.EventType:
+    """The domain type of an event type the store sent; InternalError for one this side does
+    not know."""
     event_type = EVENT_TYPE_FROM_PB.get(number)
     if event_type is None:  # a newer store: the contracts disagree, nothing to retry
         raise InternalError(f"the store sent an unknown event type {event_type_name(number)}")
@@ -168,7 +170,7 @@ def event_from_pb(event: common_pb2.Event) -> domain.StoredEvent:
         seq=event.seq,
         flow_id=event.flow_id,
         version=event.version,
-        type=_number_to_event_type(event.type),
+        type=event_type_from_pb(event.type),
         payload_json=event.payload_json,
         ts=_datetime(event.ts),
         command_id=event.command_id,
