@@ -36,9 +36,13 @@ with
   flow id in a non-canonical form) are canonicalised or refused first, as the backends do
   (:mod:`engine_service.store_client.port`).
 
+* **GetLimits** is a unary call like the others (:meth:`GrpcEventStore.get_limits`), asked
+  once per replica by :mod:`engine_service.store_client.limits`.
+
 Every ``grpc.RpcError`` becomes a :mod:`flowledger.errors` class through
 :func:`flowledger.rpc_status.from_rpc_error`; protobuf types stay inside this module and
-:mod:`flowledger_core.wire.store`.
+:mod:`flowledger_core.wire.store`, except the event messages of
+:meth:`GrpcEventStore.read_event_messages`, which WatchFlow forwards as the store sent them.
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ from flowledger.errors import (
     DeadlineExceeded,
     FailedPrecondition,
     FlowledgerError,
+    InternalError,
     Unavailable,
 )
 from flowledger.rpc_status import from_rpc_error
@@ -85,6 +90,7 @@ from flowledger_core.domain import (
     StepCounts,
     StoredEvent,
 )
+from flowledger_core.limits import Limits
 from flowledger_core.server.interceptors import client_interceptors
 from flowledger_core.wire import store_client as wire
 from flowledger_core.wire import store_work as work_wire
@@ -361,6 +367,24 @@ class GrpcEventStore(WorkCalls):
         )
         resp = await self._unary("LoadSnapshot", self._stub.LoadSnapshot, request)
         return wire.snapshot_from_pb(resp.snapshot) if resp.found else None
+
+    # -- the store's limits ------------------------------------------------------------------
+
+    async def get_limits(self) -> Limits | None:
+        """The request limits the store enforces (GetLimits), retried in budget as any call;
+        None from a store older than that RPC (UNIMPLEMENTED), whose limits cannot be asked."""
+        try:
+            resp = await self._unary(
+                "GetLimits", self._stub.GetLimits, store_pb2.GetLimitsRequest()
+            )
+        except InternalError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, grpc.aio.AioRpcError) and (
+                cause.code() == grpc.StatusCode.UNIMPLEMENTED
+            ):
+                return None
+            raise
+        return wire.limits_from_pb(resp)
 
     # -- machinery ---------------------------------------------------------------------------
 
