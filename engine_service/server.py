@@ -1,8 +1,10 @@
 """Build and run the engine service (in a process, or in-process for tests).
 
 Start-up: bind and answer health NOT_SERVING; start the store probe, the work loop and the
-server; health turns SERVING once the store answers, and back to NOT_SERVING whenever it stops
-answering (the replica keeps retrying and never exits for that).
+server, and ask the store for its limits (GetLimits, :mod:`engine_service.store_client.limits`:
+requests are validated against them, and one that comes before the answer waits for it within
+the store client's retry budget); health turns SERVING once the store answers, and back to
+NOT_SERVING whenever it stops answering (the replica keeps retrying and never exits for that).
 
 Stop (SIGTERM): health NOT_SERVING for good and WatchFlow streams ended; the work loop drains
 (no more claims, runs stop at a step boundary and release their leases, the rest are abandoned
@@ -18,7 +20,7 @@ import grpc.aio
 from grpc_health.v1 import health_pb2
 
 from engine_service.api.definitions import Definitions
-from engine_service.api.engine_servicer import SERVICE_NAME, EngineServicer
+from engine_service.api.engine_servicer import SERVICE_NAME, EngineServicer, LimitsSource
 from engine_service.api.flows import Flows
 from engine_service.api.worker_servicer import SERVICE_NAME as WORKER_SERVICE_NAME
 from engine_service.api.worker_servicer import WorkerServicer
@@ -27,10 +29,12 @@ from engine_service.settings import ServiceSettings
 from engine_service.steps.plugins import build_registry
 from engine_service.steps.registry import StepRegistry
 from engine_service.store_client.client import GrpcEventStore
+from engine_service.store_client.limits import StoreLimits
 from engine_service.store_client.probe import StoreProbe
 from engine_service.work.loop import Worker
 from engine_service.work.notifier import FlowNotifier
 from flowledger.v1 import engine_pb2_grpc, worker_pb2_grpc
+from flowledger_core.limits import Limits
 from flowledger_core.ports import EventStore
 from flowledger_core.server import GrpcServer, ServerConfig
 from flowledger_core.server.auth_interceptor import auth_interceptors
@@ -57,6 +61,7 @@ class EngineServer:
         store: EventStore,
         owns_store: bool,
         registry: StepRegistry | None = None,
+        store_limits: StoreLimits | None = None,
     ) -> None:
         self.settings = settings
         self.grpc = grpc_server
@@ -66,6 +71,7 @@ class EngineServer:
         self.store = store
         self._owns_store = owns_store
         self._registry = registry
+        self._store_limits = store_limits
         self._stopped = False
 
     @property
@@ -102,6 +108,8 @@ class EngineServer:
         left = max(0.0, grace - (time.monotonic() - started))
         await self.grpc.stop(left)
         await self.probe.close()
+        if self._store_limits is not None:
+            await self._store_limits.close()
         if self._registry is not None:
             await self._registry.aclose()  # step runners' resources (HTTP connections)
         if self._owns_store:
@@ -113,6 +121,8 @@ class EngineServer:
         await self.worker.close()
         await self.grpc.stop(0)
         await self.probe.close()
+        if self._store_limits is not None:
+            await self._store_limits.close()
         if self._registry is not None:
             await self._registry.aclose()
         if self._owns_store:
@@ -163,9 +173,13 @@ async def serve(
     *,
     store: EventStore | None = None,
     registry: StepRegistry | None = None,
+    limits: Limits | None = None,
 ) -> EngineServer:
     """Start a replica. With ``store`` given it is used (the caller closes it) instead of a
-    store client to ``settings.store_addr``; health still probes ``store_addr``."""
+    store client to ``settings.store_addr``; health still probes ``store_addr``.
+
+    Requests are validated against the store's limits: asked of a store reached over gRPC
+    (GetLimits); ``limits`` for a store in this process (default: ``Limits()``)."""
     if registry is None:
         registry = build_registry(settings.step_plugins, settings.egress_policy())
     owns_store = store is None
@@ -180,7 +194,18 @@ async def serve(
     flows = Flows(
         engine, definitions, worker, max_pending_signals=settings.max_pending_signals
     )
-    servicer = EngineServicer(store, definitions, flows, notifier)
+    # Over gRPC: the store's own limits, and WatchFlow forwards its event messages (no decode
+    # and encode back).
+    store_limits: StoreLimits | None = None
+    limits_source: LimitsSource
+    if isinstance(store, GrpcEventStore):
+        store_limits = StoreLimits(store)
+        limits_source = store_limits.get
+        messages: GrpcEventStore | None = store
+    else:
+        limits_source = _fixed(limits or Limits())
+        messages = None
+    servicer = EngineServicer(store, definitions, flows, notifier, limits_source, messages)
     worker_servicer = WorkerServicer(engine, worker, settings.lease_ms)
 
     def add_services(server: grpc.aio.Server) -> None:
@@ -221,7 +246,17 @@ async def serve(
         options=channel_options(settings.store_tls) if settings.store_tls else (),
     )
     probe.start()
+    if store_limits is not None:
+        store_limits.start()
     worker.start()
     return EngineServer(
-        settings, grpc_server, servicer, worker, probe, store, owns_store, registry
+        settings, grpc_server, servicer, worker, probe, store, owns_store, registry,
+        store_limits,
     )
+
+
+def _fixed(limits: Limits) -> LimitsSource:
+    async def get() -> Limits:
+        return limits
+
+    return get

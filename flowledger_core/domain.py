@@ -12,57 +12,10 @@ import enum
 from dataclasses import dataclass, field
 from datetime import datetime
 
-
-class EventType(enum.Enum):
-    """Event kinds; the value is what ``event_log.event_type`` stores (lower case)."""
-
-    FLOW_INITIALIZED = "flow_initialized"
-    STEP_STARTED = "step_started"
-    STEP_FINISHED = "step_finished"
-    STEP_FAILED = "step_failed"
-    STEP_SIGNAL = "step_signal"
-    PROPERTY_PREFERENCE_ASSIGNED = "property_preference_assigned"
-    FLOW_COMPLETED = "flow_completed"
-    FLOW_FAILED = "flow_failed"
-    FLOW_CANCELLED = "flow_cancelled"
-    STEP_SKIPPED = "step_skipped"
-    STEP_ATTEMPT_FAILED = "step_attempt_failed"
-    TIMER_STARTED = "timer_started"
-    TIMER_FIRED = "timer_fired"
-    SIGNAL_RECEIVED = "signal_received"
-    COMPENSATION_STARTED = "compensation_started"
-    COMPENSATION_FINISHED = "compensation_finished"
-    COMPENSATION_FAILED = "compensation_failed"
-    TASK_SCHEDULED = "task_scheduled"
-    FLOW_CANCEL_REQUESTED = "flow_cancel_requested"
-
-    @property
-    def variant(self) -> str:
-        """The one-letter compact variant (seed chem-core: I, S, F, X, G, C, ...)."""
-        return _VARIANTS[self]
-
-
-_VARIANTS: dict[EventType, str] = {
-    EventType.FLOW_INITIALIZED: "I",
-    EventType.STEP_STARTED: "S",
-    EventType.STEP_FINISHED: "F",
-    EventType.STEP_FAILED: "X",
-    EventType.STEP_SIGNAL: "G",
-    EventType.PROPERTY_PREFERENCE_ASSIGNED: "P",
-    EventType.FLOW_COMPLETED: "C",
-    EventType.FLOW_FAILED: "E",
-    EventType.FLOW_CANCELLED: "K",
-    EventType.STEP_SKIPPED: "Z",
-    EventType.STEP_ATTEMPT_FAILED: "R",
-    EventType.TIMER_STARTED: "T",
-    EventType.TIMER_FIRED: "W",
-    EventType.SIGNAL_RECEIVED: "N",
-    EventType.COMPENSATION_STARTED: "Y",
-    EventType.COMPENSATION_FINISHED: "V",
-    EventType.COMPENSATION_FAILED: "U",
-    EventType.TASK_SCHEDULED: "Q",
-    EventType.FLOW_CANCEL_REQUESTED: "A",
-}
+# The event kinds are the SDK's enum itself, not a copy: the one Python list of the contract's
+# ``EventType`` (common.proto). Its values are what ``event_log.event_type`` stores, its
+# ``variant`` the compact letter; tests/test_event_types.py checks it against the proto.
+from flowledger.types import EventType as EventType
 
 
 class FlowStatus(enum.Enum):

@@ -361,3 +361,13 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
             request.namespace, request.flow_id, request.fencing_token
         )
         return store_pb2.ReleaseLeaseResponse(released=released)
+
+    # -- the store's limits ------------------------------------------------------------------
+
+    @unary("store")
+    async def GetLimits(
+        self, request: store_pb2.GetLimitsRequest, context: Context
+    ) -> store_pb2.GetLimitsResponse:
+        # From the settings, not the backend: answered while the backend is still starting.
+        validation.check_get_limits(request, self.limits)
+        return convert.limits_response(self.limits)

@@ -148,6 +148,18 @@ def _check_flow_ref(req: FlowRef, limits: Limits, rpc: str) -> None:
     c.done(rpc)
 
 
+class GetLimitsRequest(Protocol):
+    @property
+    def namespace(self) -> str: ...
+
+
+def check_get_limits(req: GetLimitsRequest, limits: Limits) -> None:
+    c = FieldChecks(limits)
+    if req.namespace:  # optional: the limits are the same in every namespace
+        c.namespace(req.namespace)
+    c.done("GetLimits")
+
+
 class ListFlowsRequest(Protocol):
     @property
     def namespace(self) -> str: ...

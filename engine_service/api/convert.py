@@ -8,30 +8,34 @@ only fails the mapping at import instead of being misnumbered. Shared messages o
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
+from typing import Protocol
 
 from google.protobuf import timestamp_pb2
 
 from engine_service.api.definitions import DefinitionChange, DocumentFormat, stored_steps
 from engine_service.api.flows import BranchRequest, FlowView, StartRequest
 from engine_service.api.step_views import StepWait, ViewStatus, step_view_status
-from engine_service.api.watch import WatchBatch
+from engine_service.api.watch import Batch, EventForm
 from engine_service.run.verify import VerifyReport
-from flowledger.canonical import canonical_bytes
+from flowledger.canonical import JsonValue, canonical_bytes
 from flowledger.v1 import common_pb2, engine_pb2
 from flowledger_core.domain import (
     ArtifactLookup,
     DefinitionPage,
     DefinitionState,
     DefinitionTransition,
+    EventType,
     FlowFilter,
     FlowPage,
     FlowStatus,
     Page,
     StoredDefinition,
 )
+from flowledger_core.ports import EventStore
 from flowledger_core.wire import store as common
+from flowledger_core.wire.store_client import event_type_from_pb
 
 DEFAULT_PAGE_SIZE = 100
 
@@ -83,12 +87,13 @@ def close_only(req: engine_pb2.WatchFlowRequest) -> bool:
     return req.filter == engine_pb2.WATCH_FILTER_CLOSE_EVENT
 
 
-def start_request(req: engine_pb2.StartFlowRequest) -> StartRequest:
+def start_request(req: engine_pb2.StartFlowRequest, flow_input: JsonValue) -> StartRequest:
+    """``flow_input``: ``input_json`` as :func:`validation.check_start_flow` parsed it."""
     return StartRequest(
         namespace=req.namespace,
         definition_name=req.definition_name,
         version=req.version,
-        input_json=req.input_json,
+        input=flow_input,
         idempotency_key=req.idempotency_key,
         started_by=req.started_by,
     )
@@ -213,10 +218,50 @@ def list_flow_runs_response(result: FlowPage) -> engine_pb2.ListFlowRunsResponse
     )
 
 
-def watch_response(batch: WatchBatch) -> engine_pb2.WatchFlowResponse:
+class EventMessages(Protocol):
+    """A flow's events as the store sent them: the engine's gRPC store client
+    (``GrpcEventStore.read_event_messages``), resuming after the last version on a retry as
+    ``read_events`` does."""
+
+    def read_event_messages(
+        self, namespace: str, flow_id: str, after_version: int = 0
+    ) -> AsyncIterator[Sequence[common_pb2.Event]]: ...
+
+
+def message_form(
+    store: EventStore, messages: EventMessages | None
+) -> EventForm[common_pb2.Event]:
+    """WatchFlow's events as the response carries them. Read from ``messages`` (the store's
+    own messages, forwarded: no conversion here) or, for a store without a wire (in-process),
+    through the port and encoded once; kept and pushed events are encoded once."""
+    if messages is not None:
+        reader = messages
+
+        def read(
+            namespace: str, flow_id: str, after: int
+        ) -> AsyncIterator[Sequence[common_pb2.Event]]:
+            return reader.read_event_messages(namespace, flow_id, after)
+
+    else:
+
+        async def read(
+            namespace: str, flow_id: str, after: int
+        ) -> AsyncIterator[Sequence[common_pb2.Event]]:
+            async for chunk in store.read_events(namespace, flow_id, after_version=after):
+                yield [common.event_to_pb(e) for e in chunk]
+
+    return EventForm(read, common.event_to_pb, _event_kind)
+
+
+def _event_kind(event: common_pb2.Event) -> EventType:
+    return event_type_from_pb(event.type)
+
+
+def watch_response(batch: Batch[common_pb2.Event]) -> engine_pb2.WatchFlowResponse:
+    # The messages are copied into the response (protobuf adds a message to a repeated field
+    # by copying it); none is converted.
     return engine_pb2.WatchFlowResponse(
-        events=[common.event_to_pb(e) for e in batch.events],
-        status=FLOW_STATUS_TO_PB[batch.status],
+        events=batch.events, status=FLOW_STATUS_TO_PB[batch.status]
     )
 
 

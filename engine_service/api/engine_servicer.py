@@ -4,7 +4,7 @@ Errors leave through one place, :func:`fail`: a :class:`~flowledger.errors.Flowl
 (the store's errors arrive as the same classes through the store client) becomes its rich status
 through :func:`flowledger.rpc_status.abort`; anything else is logged and answered INTERNAL with a
 generic message. A request is validated whole before anything is written, so a failed call
-writes nothing.
+writes nothing; against the store's configured limits, asked once (``LimitsSource``).
 
 WatchFlow streams end with UNAVAILABLE (reason SHUTTING_DOWN, metadata ``after_version``) when
 the server drains, so clients resume on another replica instead of holding up the shutdown.
@@ -24,12 +24,13 @@ import grpc.aio
 from engine_service.api import convert, validation
 from engine_service.api.definitions import Definitions
 from engine_service.api.flows import Flows
-from engine_service.api.watch import watch_flow
+from engine_service.api.watch import follow_flow
 from engine_service.work.notifier import FlowNotifier
 from flowledger import rpc_status
 from flowledger.canonical import parse_json
 from flowledger.errors import FlowledgerError, InternalError
 from flowledger.v1 import engine_pb2, engine_pb2_grpc
+from flowledger_core.limits import Limits
 from flowledger_core.ports import EventStore
 
 log = logging.getLogger("engine_service.grpc")
@@ -37,6 +38,8 @@ log = logging.getLogger("engine_service.grpc")
 SERVICE_NAME = engine_pb2.DESCRIPTOR.services_by_name["EngineService"].full_name
 
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+# The store's limits, for validation (engine_service.store_client.limits.StoreLimits.get).
+LimitsSource: TypeAlias = Callable[[], Awaitable[Limits]]
 _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
 
@@ -92,11 +95,19 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
         definitions: Definitions,
         flows: Flows,
         notifier: FlowNotifier,
+        limits: LimitsSource,
+        messages: convert.EventMessages | None = None,
     ) -> None:
+        """``limits``: the store's request limits, which every request is validated against
+        (awaited per request: known after the store first answered GetLimits). ``messages``:
+        the store's event messages, when the store is reached over gRPC, so that WatchFlow
+        forwards what it reads instead of decoding and encoding it back."""
         self._store = store
+        self._limits = limits
         self._definitions = definitions
         self._flows = flows
         self._notifier = notifier
+        self._watch_form = convert.message_form(store, messages)
         self._draining = asyncio.Event()
 
     def drain(self) -> None:
@@ -109,7 +120,8 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
     async def CreateDefinitionVersion(
         self, request: engine_pb2.CreateDefinitionVersionRequest, context: Context
     ) -> engine_pb2.CreateDefinitionVersionResponse:
-        validation.check_create_definition_version(request)
+        limits = await self._limits()
+        validation.check_create_definition_version(request, limits)
         stored, existed = await self._definitions.create(
             request.namespace,
             request.name,
@@ -125,7 +137,8 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
     async def PublishDefinitionVersion(
         self, request: engine_pb2.PublishDefinitionVersionRequest, context: Context
     ) -> engine_pb2.PublishDefinitionVersionResponse:
-        validation.check_definition_change(request, "PublishDefinitionVersion")
+        limits = await self._limits()
+        validation.check_definition_change(request, limits, "PublishDefinitionVersion")
         stored = await self._definitions.publish(convert.definition_change(request))
         return engine_pb2.PublishDefinitionVersionResponse(
             version=convert.definition_to_pb(stored)
@@ -135,7 +148,8 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
     async def ArchiveDefinitionVersion(
         self, request: engine_pb2.ArchiveDefinitionVersionRequest, context: Context
     ) -> engine_pb2.ArchiveDefinitionVersionResponse:
-        validation.check_definition_change(request, "ArchiveDefinitionVersion")
+        limits = await self._limits()
+        validation.check_definition_change(request, limits, "ArchiveDefinitionVersion")
         stored = await self._definitions.archive(convert.definition_change(request))
         return engine_pb2.ArchiveDefinitionVersionResponse(
             version=convert.definition_to_pb(stored)
@@ -145,7 +159,8 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
     async def RollbackDefinition(
         self, request: engine_pb2.RollbackDefinitionRequest, context: Context
     ) -> engine_pb2.RollbackDefinitionResponse:
-        validation.check_definition_change(request, "RollbackDefinition")
+        limits = await self._limits()
+        validation.check_definition_change(request, limits, "RollbackDefinition")
         stored = await self._definitions.rollback(convert.definition_change(request))
         return engine_pb2.RollbackDefinitionResponse(version=convert.definition_to_pb(stored))
 
@@ -153,7 +168,8 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
     async def GetDefinitionVersion(
         self, request: engine_pb2.GetDefinitionVersionRequest, context: Context
     ) -> engine_pb2.GetDefinitionVersionResponse:
-        validation.check_get_definition_version(request)
+        limits = await self._limits()
+        validation.check_get_definition_version(request, limits)
         stored = await self._definitions.get(request.namespace, request.name, request.version)
         return engine_pb2.GetDefinitionVersionResponse(version=convert.definition_to_pb(stored))
 
@@ -161,7 +177,8 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
     async def ListDefinitions(
         self, request: engine_pb2.ListDefinitionsRequest, context: Context
     ) -> engine_pb2.ListDefinitionsResponse:
-        validation.check_list_definitions(request)
+        limits = await self._limits()
+        validation.check_list_definitions(request, limits)
         result = await self._definitions.list(
             request.namespace,
             request.name or None,
@@ -175,15 +192,17 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
     async def StartFlow(
         self, request: engine_pb2.StartFlowRequest, context: Context
     ) -> engine_pb2.StartFlowResponse:
-        validation.check_start_flow(request)
-        flow_id, existed = await self._flows.start(convert.start_request(request))
+        limits = await self._limits()
+        flow_input = validation.check_start_flow(request, limits)
+        flow_id, existed = await self._flows.start(convert.start_request(request, flow_input))
         return engine_pb2.StartFlowResponse(flow_id=flow_id, existed=existed)
 
     @_unary
     async def DescribeFlow(
         self, request: engine_pb2.DescribeFlowRequest, context: Context
     ) -> engine_pb2.DescribeFlowResponse:
-        validation.check_flow_ref(request, "DescribeFlow")
+        limits = await self._limits()
+        validation.check_flow_ref(request, limits, "DescribeFlow")
         view = await self._flows.describe(request.namespace, request.flow_id)
         return engine_pb2.DescribeFlowResponse(flow=convert.flow_view_to_pb(view))
 
@@ -191,7 +210,8 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
     async def ListFlowRuns(
         self, request: engine_pb2.ListFlowRunsRequest, context: Context
     ) -> engine_pb2.ListFlowRunsResponse:
-        validation.check_list_flow_runs(request)
+        limits = await self._limits()
+        validation.check_list_flow_runs(request, limits)
         result = await self._flows.list(
             convert.flow_filter(request), convert.page(request.page_size, request.page_token)
         )
@@ -201,10 +221,11 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
     async def WatchFlow(
         self, request: engine_pb2.WatchFlowRequest, context: Context
     ) -> AsyncIterator[engine_pb2.WatchFlowResponse]:
-        validation.check_watch_flow(request)
-        batches = watch_flow(
-            self._store, self._notifier, request.namespace, request.flow_id,
-            request.after_version, self._draining, convert.close_only(request),
+        limits = await self._limits()
+        validation.check_watch_flow(request, limits)
+        batches = follow_flow(
+            self._watch_form, self._store, self._notifier, request.namespace,
+            request.flow_id, request.after_version, self._draining, convert.close_only(request),
         )
         try:
             async for batch in batches:
@@ -216,7 +237,8 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
     async def FetchArtifacts(
         self, request: engine_pb2.FetchArtifactsRequest, context: Context
     ) -> engine_pb2.FetchArtifactsResponse:
-        validation.check_fetch_artifacts(request)
+        limits = await self._limits()
+        validation.check_fetch_artifacts(request, limits)
         lookup = await self._flows.fetch_artifacts(
             request.namespace, convert.hashes(request.hashes)
         )
@@ -226,7 +248,8 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
     async def BranchFlow(
         self, request: engine_pb2.BranchFlowRequest, context: Context
     ) -> engine_pb2.BranchFlowResponse:
-        validation.check_branch_flow(request)
+        limits = await self._limits()
+        validation.check_branch_flow(request, limits)
         flow_id, existed = await self._flows.branch(convert.branch_request(request))
         return engine_pb2.BranchFlowResponse(flow_id=flow_id, existed=existed)
 
@@ -234,7 +257,8 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
     async def VerifyFlow(
         self, request: engine_pb2.VerifyFlowRequest, context: Context
     ) -> engine_pb2.VerifyFlowResponse:
-        validation.check_flow_ref(request, "VerifyFlow")
+        limits = await self._limits()
+        validation.check_flow_ref(request, limits, "VerifyFlow")
         report = await self._flows.verify(request.namespace, request.flow_id)
         return convert.verify_response(report)
 
@@ -242,7 +266,8 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
     async def SignalFlow(
         self, request: engine_pb2.SignalFlowRequest, context: Context
     ) -> engine_pb2.SignalFlowResponse:
-        validation.check_signal_flow(request)
+        limits = await self._limits()
+        validation.check_signal_flow(request, limits)
         payload = parse_json(request.payload_json) if request.payload_json else None
         result = await self._flows.signal(
             request.namespace, request.flow_id, request.name, payload, request.request_id,
@@ -256,7 +281,8 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
     async def CancelFlow(
         self, request: engine_pb2.CancelFlowRequest, context: Context
     ) -> engine_pb2.CancelFlowResponse:
-        validation.check_cancel_flow(request)
+        limits = await self._limits()
+        validation.check_cancel_flow(request, limits)
         result = await self._flows.cancel(
             request.namespace, request.flow_id, request.reason, request.cancelled_by
         )

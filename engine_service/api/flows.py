@@ -33,7 +33,9 @@ class StartRequest:
     namespace: str
     definition_name: str
     version: int
-    input_json: str
+    # The input as validation parsed it from input_json (None when that was empty): parsed
+    # once per request.
+    input: JsonValue
     idempotency_key: str
     started_by: str
 
@@ -88,7 +90,6 @@ class Flows:
                 reason="STEP_TYPES_UNAVAILABLE",
                 metadata={"name": req.definition_name, "version": str(definition.version)},
             ) from exc
-        flow_input: JsonValue = parse_json(req.input_json) if req.input_json else None
         key = req.idempotency_key or None
         # With a free run slot here, the store leases the flow to this replica as it creates
         # it, and the run starts from the handle that created it: no claim, no re-read.
@@ -97,7 +98,7 @@ class Flows:
             sent = time.monotonic()
             try:
                 run = await self._engine.start(
-                    definition, flow_input, namespace=req.namespace, idempotency_key=key,
+                    definition, req.input, namespace=req.namespace, idempotency_key=key,
                     created_by=req.started_by, lease=lease,
                 )
             except InvalidArgument as exc:

@@ -6,7 +6,10 @@ field, as the path sent (``params_json.split``, ``hashes[3]``): RESOURCE_EXHAUST
 limit was passed, INVALID_ARGUMENT otherwise. The collector is the store's
 :class:`flowledger_core.checks.FieldChecks`, so both services word and report violations alike.
 Checks that need stored state (an unknown definition, a step the flow does not have) happen
-later, with the same field names.
+later, with the same field names. The ``limits`` (payload sizes, id lengths, JSON depth) are the
+store's configured ones, which the engine asks the store for
+(:mod:`engine_service.store_client.limits`), so that a request the store would refuse is refused
+here, naming this request's fields.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from engine_service.validation import json_path
+from flowledger.canonical import JsonValue
 from flowledger_core.checks import FieldChecks
 from flowledger_core.limits import Limits
 
@@ -30,14 +34,6 @@ _STEP_ID = re.compile(r"[a-z0-9_-]{1,64}\Z")
 _FORMATS = (0, 1, 2)
 # WatchFilter numbers (engine.proto): every event, the close event only.
 _WATCH_FILTERS = (0, 1)
-
-LIMITS = Limits()
-"""Payload limits of JSON fields (input_json, params_json): the store's defaults."""
-
-
-def _checks() -> FieldChecks:
-    return FieldChecks(LIMITS)
-
 
 def _name(c: FieldChecks, value: str, field: str) -> None:
     if not value:
@@ -76,8 +72,10 @@ class CreateDefinitionVersionRequest(Protocol):
     def request_id(self) -> str: ...
 
 
-def check_create_definition_version(req: CreateDefinitionVersionRequest) -> None:
-    c = _checks()
+def check_create_definition_version(
+    req: CreateDefinitionVersionRequest, limits: Limits
+) -> None:
+    c = FieldChecks(limits)
     c.namespace(req.namespace)
     _name(c, req.name, "name")
     size = len(req.document.encode("utf-8", "surrogatepass"))
@@ -110,8 +108,8 @@ class DefinitionChangeRequest(Protocol):
     def actor(self) -> str: ...
 
 
-def check_definition_change(req: DefinitionChangeRequest, rpc: str) -> None:
-    c = _checks()
+def check_definition_change(req: DefinitionChangeRequest, limits: Limits, rpc: str) -> None:
+    c = FieldChecks(limits)
     c.namespace(req.namespace)
     _name(c, req.name, "name")
     if req.version < 1:
@@ -130,8 +128,8 @@ class GetDefinitionVersionRequest(Protocol):
     def version(self) -> int: ...
 
 
-def check_get_definition_version(req: GetDefinitionVersionRequest) -> None:
-    c = _checks()
+def check_get_definition_version(req: GetDefinitionVersionRequest, limits: Limits) -> None:
+    c = FieldChecks(limits)
     c.namespace(req.namespace)
     _name(c, req.name, "name")
     c.non_negative(req.version, "version")
@@ -149,8 +147,8 @@ class ListDefinitionsRequest(Protocol):
     def page_token(self) -> str: ...
 
 
-def check_list_definitions(req: ListDefinitionsRequest) -> None:
-    c = _checks()
+def check_list_definitions(req: ListDefinitionsRequest, limits: Limits) -> None:
+    c = FieldChecks(limits)
     c.namespace(req.namespace)
     if req.name:
         _name(c, req.name, "name")
@@ -176,15 +174,19 @@ class StartFlowRequest(Protocol):
     def started_by(self) -> str: ...
 
 
-def check_start_flow(req: StartFlowRequest) -> None:
-    c = _checks()
+def check_start_flow(req: StartFlowRequest, limits: Limits) -> JsonValue:
+    """Returns the input parsed from ``input_json`` (None when it is empty), so that the
+    request's JSON is parsed once."""
+    c = FieldChecks(limits)
     c.namespace(req.namespace)
     _name(c, req.definition_name, "definition_name")
     c.non_negative(req.version, "version")
-    c.json(req.input_json, "input_json", require_object=False, optional=True)
+    _, flow_input = c.json(req.input_json, "input_json", require_object=False, optional=True)
     _key(c, req.idempotency_key, "idempotency_key")
     c.text(req.started_by, "started_by", MAX_TEXT)
     c.done("StartFlow")
+    value: JsonValue = flow_input
+    return value
 
 
 class FlowRef(Protocol):
@@ -196,8 +198,8 @@ class FlowRef(Protocol):
     def flow_id(self) -> str: ...
 
 
-def check_flow_ref(req: FlowRef, rpc: str) -> None:
-    c = _checks()
+def check_flow_ref(req: FlowRef, limits: Limits, rpc: str) -> None:
+    c = FieldChecks(limits)
     c.namespace(req.namespace)
     c.uuid(req.flow_id, "flow_id")
     c.done(rpc)
@@ -220,8 +222,8 @@ class ListFlowRunsRequest(Protocol):
     def flow_id_prefix(self) -> str: ...
 
 
-def check_list_flow_runs(req: ListFlowRunsRequest) -> None:
-    c = _checks()
+def check_list_flow_runs(req: ListFlowRunsRequest, limits: Limits) -> None:
+    c = FieldChecks(limits)
     c.namespace(req.namespace)
     for i, status in enumerate(req.statuses):
         c.flow_status(status, f"statuses[{i}]", allow_unspecified=False)
@@ -244,8 +246,8 @@ class WatchFlowRequest(Protocol):
     def filter(self) -> int: ...
 
 
-def check_watch_flow(req: WatchFlowRequest) -> None:
-    c = _checks()
+def check_watch_flow(req: WatchFlowRequest, limits: Limits) -> None:
+    c = FieldChecks(limits)
     c.namespace(req.namespace)
     c.uuid(req.flow_id, "flow_id")
     c.non_negative(req.after_version, "after_version")
@@ -261,8 +263,8 @@ class FetchArtifactsRequest(Protocol):
     def hashes(self) -> Sequence[str]: ...
 
 
-def check_fetch_artifacts(req: FetchArtifactsRequest) -> None:
-    c = _checks()
+def check_fetch_artifacts(req: FetchArtifactsRequest, limits: Limits) -> None:
+    c = FieldChecks(limits)
     c.namespace(req.namespace)
     if not req.hashes:
         c.bad("hashes", "must hold at least one hash")
@@ -289,8 +291,8 @@ class BranchFlowRequest(Protocol):
     def started_by(self) -> str: ...
 
 
-def check_branch_flow(req: BranchFlowRequest) -> None:
-    c = _checks()
+def check_branch_flow(req: BranchFlowRequest, limits: Limits) -> None:
+    c = FieldChecks(limits)
     c.namespace(req.namespace)
     c.uuid(req.flow_id, "flow_id")
     if not req.at_step:
@@ -322,8 +324,8 @@ class SignalFlowRequest(Protocol):
     def sent_by(self) -> str: ...
 
 
-def check_signal_flow(req: SignalFlowRequest) -> None:
-    c = _checks()
+def check_signal_flow(req: SignalFlowRequest, limits: Limits) -> None:
+    c = FieldChecks(limits)
     c.namespace(req.namespace)
     c.uuid(req.flow_id, "flow_id")
     if not re.fullmatch(r"[A-Za-z0-9._:-]{1,128}", req.name):
@@ -346,8 +348,8 @@ class CancelFlowRequest(Protocol):
     def cancelled_by(self) -> str: ...
 
 
-def check_cancel_flow(req: CancelFlowRequest) -> None:
-    c = _checks()
+def check_cancel_flow(req: CancelFlowRequest, limits: Limits) -> None:
+    c = FieldChecks(limits)
     c.namespace(req.namespace)
     c.uuid(req.flow_id, "flow_id")
     c.text(req.reason, "reason", MAX_TEXT)

@@ -42,6 +42,12 @@ A close-only watch (WATCH_FILTER_CLOSE_EVENT, for a caller that waits for the ou
 the flow by the same means and yields only the batch that ends it, cut to its terminal event:
 one message instead of one per append, which is what the encoding on both sides costs.
 
+Each event is converted once on its way to the watcher. WatchFlow follows the flow in the wire
+form (:class:`EventForm`): an event read from the store goes out as the message the store sent
+(the watch reads its version, its type and, for a retry's backoff, its payload, and converts
+nothing); an event kept or pushed here is encoded once, when a batch shows it. The domain form
+(:func:`watch_flow`, StoredEvents) follows the same way for callers inside the engine.
+
 The store's Subscribe feed was not used: it is namespace-wide (every event of every flow of the
 namespace would cross the wire to find one flow's), and a per-flow read from a version is exactly
 what resuming needs. A client that reconnects passes the last version it received.
@@ -50,8 +56,9 @@ what resuming needs. A client that reconnects passes the last version it receive
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
 
 from engine_service.work.notifier import FlowNotifier
 from flowledger.canonical import parse_json
@@ -69,14 +76,63 @@ _TERMINAL = {
 }
 
 
+class WatchedEvent(Protocol):
+    """What the watch reads of an event besides its type: a StoredEvent, or an event message
+    as the store sent it (``common_pb2.Event``), which WatchFlow forwards undecoded."""
+
+    @property
+    def version(self) -> int: ...
+    @property
+    def payload_json(self) -> str: ...
+
+
+E = TypeVar("E", bound=WatchedEvent)
+
+
 @dataclass(frozen=True)
-class WatchBatch:
-    events: tuple[StoredEvent, ...]
+class Batch(Generic[E]):
+    events: tuple[E, ...]
     # The flow's status after these events.
     status: FlowStatus
 
 
-async def watch_flow(
+WatchBatch = Batch[StoredEvent]
+
+
+@dataclass(frozen=True)
+class EventForm(Generic[E]):
+    """The form the watch delivers events in, and how it gets them in that form.
+
+    ``read`` reads the flow's log after a version (chunks, as ``EventStore.read_events``);
+    ``local`` turns an event kept or pushed by this replica (a StoredEvent) into the form, and
+    is called only for the events a batch shows; ``kind`` is an event's type. The domain form
+    (:func:`stored_form`) converts nothing; WatchFlow's wire form
+    (:func:`engine_service.api.convert.message_form`) reads the store's messages and forwards
+    them, so that an event read from the store is never decoded and encoded back."""
+
+    read: Callable[[str, str, int], AsyncIterator[Sequence[E]]]
+    local: Callable[[StoredEvent], E]
+    kind: Callable[[E], EventType]
+
+
+def _stored_kind(event: StoredEvent) -> EventType:
+    return event.type
+
+
+def _same(event: StoredEvent) -> StoredEvent:
+    return event
+
+
+def stored_form(store: EventStore) -> EventForm[StoredEvent]:
+    """Events as StoredEvents, read through the store port."""
+
+    def read(namespace: str, flow_id: str, after: int) -> AsyncIterator[Sequence[StoredEvent]]:
+        return store.read_events(namespace, flow_id, after_version=after)
+
+    return EventForm(read, _same, _stored_kind)
+
+
+def watch_flow(
     store: EventStore,
     notifier: FlowNotifier,
     namespace: str,
@@ -85,6 +141,23 @@ async def watch_flow(
     stopping: asyncio.Event,
     close_only: bool = False,
 ) -> AsyncIterator[WatchBatch]:
+    """:func:`follow_flow` in the domain form (StoredEvents read through ``store``)."""
+    return follow_flow(
+        stored_form(store), store, notifier, namespace, flow_id, after_version, stopping,
+        close_only,
+    )
+
+
+async def follow_flow(
+    form: EventForm[E],
+    store: EventStore,
+    notifier: FlowNotifier,
+    namespace: str,
+    flow_id: str,
+    after_version: int,
+    stopping: asyncio.Event,
+    close_only: bool = False,
+) -> AsyncIterator[Batch[E]]:
     """Batches of new events until the flow ended (NotFound for an unknown flow). When
     ``stopping`` is set (the server drains) the stream ends with Unavailable, so that the client
     resumes from its last version on another replica.
@@ -100,10 +173,10 @@ async def watch_flow(
             read = True
         else:
             # Taken in the same step as listening: what is pushed from now on continues it.
-            status = _status_after(kept, FlowStatus.QUEUED)
+            status = _status_after(kept, FlowStatus.QUEUED, _stored_kind)
             after = max(after_version, kept[-1].version)
             caught_up = [e for e in kept if e.version > after_version]
-            if (shown := _shown(caught_up, status, close_only)) is not None:
+            if (shown := _shown_local(form, caught_up, status, close_only)) is not None:
                 yield shown
             if status.terminal:
                 return
@@ -111,26 +184,32 @@ async def watch_flow(
             read = not notifier.running_here(namespace, flow_id)
         delay = MIN_POLL_S
         while True:
+            shown = None
             if read:
                 # Pushed events from now on are dropped if the read also returns them.
                 inbox.wake.clear()
                 inbox.take()
-                events: list[StoredEvent] = []
-                async for chunk in store.read_events(namespace, flow_id, after_version=after):
+                events: list[E] = []
+                async for chunk in form.read(namespace, flow_id, after):
                     events.extend(chunk)
+                if events:
+                    after = events[-1].version
+                    status = _status_after(events, status, form.kind)
+                    shown = _shown(events, status, close_only, form.kind)
+                    delay = MIN_POLL_S
             else:
                 inbox.wake.clear()
                 pushed = _continuing(inbox.take(), after)
                 if pushed is None:
                     read = True  # a gap: the log has something that was not pushed
                     continue
-                events = pushed
-            if events:
-                after = events[-1].version
-                status = _status_after(events, status)
-                if (shown := _shown(events, status, close_only)) is not None:
-                    yield shown
-                delay = MIN_POLL_S
+                if pushed:
+                    after = pushed[-1].version
+                    status = _status_after(pushed, status, _stored_kind)
+                    shown = _shown_local(form, pushed, status, close_only)
+                    delay = MIN_POLL_S
+            if shown is not None:
+                yield shown
             if status.terminal:
                 return
             if stopping.is_set():
@@ -144,17 +223,27 @@ async def watch_flow(
 
 
 def _shown(
-    events: Sequence[StoredEvent], status: FlowStatus, close_only: bool
-) -> WatchBatch | None:
+    events: Sequence[E], status: FlowStatus, close_only: bool, kind: Callable[[E], EventType]
+) -> Batch[E] | None:
     """What a batch of new events shows the watcher: all of it; with ``close_only`` only the
     event that ended the flow, and nothing from a batch before that one."""
     if not events:
         return None
     if not close_only:
-        return WatchBatch(tuple(events), status)
+        return Batch(tuple(events), status)
     if not status.terminal:
         return None
-    return WatchBatch(tuple(e for e in events if e.type in _TERMINAL), status)
+    return Batch(tuple(e for e in events if kind(e) in _TERMINAL), status)
+
+
+def _shown_local(
+    form: EventForm[E], events: Sequence[StoredEvent], status: FlowStatus, close_only: bool
+) -> Batch[E] | None:
+    """:func:`_shown` of events kept or pushed here, each put in the form only if shown."""
+    shown = _shown(events, status, close_only, _stored_kind)
+    if shown is None:
+        return None
+    return Batch(tuple(form.local(e) for e in shown.events), status)
 
 
 def _continuing(pushed: list[StoredEvent], after: int) -> list[StoredEvent] | None:
@@ -173,22 +262,26 @@ _WAIT_STARTS = (EventType.TIMER_STARTED, EventType.TASK_SCHEDULED)
 
 
 def _status_after(
-    events: Sequence[StoredEvent], status: FlowStatus, inline_wait_ms: int = 1000
+    events: Sequence[E],
+    status: FlowStatus,
+    kind: Callable[[E], EventType],
+    inline_wait_ms: int = 1000,
 ) -> FlowStatus:
     """The flow's status after ``events``, as the engine sets it (decision 0013): a wait or a
     long retry backoff makes it WAITING, a signal leaves it as it is (the step it resumes
     records its StepFinished right after), any other event means it runs."""
     for event in events:
-        if event.type in _TERMINAL:
-            return _TERMINAL[event.type]
-        if event.type in _WAIT_STARTS:
+        etype = kind(event)
+        if etype in _TERMINAL:
+            return _TERMINAL[etype]
+        if etype in _WAIT_STARTS:
             status = FlowStatus.WAITING
-        elif event.type is EventType.STEP_ATTEMPT_FAILED:
+        elif etype is EventType.STEP_ATTEMPT_FAILED:
             delay = parse_json(event.payload_json)
             delay_ms = delay.get("delay_ms", 0) if isinstance(delay, dict) else 0
             long_wait = isinstance(delay_ms, int) and delay_ms > inline_wait_ms
             status = FlowStatus.WAITING if long_wait else FlowStatus.RUNNING
-        elif event.type is not EventType.SIGNAL_RECEIVED:
+        elif etype is not EventType.SIGNAL_RECEIVED:
             status = FlowStatus.RUNNING
     return status
 

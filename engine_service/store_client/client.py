@@ -36,17 +36,22 @@ with
   flow id in a non-canonical form) are canonicalised or refused first, as the backends do
   (:mod:`engine_service.store_client.port`).
 
+* **GetLimits** is a unary call like the others (:meth:`GrpcEventStore.get_limits`), asked
+  once per replica by :mod:`engine_service.store_client.limits`.
+
 Every ``grpc.RpcError`` becomes a :mod:`flowledger.errors` class through
 :func:`flowledger.rpc_status.from_rpc_error`; protobuf types stay inside this module and
-:mod:`flowledger_core.wire.store`.
+:mod:`flowledger_core.wire.store`, except the event messages of
+:meth:`GrpcEventStore.read_event_messages`, which WatchFlow forwards as the store sent them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import replace
 from typing import TypeVar
 
@@ -62,10 +67,11 @@ from flowledger.errors import (
     DeadlineExceeded,
     FailedPrecondition,
     FlowledgerError,
+    InternalError,
     Unavailable,
 )
 from flowledger.rpc_status import from_rpc_error
-from flowledger.v1 import store_pb2, store_pb2_grpc
+from flowledger.v1 import common_pb2, store_pb2, store_pb2_grpc
 from flowledger_core.domain import (
     Append,
     AppendResult,
@@ -84,6 +90,7 @@ from flowledger_core.domain import (
     StepCounts,
     StoredEvent,
 )
+from flowledger_core.limits import Limits
 from flowledger_core.server.interceptors import client_interceptors
 from flowledger_core.wire import store_client as wire
 from flowledger_core.wire import store_work as work_wire
@@ -238,6 +245,23 @@ class GrpcEventStore(WorkCalls):
         to_version: int = 0,
         chunk_size: int = 1000,
     ) -> AsyncIterator[Sequence[StoredEvent]]:
+        messages = self.read_event_messages(
+            namespace, flow_id, after_version, to_version, chunk_size
+        )
+        async with contextlib.aclosing(messages):
+            async for chunk in messages:
+                yield tuple(wire.event_from_pb(e) for e in chunk)
+
+    async def read_event_messages(
+        self,
+        namespace: str,
+        flow_id: str,
+        after_version: int = 0,
+        to_version: int = 0,
+        chunk_size: int = 1000,
+    ) -> AsyncGenerator[Sequence[common_pb2.Event], None]:
+        """:meth:`read_events` as the store sent them (each chunk one response's events), for a
+        caller that forwards them (WatchFlow): retried and resumed in the same way."""
         budget = RetryBudget(self.settings, what=f"ReadEvents({flow_id})")
         after = after_version
         while True:
@@ -265,7 +289,7 @@ class GrpcEventStore(WorkCalls):
                     if resp is grpc.aio.EOF:
                         return
                     assert isinstance(resp, store_pb2.ReadEventsResponse)
-                    events = tuple(wire.event_from_pb(e) for e in resp.events)
+                    events = resp.events
                     if events:
                         budget.reset()
                         after = events[-1].version
@@ -343,6 +367,24 @@ class GrpcEventStore(WorkCalls):
         )
         resp = await self._unary("LoadSnapshot", self._stub.LoadSnapshot, request)
         return wire.snapshot_from_pb(resp.snapshot) if resp.found else None
+
+    # -- the store's limits ------------------------------------------------------------------
+
+    async def get_limits(self) -> Limits | None:
+        """The request limits the store enforces (GetLimits), retried in budget as any call;
+        None from a store older than that RPC (UNIMPLEMENTED), whose limits cannot be asked."""
+        try:
+            resp = await self._unary(
+                "GetLimits", self._stub.GetLimits, store_pb2.GetLimitsRequest()
+            )
+        except InternalError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, grpc.aio.AioRpcError) and (
+                cause.code() == grpc.StatusCode.UNIMPLEMENTED
+            ):
+                return None
+            raise
+        return wire.limits_from_pb(resp)
 
     # -- machinery ---------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from google.protobuf import timestamp_pb2
 
 from flowledger.v1 import common_pb2, store_pb2
 from flowledger_core import domain
+from flowledger_core.limits import Limits
 
 # AppendStream's initial metadata: the store reads several commands per message (``more``).
 MORE_HEADER = "flowledger-append-more"
@@ -353,3 +354,15 @@ def load_snapshot_response(snapshot: domain.Snapshot | None) -> store_pb2.LoadSn
     if snapshot is None:
         return store_pb2.LoadSnapshotResponse(found=False)
     return store_pb2.LoadSnapshotResponse(found=True, snapshot=snapshot_to_pb(snapshot))
+
+
+def limits_response(limits: Limits) -> store_pb2.GetLimitsResponse:
+    return store_pb2.GetLimitsResponse(
+        max_payload_bytes=limits.max_payload_bytes,
+        max_message_bytes=limits.max_message_bytes,
+        max_events_per_append=limits.max_events_per_append,
+        max_artifacts_per_append=limits.max_artifacts_per_append,
+        max_events_per_flow=limits.max_events_per_flow,
+        max_id_length=limits.max_id_length,
+        max_json_depth=limits.max_json_depth,
+    )

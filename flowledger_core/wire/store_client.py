@@ -14,6 +14,7 @@ from google.protobuf import timestamp_pb2
 from flowledger.errors import InternalError
 from flowledger.v1 import common_pb2, store_pb2
 from flowledger_core import domain
+from flowledger_core.limits import Limits, LimitsError
 from flowledger_core.wire.store import (
     EVENT_TYPE_FROM_PB,
     EVENT_TYPE_TO_PB,
@@ -23,7 +24,9 @@ from flowledger_core.wire.store import (
 )
 
 
-def _number_to_event_type(number: int) -> domain.EventType:
+def event_type_from_pb(number: int) -> domain.EventType:
+    """The domain type of an event type the store sent; InternalError for one this side does
+    not know."""
     event_type = EVENT_TYPE_FROM_PB.get(number)
     if event_type is None:  # a newer store: the contracts disagree, nothing to retry
         raise InternalError(f"the store sent an unknown event type {event_type_name(number)}")
@@ -169,7 +172,7 @@ def event_from_pb(event: common_pb2.Event) -> domain.StoredEvent:
         seq=event.seq,
         flow_id=event.flow_id,
         version=event.version,
-        type=_number_to_event_type(event.type),
+        type=event_type_from_pb(event.type),
         payload_json=event.payload_json,
         ts=_datetime(event.ts),
         command_id=event.command_id,
@@ -203,3 +206,25 @@ def append_result(resp: store_pb2.AppendEventsResponse) -> domain.AppendResult:
     return domain.AppendResult(
         resp.first_version, resp.last_version, tuple(resp.seqs), resp.duplicate
     )
+
+
+def limits_from_pb(resp: store_pb2.GetLimitsResponse) -> Limits:
+    """The store's limits. InternalError when they contradict each other or are not positive:
+    a store sends what its settings validated, so that would be a contract mismatch."""
+    values = {
+        "max_payload_bytes": resp.max_payload_bytes,
+        "max_message_bytes": resp.max_message_bytes,
+        "max_events_per_append": resp.max_events_per_append,
+        "max_artifacts_per_append": resp.max_artifacts_per_append,
+        "max_events_per_flow": resp.max_events_per_flow,
+        "max_id_length": resp.max_id_length,
+        "max_json_depth": resp.max_json_depth,
+    }
+    # As the store's settings allow (STORE_MAX_ARTIFACTS_PER_APPEND may be 0).
+    low = [n for n, v in values.items() if v < (0 if n == "max_artifacts_per_append" else 1)]
+    if low:
+        raise InternalError(f"the store sent limits below their minimum: {', '.join(low)}")
+    try:
+        return Limits(**values)
+    except LimitsError as exc:
+        raise InternalError(f"the store sent inconsistent limits: {exc}") from exc

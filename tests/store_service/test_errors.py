@@ -189,6 +189,9 @@ CASES = {
     "ReleaseLease": Case("ReleaseLease", lambda space, _: store_pb2.ReleaseLeaseRequest(
         namespace=space, flow_id=UPPER_UUID, fencing_token=-1,
     ), frozenset({"flow_id", "fencing_token"})),
+    "GetLimits": Case("GetLimits", lambda space, _: store_pb2.GetLimitsRequest(
+        namespace=f"{space} and spaces",
+    ), frozenset({"namespace"})),
 }
 
 

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import json
 
+import grpc
+import grpc.aio
+
 from flowledger.canonical import content_hash
-from flowledger.v1 import common_pb2, store_pb2
+from flowledger.v1 import common_pb2, store_pb2, store_pb2_grpc
+from flowledger_core.limits import Limits
+from flowledger_core.wire.store_client import limits_from_pb
+from store_service.grpc_api import StoreServicer
 from tests.fixtures.store_server import RunningStore
 from tests.store_service.helpers import (
     FAILED,
@@ -223,3 +229,24 @@ async def test_subscribe_catches_up_then_follows_live(store_service: RunningStor
         assert [f.event.seq for f in tail] == [received[2].event.seq, received[3].event.seq]
     finally:
         resumed.cancel()
+
+
+async def test_get_limits_answers_the_configured_limits() -> None:
+    """From the settings, whatever the namespace, and before a backend is attached (a store
+    whose database is still starting answers it)."""
+    limits = Limits(max_payload_bytes=1000, max_events_per_flow=7, max_id_length=40,
+                    max_json_depth=9, max_artifacts_per_append=0)
+    servicer = StoreServicer(None, limits)  # no backend (yet)
+    server = grpc.aio.server()
+    store_pb2_grpc.add_StoreServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = store_pb2_grpc.StoreServiceStub(channel)
+            for space in ("", ns()):
+                got = await stub.GetLimits(store_pb2.GetLimitsRequest(namespace=space))
+                assert limits_from_pb(got) == limits
+                assert got.max_json_depth == 9
+    finally:
+        await server.stop(0)

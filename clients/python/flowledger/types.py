@@ -49,7 +49,13 @@ class StepStatus(enum.Enum):
 
 
 class EventType(enum.Enum):
-    """Event kinds; the value is the stored lower-case name, ``variant`` the compact letter."""
+    """Event kinds; the value is the stored lower-case name, ``variant`` the compact letter.
+
+    The contract's ``EventType`` (common.proto) is the source: the members are its values without
+    the ``EVENT_TYPE_`` prefix, in wire order, and the letters are the ones its comments name.
+    Written out rather than built from the descriptor so that type checkers see the members;
+    tests/test_event_types.py checks both against the proto. The store's domain uses this enum.
+    """
 
     FLOW_INITIALIZED = "flow_initialized"
     STEP_STARTED = "step_started"
@@ -76,6 +82,7 @@ class EventType(enum.Enum):
         return _VARIANTS[self]
 
 
+# One letter per member, in declaration order (the proto's "Compact variant" comments).
 _VARIANTS = dict(zip(EventType, "ISFXGPCEKZRTWNYVUQA", strict=True))
 
 

@@ -1686,3 +1686,77 @@ class RenewLeaseResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RenewLeaseResponse: _TypeAlias = RenewLeaseResponse  # noqa: Y015
+
+@_typing.final
+class GetLimitsRequest(_message.Message):
+    """Request of StoreService.GetLimits."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    """Optional: the namespace the caller acts in. The limits are the same for every namespace
+    today (the answer does not depend on it); when set it must be a valid namespace.
+    """
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespace", b"namespace"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLimitsRequest: _TypeAlias = GetLimitsRequest  # noqa: Y015
+
+@_typing.final
+class GetLimitsResponse(_message.Message):
+    """Response of StoreService.GetLimits: the limits every request to this store is checked
+    against (RESOURCE_EXHAUSTED past a size or count, INVALID_ARGUMENT past a length or depth).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_PAYLOAD_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_EVENTS_PER_APPEND_FIELD_NUMBER: _builtins.int
+    MAX_ARTIFACTS_PER_APPEND_FIELD_NUMBER: _builtins.int
+    MAX_EVENTS_PER_FLOW_FIELD_NUMBER: _builtins.int
+    MAX_ID_LENGTH_FIELD_NUMBER: _builtins.int
+    MAX_JSON_DEPTH_FIELD_NUMBER: _builtins.int
+    max_payload_bytes: _builtins.int
+    """Largest JSON text of one field (event payload, artifact, snapshot, metadata), UTF-8 bytes
+    (STORE_MAX_PAYLOAD_BYTES).
+    """
+    max_message_bytes: _builtins.int
+    """Largest message the store receives or sends, bytes (STORE_MAX_MESSAGE_BYTES)."""
+    max_events_per_append: _builtins.int
+    """Most events in one append (STORE_MAX_EVENTS_PER_APPEND)."""
+    max_artifacts_per_append: _builtins.int
+    """Most artifacts in one append (STORE_MAX_ARTIFACTS_PER_APPEND)."""
+    max_events_per_flow: _builtins.int
+    """Longest a flow's log may grow, in events (STORE_MAX_EVENTS_PER_FLOW)."""
+    max_id_length: _builtins.int
+    """Longest namespace and command id, characters (STORE_MAX_ID_LENGTH)."""
+    max_json_depth: _builtins.int
+    """Deepest nesting of any JSON field (STORE_MAX_JSON_DEPTH)."""
+    def __init__(
+        self,
+        *,
+        max_payload_bytes: _builtins.int = ...,
+        max_message_bytes: _builtins.int = ...,
+        max_events_per_append: _builtins.int = ...,
+        max_artifacts_per_append: _builtins.int = ...,
+        max_events_per_flow: _builtins.int = ...,
+        max_id_length: _builtins.int = ...,
+        max_json_depth: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_artifacts_per_append", b"max_artifacts_per_append", "max_events_per_append", b"max_events_per_append", "max_events_per_flow", b"max_events_per_flow", "max_id_length", b"max_id_length", "max_json_depth", b"max_json_depth", "max_message_bytes", b"max_message_bytes", "max_payload_bytes", b"max_payload_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLimitsResponse: _TypeAlias = GetLimitsResponse  # noqa: Y015

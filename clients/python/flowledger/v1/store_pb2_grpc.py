@@ -141,6 +141,11 @@ class StoreServiceStub:
                 request_serializer=flowledger_dot_v1_dot_store__pb2.ReleaseLeaseRequest.SerializeToString,
                 response_deserializer=flowledger_dot_v1_dot_store__pb2.ReleaseLeaseResponse.FromString,
                 _registered_method=True)
+        self.GetLimits = channel.unary_unary(
+                '/flowledger.v1.StoreService/GetLimits',
+                request_serializer=flowledger_dot_v1_dot_store__pb2.GetLimitsRequest.SerializeToString,
+                response_deserializer=flowledger_dot_v1_dot_store__pb2.GetLimitsResponse.FromString,
+                _registered_method=True)
 
 
 class StoreServiceServicer:
@@ -355,6 +360,21 @@ class StoreServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetLimits(self, request, context):
+        """--- The store's limits ---
+
+        The request limits this store enforces: its STORE_MAX_* settings (their defaults when
+        unset). A caller that checks its requests before it sends them (the engine: StartFlow's
+        input, signal payloads, branch params, namespaces) asks once and checks against these, so
+        that it accepts what the store accepts and refuses what the store would refuse, naming its
+        own request's fields. Answered as soon as the service listens, also while its backend is
+        still starting. Read-only. Additive: a store older than this RPC answers UNIMPLEMENTED; the
+        engine then checks against the defaults of flowledger_core/limits.py, as it did before.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StoreServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -462,6 +482,11 @@ def add_StoreServiceServicer_to_server(servicer, server):
                     servicer.ReleaseLease,
                     request_deserializer=flowledger_dot_v1_dot_store__pb2.ReleaseLeaseRequest.FromString,
                     response_serializer=flowledger_dot_v1_dot_store__pb2.ReleaseLeaseResponse.SerializeToString,
+            ),
+            'GetLimits': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLimits,
+                    request_deserializer=flowledger_dot_v1_dot_store__pb2.GetLimitsRequest.FromString,
+                    response_serializer=flowledger_dot_v1_dot_store__pb2.GetLimitsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1033,6 +1058,33 @@ class StoreService:
             '/flowledger.v1.StoreService/ReleaseLease',
             flowledger_dot_v1_dot_store__pb2.ReleaseLeaseRequest.SerializeToString,
             flowledger_dot_v1_dot_store__pb2.ReleaseLeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLimits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowledger.v1.StoreService/GetLimits',
+            flowledger_dot_v1_dot_store__pb2.GetLimitsRequest.SerializeToString,
+            flowledger_dot_v1_dot_store__pb2.GetLimitsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -167,6 +167,17 @@ class StoreServiceStub:
     """Gives a lease up (for example when the flow starts waiting). Idempotent; a stale token is a
     no-op.
     """
+    GetLimits: _grpc.UnaryUnaryMultiCallable[_store_pb2.GetLimitsRequest, _store_pb2.GetLimitsResponse]
+    """--- The store's limits ---
+
+    The request limits this store enforces: its STORE_MAX_* settings (their defaults when
+    unset). A caller that checks its requests before it sends them (the engine: StartFlow's
+    input, signal payloads, branch params, namespaces) asks once and checks against these, so
+    that it accepts what the store accepts and refuses what the store would refuse, naming its
+    own request's fields. Answered as soon as the service listens, also while its backend is
+    still starting. Read-only. Additive: a store older than this RPC answers UNIMPLEMENTED; the
+    engine then checks against the defaults of flowledger_core/limits.py, as it did before.
+    """
 
 @_typing.type_check_only
 class StoreServiceAsyncStub(StoreServiceStub):
@@ -293,6 +304,17 @@ class StoreServiceAsyncStub(StoreServiceStub):
     ReleaseLease: _aio.UnaryUnaryMultiCallable[_store_pb2.ReleaseLeaseRequest, _store_pb2.ReleaseLeaseResponse]  # type: ignore[assignment]
     """Gives a lease up (for example when the flow starts waiting). Idempotent; a stale token is a
     no-op.
+    """
+    GetLimits: _aio.UnaryUnaryMultiCallable[_store_pb2.GetLimitsRequest, _store_pb2.GetLimitsResponse]  # type: ignore[assignment]
+    """--- The store's limits ---
+
+    The request limits this store enforces: its STORE_MAX_* settings (their defaults when
+    unset). A caller that checks its requests before it sends them (the engine: StartFlow's
+    input, signal payloads, branch params, namespaces) asks once and checks against these, so
+    that it accepts what the store accepts and refuses what the store would refuse, naming its
+    own request's fields. Answered as soon as the service listens, also while its backend is
+    still starting. Read-only. Additive: a store older than this RPC answers UNIMPLEMENTED; the
+    engine then checks against the defaults of flowledger_core/limits.py, as it did before.
     """
 
 class StoreServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -543,6 +565,23 @@ class StoreServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_store_pb2.ReleaseLeaseResponse, _abc.Awaitable[_store_pb2.ReleaseLeaseResponse]]:
         """Gives a lease up (for example when the flow starts waiting). Idempotent; a stale token is a
         no-op.
+        """
+
+    @_abc_1.abstractmethod
+    def GetLimits(
+        self,
+        request: _store_pb2.GetLimitsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_store_pb2.GetLimitsResponse, _abc.Awaitable[_store_pb2.GetLimitsResponse]]:
+        """--- The store's limits ---
+
+        The request limits this store enforces: its STORE_MAX_* settings (their defaults when
+        unset). A caller that checks its requests before it sends them (the engine: StartFlow's
+        input, signal payloads, branch params, namespaces) asks once and checks against these, so
+        that it accepts what the store accepts and refuses what the store would refuse, naming its
+        own request's fields. Answered as soon as the service listens, also while its backend is
+        still starting. Read-only. Additive: a store older than this RPC answers UNIMPLEMENTED; the
+        engine then checks against the defaults of flowledger_core/limits.py, as it did before.
         """
 
 def add_StoreServiceServicer_to_server(servicer: StoreServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
