@@ -31,7 +31,7 @@ from engine_service.steps.registry import StepRegistry
 from engine_service.store_client.client import GrpcEventStore
 from engine_service.store_client.limits import StoreLimits
 from engine_service.store_client.probe import StoreProbe
-from engine_service.work.loop import Worker
+from engine_service.work.loop import WorkLoop
 from engine_service.work.notifier import FlowNotifier
 from flowledger.v1 import engine_pb2_grpc, worker_pb2_grpc
 from flowledger_core.limits import Limits
@@ -56,7 +56,7 @@ class EngineServer:
         settings: ServiceSettings,
         grpc_server: GrpcServer,
         servicer: EngineServicer,
-        worker: Worker,
+        worker: WorkLoop,
         probe: StoreProbe,
         store: EventStore,
         owns_store: bool,
@@ -189,7 +189,7 @@ async def serve(
     notifier = FlowNotifier(settings.watch_log_limits())
     # Every append this replica makes reaches its watchers (and the local logs WatchFlow serves).
     engine.append_observer = notifier.publish
-    worker = Worker(engine, settings, notifier)
+    worker = WorkLoop(engine, settings, notifier)
     definitions = Definitions(store, registry)
     flows = Flows(
         engine, definitions, worker, max_pending_signals=settings.max_pending_signals

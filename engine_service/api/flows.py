@@ -20,7 +20,7 @@ from engine_service.run.branching import OVERRIDES_FIELD
 from engine_service.run.engine import Engine
 from engine_service.run.flow_run import FlowRun
 from engine_service.run.verify import VerifyReport
-from engine_service.work.loop import Worker
+from engine_service.work.loop import WorkLoop
 from flowledger.canonical import JsonValue, parse_json
 from flowledger.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from flowledger_core.domain import ArtifactLookup, Flow, FlowFilter, FlowPage, Page, StoredEvent
@@ -65,7 +65,7 @@ class Flows:
         self,
         engine: Engine,
         definitions: Definitions,
-        worker: Worker | None,
+        worker: WorkLoop | None,
         *,
         max_pending_signals: int = 1000,
     ) -> None:

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from engine_service.api.engine_servicer import Context, fail
 from engine_service.run import tasks
 from engine_service.run.engine import Engine
-from engine_service.work.loop import Worker
+from engine_service.work.loop import WorkLoop
 from flowledger.errors import InvalidArgument
 from flowledger.v1 import worker_pb2, worker_pb2_grpc
 
@@ -43,7 +43,7 @@ def _unary(
 
 
 class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
-    def __init__(self, engine: Engine, worker: Worker | None, default_lease_ms: int) -> None:
+    def __init__(self, engine: Engine, worker: WorkLoop | None, default_lease_ms: int) -> None:
         self._engine = engine
         self._worker = worker
         self._default_lease_ms = default_lease_ms

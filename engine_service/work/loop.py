@@ -4,8 +4,8 @@
   store for up to ``claim_batch`` runnable flows (``ClaimFlows``: queued or running, lease free
   or expired, ``FOR UPDATE SKIP LOCKED``), never more than its free slots
   (``max_concurrent_flows``). The replica that receives a StartFlow, when it has a free slot
-  (:meth:`Worker.start_slot`), has the store lease the flow to it as it creates it and runs it
-  at once with the handle that created it (:meth:`Worker.adopt`): no claim, no re-read, no
+  (:meth:`WorkLoop.start_slot`), has the store lease the flow to it as it creates it and runs it
+  at once with the handle that created it (:meth:`WorkLoop.adopt`): no claim, no re-read, no
   poll. Without a free slot the flow is created unleased and claimed by whoever has room.
 * **Watchers.** While a flow runs here, every append it makes is pushed to the flow's local
   watchers (:class:`~engine_service.work.notifier.FlowNotifier`, fed by the engine's append
@@ -104,7 +104,7 @@ class _Claimed:
         return self.lease.flow.namespace, self.lease.flow.flow_id
 
 
-class Worker:
+class WorkLoop:
     def __init__(self, engine: Engine, settings: WorkSettings, notifier: FlowNotifier) -> None:
         self._engine = engine
         self._store = engine.store
