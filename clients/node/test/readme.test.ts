@@ -1,7 +1,8 @@
 /**
  * The README's Node worker block (section "Waits, signals, sagas and workers", the ```sh block),
  * run as written from the repository's root: examples/worker.ts serves the `task` step of
- * examples/task.yaml, started with the real `flowctl run`. (The build it names first is what
+ * examples/task.yaml, started with the real `flowctl run`; and examples/hello.ts, run twice on the
+ * engine FLOWLEDGER_ENGINE names. (The build it names first is what
  * `npm test` has just done.) `flowctl` is the repository's .venv/bin/flowctl.
  */
 import assert from "node:assert/strict";
@@ -89,5 +90,23 @@ describe("the README's Node worker block", { timeout: 180_000 }, () => {
     }
     assert.equal(code, 0, worker.out + worker.err);
     assert.match(worker.out, /stopped after 1 completed, 0 failed/);
+  });
+
+  it("runs examples/hello.ts against FLOWLEDGER_ENGINE, twice", async () => {
+    const env = {
+      ...cleanEnv(), FLOWLEDGER_ENGINE: stack.engine.address, FLOWLEDGER_NAMESPACE: `${ns}-hello`,
+    };
+    const fingerprints: string[] = [];
+    for (const round of [1, 2]) {
+      const hello = new Background([process.execPath, "clients/node/dist/examples/hello.js"], env);
+      assert.equal(await hello.finish(), 0, `run ${round}:\n${hello.out}${hello.err}`);
+      const engine = /^engine ([0-9a-f]{64})$/m.exec(hello.out);
+      assert.ok(engine, hello.out);
+      assert.match(hello.out, new RegExp(`^node   ${engine[1]}$`, "m"));
+      fingerprints.push(engine[1]!);
+    }
+    // The second run found the same definition version (published already) and gave the same
+    // flow fingerprint.
+    assert.equal(fingerprints[0], fingerprints[1]);
   });
 });
