@@ -89,6 +89,9 @@ def cli(
 
     Connection: TLS with the system's CAs (or --ca-file) and a bearer token (--token) for a
     secured engine; plaintext without a token for `flowctl up` on loopback (docs/security.md).
+
+    FLOW_ID, wherever a command takes one: a flow's id or any unique start of it, as for git
+    commits (`flowctl flows show 9dea`). Completion: `flowctl completion --help`.
     """
     ctx.obj = settings_from_params(ctx.params)
 
