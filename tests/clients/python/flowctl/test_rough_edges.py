@@ -6,10 +6,14 @@ taken for the engine, and shell completion."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
+import pty
 import re
+import struct
 import subprocess
+import termios
 from collections import Counter
 from pathlib import Path
 
@@ -177,3 +181,37 @@ def test_a_unique_start_of_an_id_names_the_flow(live_engine: Live, ns: str) -> N
         f"no flow of namespace {ns!r} has an id beginning with {absent!r}",
     )
     assert_one_line_error(live_engine.run("events", "nope", namespace=ns), "flow_id")
+
+
+def _in_a_terminal(argv: list[str], columns: int) -> str:
+    """``argv``'s output on a pseudo-terminal ``columns`` wide (what a person sees)."""
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
+    env = {k: v for k, v in service_env().items() if k not in ("COLUMNS", "LINES")}
+    proc = subprocess.Popen(argv, cwd=REPO, env={**env, "TERM": "xterm"}, stdin=follower,
+                            stdout=follower, stderr=follower, close_fds=True)  # fmt: skip
+    os.close(follower)
+    chunks: list[bytes] = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the other side closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    assert proc.wait(timeout=120) == 0
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode())
+
+
+def test_ids_are_never_wrapped_in_an_80_column_terminal(live_engine: Live, ns: str) -> None:
+    parent = ok_json(live_engine.run("run", CHEM, "--json", namespace=ns))["flow_id"]
+    branch = ok_json(live_engine.run("branch", parent, "--at", "split", "--json", namespace=ns))
+    shown = _in_a_terminal(
+        [FLOWCTL, "--engine", live_engine.engine, "-n", ns, "flows", "ls"], columns=80
+    )
+    lines = shown.splitlines()
+    for flow_id in (parent, branch["flow_id"]):
+        assert any(flow_id in line for line in lines), shown  # whole, on one line
+    assert sum(parent in line for line in lines) == 2, shown  # as a flow and as a parent
