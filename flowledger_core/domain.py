@@ -295,6 +295,10 @@ class FlowLease:
     previous_owner: str = ""
     """A claim's only: who held the lease this claim took over because it had expired without
     a release ("" when the flow was free: new, released, ended or woken from a wait)."""
+    remaining_ms: int | None = None
+    """How long the lease had left as the store answered, by the store's own clock (None from a
+    store too old to say). A holder dates its local expiry from when it got the answer, so a
+    claim that waited out an outage, or a slow store, is not spent on arrival (issue 22)."""
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,15 @@
 * **Fencing.** Each claim carries a fencing token, larger than any earlier one of the flow; the
   run appends with it, so once another replica has claimed the flow (our lease expired) the
   store refuses our writes (FAILED_PRECONDITION, reason LEASE_LOST).
-* **Heartbeats.** Every ``heartbeat_ms`` the lease is renewed. The replica keeps a conservative
-  local expiry (the renewal's *send* time + lease): when a renewal says LEASE_LOST, or the local
-  expiry passes without a successful renewal (store unreachable, process paused), the run is
-  cancelled at once. A step function still running in a thread cannot be killed; its result is
-  dropped, and its write would be refused anyway.
+* **Heartbeats.** Every ``heartbeat_ms`` the lease is renewed, at once when less than a
+  heartbeat is left. The replica keeps a local expiry dated from what the store granted: the
+  lease's ``remaining_ms`` by the store's clock, counted from when the answer *arrived* (a claim
+  or renewal that waited out an outage or a slow store is not spent on arrival; issue 22); from
+  an older store that does not say, the call's send time + lease. When a renewal says
+  LEASE_LOST, or the local expiry passes without a successful renewal (store unreachable, process
+  paused), the run is cancelled at once. No step starts with less than a heartbeat of lease left:
+  the run waits for a renewal first. A step function still running in a thread cannot be
+  killed; its result is dropped, and its write would be refused anyway.
 * **End of a run.** Completed, failed or cancelled: the append that ended the flow released
   the lease (store.proto), nothing more to do. Waiting (a timer, a signal, a task: the store
   makes it claimable again, decision 0013): the lease is released. Lease lost: nothing
@@ -89,8 +93,7 @@ class WorkSettings(Protocol):
 @dataclass(eq=False)
 class _Claimed:
     lease: FlowLease
-    # Monotonic time by which the lease has surely expired unless renewed (measured from when
-    # the claim or renewal was *sent*, so it errs early).
+    # Monotonic time by which the lease expires unless renewed (see the module docstring).
     expires_at: float
     # The handle of a flow this replica just created: run it instead of attaching anew.
     run: FlowRun | None = None
@@ -98,6 +101,9 @@ class _Claimed:
     lost: bool = False
     abandoned: bool = False
     reason: str = field(default="")
+    # The run asks the heartbeat for a renewal now (``renew_now``) and waits for ``renewed``.
+    renew_now: asyncio.Event = field(default_factory=asyncio.Event)
+    renewed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -232,7 +238,7 @@ class WorkLoop:
     def _launch(
         self, lease: FlowLease, source: str, sent: float, run: FlowRun | None = None
     ) -> None:
-        entry = _Claimed(lease, expires_at=sent + self._lease_s, run=run)
+        entry = _Claimed(lease, expires_at=self._expiry(lease, sent), run=run)
         metrics.LEASE_CLAIMS.labels(source).inc()
         if lease.previous_owner:
             # The store says the previous lease expired unreleased: a real takeover (not a
@@ -313,6 +319,7 @@ class WorkLoop:
         if state.terminal:
             return False  # the append that ended it released the lease (store.proto)
         while not self._draining:
+            await self._lease_for_a_step(entry)
             step_started = time.perf_counter()
             # StepStarted of the following step rides with this step's StepFinished, unless
             # this replica is about to stop (then the next owner starts it).
@@ -352,11 +359,40 @@ class WorkLoop:
 
     # -- leases ------------------------------------------------------------------------------
 
+    def _expiry(self, lease: FlowLease, sent: float) -> float:
+        """The local (monotonic) expiry of a lease the store just granted or renewed: what it
+        says is left, from now; from a store that does not say, from when the call was sent."""
+        if lease.remaining_ms is None:
+            return sent + self._lease_s
+        return time.monotonic() + lease.remaining_ms / 1000
+
+    async def _lease_for_a_step(self, entry: _Claimed) -> None:
+        """Return once at least a heartbeat of lease is left (asking for a renewal if not), so
+        that no step starts on a lease about to run out; lose the run if it cannot be had."""
+        period = self._settings.heartbeat_ms / 1000
+        while entry.expires_at - time.monotonic() < period:
+            left = entry.expires_at - time.monotonic()
+            entry.renewed.clear()
+            entry.renew_now.set()
+            try:
+                async with asyncio.timeout(max(left, 0.0)):
+                    await entry.renewed.wait()
+            except TimeoutError:
+                self._lose(entry, "it ran out before a step could start")
+                raise asyncio.CancelledError from None
+            if entry.lost:
+                raise asyncio.CancelledError
+
     async def _heartbeat(self, entry: _Claimed) -> None:
         period = self._settings.heartbeat_ms / 1000
         lease = entry.lease
         while True:
-            await asyncio.sleep(period)
+            # Every period, and at once when less than a period would be left by then.
+            due = max(0.0, min(period, entry.expires_at - time.monotonic() - period))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(due):
+                    await entry.renew_now.wait()
+            entry.renew_now.clear()
             sent = time.monotonic()
             remaining = entry.expires_at - sent
             if remaining <= 0:
@@ -364,7 +400,7 @@ class WorkLoop:
                 return
             try:
                 async with asyncio.timeout(remaining):
-                    await self._store.renew_lease(
+                    renewed = await self._store.renew_lease(
                         lease.flow.namespace, lease.flow.flow_id, self.owner,
                         lease.fencing_token, self._settings.lease_ms,
                     )
@@ -379,9 +415,11 @@ class WorkLoop:
                 metrics.LEASE_RENEWALS.labels("error").inc()
                 log.warning("flow %s: renewing the lease failed: %s", lease.flow.flow_id,
                             exc.message)
+                await asyncio.sleep(min(period, max(0.0, entry.expires_at - time.monotonic())))
                 continue
             metrics.LEASE_RENEWALS.labels("ok").inc()
-            entry.expires_at = sent + self._lease_s
+            entry.expires_at = self._expiry(renewed, sent)
+            entry.renewed.set()
 
     def _lose(self, entry: _Claimed, reason: str) -> None:
         if entry.lost:

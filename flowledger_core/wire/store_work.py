@@ -127,6 +127,7 @@ def flow_lease_to_pb(lease: domain.FlowLease) -> store_pb2.FlowLease:
         expires_at=_timestamp(lease.expires_at),
         owner=lease.owner,
         previous_owner=lease.previous_owner,
+        remaining_ms=max(lease.remaining_ms or 0, 0),
     )
 
 
@@ -256,4 +257,5 @@ def flow_lease_from_pb(pb: store_pb2.FlowLease) -> domain.FlowLease:
         expires_at=_datetime(pb.expires_at),
         owner=pb.owner,
         previous_owner=pb.previous_owner,
+        remaining_ms=pb.remaining_ms or None,
     )

@@ -76,4 +76,8 @@ def _extend(rec: Record, lease_ms: int) -> None:
 def _lease(rec: Record) -> FlowLease:
     assert rec.lease_owner is not None
     assert rec.lease_expires_at is not None
-    return FlowLease(rec.flow, rec.flow.lease_token, rec.lease_expires_at, rec.lease_owner)
+    assert rec.lease_deadline is not None
+    left = max(0, int((rec.lease_deadline - time.monotonic()) * 1000))
+    return FlowLease(
+        rec.flow, rec.flow.lease_token, rec.lease_expires_at, rec.lease_owner, remaining_ms=left
+    )

@@ -355,3 +355,22 @@ async def test_the_append_that_ends_a_flow_releases_its_lease(
     ended = await store.get_flow(ns, flow.flow_id)
     assert (ended.status, ended.lease_token) == (status, token)  # the token stays
     assert await claim(store, ns, "replica-b", flow.flow_id) == ()  # ended: never claimed
+
+
+async def test_a_lease_says_how_long_it_has_left_by_the_store_s_clock(
+    store: EventStore, ns: str
+) -> None:
+    """What the engine dates its local expiry from (issue 22): a claim's and a renewal's
+    ``remaining_ms`` is at most the lease asked for and more than none, whatever the caller's
+    clock; a lease of 60 s answered at once has nearly all of it left."""
+    flow = await new_flow(store, ns)
+    (lease,) = await store.claim_flows(ClaimRequest("a", 1, 60_000, (ns,), (flow.flow_id,)))
+    assert lease.remaining_ms is not None
+    assert 50_000 < lease.remaining_ms <= 60_000
+    renewed = await store.renew_lease(ns, flow.flow_id, "a", lease.fencing_token, 30_000)
+    assert renewed.remaining_ms is not None
+    assert 20_000 < renewed.remaining_ms <= 30_000
+    created = await store.create_flow_with(NewFlow(ns, "f"), lease=("a", 45_000))
+    assert created.lease is not None
+    assert created.lease.remaining_ms is not None
+    assert 35_000 < created.lease.remaining_ms <= 45_000

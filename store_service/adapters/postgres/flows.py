@@ -120,7 +120,10 @@ async def create_flow_with(
         flow = flow_from_row(flow_row)
         granted = None
         if owner is not None:
-            granted = FlowLease(flow, flow.lease_token, lease_row[0], lease_row[1])
+            # Granted by this transaction, just committed: all of it is left.
+            granted = FlowLease(
+                flow, flow.lease_token, lease_row[0], lease_row[1], remaining_ms=ms
+            )
         answer = None
         if cmd is not None:
             result = appendsql.outcome(cmd, append_row, max_events)

@@ -23,8 +23,12 @@ from store_service.adapters.postgres.rows import (
     flow_uuid,
 )
 
-# The flow's columns, then the lease's: (..., lease_expires_at, lease_owner).
-_RETURNING = FLOW_COLUMNS + ", lease_expires_at, lease_owner"
+# The flow's columns, then the lease's: (..., lease_expires_at, lease_owner, what is left of it
+# in ms by the database's clock as the statement returns).
+_RETURNING = (
+    FLOW_COLUMNS + ", lease_expires_at, lease_owner, "
+    "greatest(0, floor(extract(epoch FROM lease_expires_at - clock_timestamp()) * 1000))::bigint"
+)
 _LEASE = "now() + %(ms)s * interval '1 millisecond'"
 
 # Each inner SELECT locks what it picks and skips what other claimers hold; a row changed since
@@ -91,7 +95,10 @@ _FIND = "SELECT deleted_at IS NOT NULL FROM flows WHERE flow_id = %(id)s AND nam
 
 def _lease(row: tuple[Any, ...]) -> FlowLease:
     flow = flow_from_row(row)
-    return FlowLease(flow=flow, fencing_token=flow.lease_token, expires_at=row[-2], owner=row[-1])
+    return FlowLease(
+        flow=flow, fencing_token=flow.lease_token, expires_at=row[-3], owner=row[-2],
+        remaining_ms=row[-1],
+    )
 
 
 async def claim_flows(db: Database, req: ClaimRequest) -> tuple[FlowLease, ...]:

@@ -1436,6 +1436,7 @@ class FlowLease(_message.Message):
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
     PREVIOUS_OWNER_FIELD_NUMBER: _builtins.int
+    REMAINING_MS_FIELD_NUMBER: _builtins.int
     fencing_token: _builtins.int
     """Token to present with every append and renewal while the lease is held."""
     owner: _builtins.str
@@ -1445,6 +1446,13 @@ class FlowLease(_message.Message):
     because that lease expired without being released (a replica died, paused or lost the
     store); empty when the flow was free (new, released, ended or woken from a wait). Engines
     count takeovers by it.
+    """
+    remaining_ms: _builtins.int
+    """How long the lease had left as the store answered, in milliseconds by the store's own clock
+    (for a claim or renewal, `expires_at` minus the database's clock_timestamp() in the statement
+    that granted it; for CreateFlow, the lease asked for). A holder dates its local expiry from
+    when it received the answer, never from when it asked: a call that waited out an outage is
+    not spent on arrival. 0 from an older store (then date it from when it asked).
     """
     @_builtins.property
     def flow(self) -> _common_pb2.Flow:
@@ -1462,10 +1470,11 @@ class FlowLease(_message.Message):
         expires_at: _timestamp_pb2.Timestamp | None = ...,
         owner: _builtins.str = ...,
         previous_owner: _builtins.str = ...,
+        remaining_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "flow", b"flow"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "fencing_token", b"fencing_token", "flow", b"flow", "owner", b"owner", "previous_owner", b"previous_owner"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "fencing_token", b"fencing_token", "flow", b"flow", "owner", b"owner", "previous_owner", b"previous_owner", "remaining_ms", b"remaining_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
