@@ -46,6 +46,13 @@ LEASES_LOST = Counter(
     "flowledger_engine_leases_lost_total",
     "Runs stopped because their lease was lost (expired, taken over, or refused on write).",
 )
+STEP_REEXECUTIONS = Counter(
+    "flowledger_engine_step_reexecutions_total",
+    "Step attempts run again because they were started before this run (a takeover of a replica "
+    "that died, paused or lost the store, or a restart): at-least-once, made visible; the attempt "
+    "keeps its idempotency key.",
+    ["step_type"],
+)
 LEASE_RENEWALS = Counter(
     "flowledger_engine_lease_renewals_total", "Lease renewals, by outcome (ok, lost, error).",
     ["outcome"],

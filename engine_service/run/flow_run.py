@@ -23,8 +23,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 
+from engine_service import metrics
 from engine_service.core import decide as plan
-from engine_service.core.events import FlowInitialized, PropertyPreferenceAssigned
+from engine_service.core.events import FlowInitialized, PropertyPreferenceAssigned, StepStarted
 from engine_service.core.ids import branch_command_id
 from engine_service.core.replay import FlowState, StepState, StepStatus, replay, replay_stored
 from engine_service.core.writes import (
@@ -108,6 +109,12 @@ class FlowRun(FlowLog):
         self._stale = not fresh
         self._snapshot_version = 0
         self._lock = asyncio.Lock()
+        # (index, attempt) of the StepStarted this handle appended: a RunStep of any other is
+        # a re-execution (metrics.STEP_REEXECUTIONS).
+        self._started_here: set[tuple[int, int]] = set()
+        # Set by the work loop when this run's lease took over one that expired unreleased:
+        # an attempt started before it may have run, in part or whole, under that lease.
+        self.takes_over = False
         self._artifacts = ArtifactCache(self._store, self.namespace)
         self._chunk_size = engine.settings.read_chunk_size
         settings = engine.settings
@@ -250,6 +257,8 @@ class FlowRun(FlowLog):
                     )
                 if isinstance(action, plan.StartStep | plan.RunStep):
                     target = action.index
+                if isinstance(action, plan.RunStep) and planned is None:
+                    self._count_reexecution(state, action)
                 if planned is not None and planned[:2] == (action, self._generation):
                     write = planned[2]
                 else:
@@ -285,6 +294,18 @@ class FlowRun(FlowLog):
                 elif write.retry_delay_ms:
                     # A short backoff waits inside the run, lease held; a longer one suspends.
                     await asyncio.sleep(write.retry_delay_ms / 1000)
+
+    def _count_reexecution(self, state: FlowState, action: plan.RunStep) -> None:
+        """A step attempt another run started (it died, paused past its lease or lost the
+        store) runs again here, with the same idempotency key: count it, by step type."""
+        if not self.takes_over or state.init is None:
+            return
+        if (action.index, action.attempt) in self._started_here:
+            return
+        step = state.init.steps[action.index]
+        metrics.STEP_REEXECUTIONS.labels(step.type).inc()
+        log.info("flow %s: step %s attempt %d runs again (started before this run: a takeover "
+                 "or a restart); same idempotency key", self.flow_id, step.id, action.attempt)
 
     async def _append_or_end(self, write: Write) -> Appended:
         """``_append``; when the log has reached the store's events-per-flow limit, FlowFailed
@@ -456,6 +477,9 @@ class FlowRun(FlowLog):
         """Bring the cached state, the planner, watchers, hooks and snapshots up to ``write``,
         which the store applied right after ``state``."""
         versions = range(result.first_version, result.last_version + 1)
+        self._started_here.update(
+            (e.index, e.attempt) for e in write.events if isinstance(e, StepStarted)
+        )
         self._state = replay(zip(versions, write.events, strict=True), state)
         self._planner.applied(write)
         observer = self._engine.append_observer

@@ -314,6 +314,7 @@ class WorkLoop:
                 flow.flow_id, namespace=flow.namespace, fencing_token=token
             )
             metrics.REPLAY_DURATION.observe(time.perf_counter() - started)
+        run.takes_over = bool(entry.lease.previous_owner)
         state = run.current_state
         assert state is not None  # attach replays
         if state.terminal:

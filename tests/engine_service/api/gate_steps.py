@@ -4,7 +4,8 @@
 ``<dir>/<name>.open`` exists (for every process), or ``<dir>/<name>.open.<pid>`` (a one-shot pass
 for that process: the first step to use it removes it); ``dir`` comes from
 ``FLOWLEDGER_TEST_GATE_DIR``. On entry it creates ``<name>.entered.<pid>``,
-so a test knows which replica is inside the step. Its output does not depend on the directory,
+so a test knows which replica is inside the step, and appends the attempt's idempotency key to
+``<name>.keys`` (one line per execution). Its output does not depend on the directory,
 the process or the time, so fingerprints stay those of an uninterrupted run.
 
 Loaded into engine processes with
@@ -32,6 +33,8 @@ def gate(ctx: StepContext) -> StepResult:
     directory = Path(os.environ[GATE_DIR_ENV])
     pid = os.getpid()
     (directory / f"{name}.entered.{pid}").touch()
+    with (directory / f"{name}.keys").open("a") as keys:  # one line per execution
+        keys.write(ctx.idempotency_key + "\n")
     deadline = time.monotonic() + _GIVE_UP_S
     while not (directory / f"{name}.open").exists() and not _one_shot(directory, name, pid):
         if time.monotonic() > deadline:

@@ -43,6 +43,10 @@ async def test_a_claim_answered_after_a_lease_period_keeps_its_run(
         # The only slot is busy: the second flow is created unleased, for a claim to take.
         second = await client.start_flow(ns, "second")
 
+        again = [
+            _sample("flowledger_engine_step_reexecutions_total", {"step_type": t})
+            for t in ("hello.greet", gate_steps.GATE_TYPE)
+        ]
         held = gated.hold("claim_flows", before=True)  # a store slow to act on the next claim
         (gate_dir / "l1.open").touch()  # the slot frees; the next poll claims, and is held
         await asyncio.wait_for(held.reached.wait(), BOUND_S)
@@ -75,3 +79,8 @@ async def test_a_claim_answered_after_a_lease_period_keeps_its_run(
                 break
         started = [e.payload["step_id"] for e in events if e.type is EventType.STEP_STARTED]
         assert started == ["greet", "gate", "shout", "done"]
+        # Claimed fresh (nobody held it before): not counted as a re-execution.
+        assert again == [
+            _sample("flowledger_engine_step_reexecutions_total", {"step_type": t})
+            for t in ("hello.greet", gate_steps.GATE_TYPE)
+        ]

@@ -244,3 +244,47 @@ async def test_a_run_whose_lease_was_taken_has_its_write_refused_and_stops(
             assert view.variants == "ISFSFSFSFC"
     finally:
         await backend.close()
+
+
+async def test_a_step_run_again_after_a_takeover_keeps_its_key_and_is_counted(
+    migrated_database_url: str, ns: str, gate_dir: Path
+) -> None:
+    """At-least-once, visible: the run inside a step loses its lease (expired in the database,
+    so its renewal is refused); the flow is claimed again as a takeover, the step runs again
+    with the same idempotency key, and ``flowledger_engine_step_reexecutions_total`` counts it
+    by step type. The first execution's outcome is dropped (its write would be refused)."""
+    from store_service.adapters.postgres import PostgresEventStore
+
+    backend = await PostgresEventStore.open(
+        migrated_database_url, min_connections=1, max_connections=4, apply_migrations=False
+    )
+    labels = {"step_type": gate_steps.GATE_TYPE}
+    keys = gate_dir / "t1.keys"
+    try:
+        async with running_store(backend) as store, running_engine(
+            store.server.address, lease_ms=2000, heartbeat_ms=300
+        ) as engine, FlowledgerClient(engine.address) as client:
+            await published(client, ns, "gated", gate_steps.gated_document("t1"))
+            flow_id = (await client.start_flow(ns, "gated")).flow_id
+            await wait_until(lambda: bool(gate_steps.entered(gate_dir, "t1")), "gate", BOUND_S)
+            again_before = _sample("flowledger_engine_step_reexecutions_total", labels)
+            with psycopg.connect(migrated_database_url, autocommit=True) as conn:
+                conn.execute(
+                    "UPDATE flows SET lease_expires_at = now() - interval '1 second' "
+                    "WHERE flow_id = %s", [flow_id],
+                )
+            # The run loses the lease at its next renewal; a claim takes the flow over and
+            # enters the step again.
+            await wait_until(
+                lambda: keys.exists() and len(keys.read_text().splitlines()) == 2,
+                "the step's second execution", BOUND_S,
+            )
+            assert (
+                _sample("flowledger_engine_step_reexecutions_total", labels) == again_before + 1
+            )
+            (gate_dir / "t1.open").touch()
+            view = await client.wait_for_flow(ns, flow_id, within=BOUND_S)
+            assert view.variants == "ISFSFSFSFC"  # one StepFinished per step
+        assert keys.read_text().splitlines() == [f"{flow_id}:gate:1"] * 2
+    finally:
+        await backend.close()
