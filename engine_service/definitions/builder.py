@@ -66,10 +66,22 @@ class Flow:
         self._steps.append(StepSpec(step_id, type_name, kind, dict(params)))
         return self
 
-    def wait(self, step_id: str, seconds: float, reason: str = "") -> Flow:
-        """A durable timer (up to 3600 s): the flow waits holding no worker; the step passes
-        its inputs through."""
-        params: dict[str, JsonValue] = {"seconds": seconds}
+    def wait(
+        self,
+        step_id: str,
+        seconds: float | None = None,
+        reason: str = "",
+        *,
+        until: str | None = None,
+        duration: str | None = None,
+    ) -> Flow:
+        """A durable timer of ``seconds``, ``until`` an RFC 3339 time or for a ``duration``
+        (``30d``, ``1h30m``; one of the three, up to a year): the flow waits holding no worker;
+        the step passes its inputs through."""
+        params: dict[str, JsonValue] = {}
+        for key, value in (("seconds", seconds), ("until", until), ("duration", duration)):
+            if value is not None:
+                params[key] = value
         if reason:
             params["reason"] = reason
         return self._builtin(step_id, WAIT, params)

@@ -33,6 +33,7 @@ from engine_service.steps.builtin import (
     deadline,
     parse_time,
     task_id,
+    wait_fires_at,
 )
 from engine_service.steps.context import StepFailure
 from engine_service.steps.executor import Outcome, prepare
@@ -110,8 +111,9 @@ def _begin(
             (task,), command, new_status=FlowStatus.WAITING,
             wake_at=None if fire_at is None else parse_time(fire_at), task_queue=queue,
         )  # fmt: skip
-    key = "seconds" if spec.type == WAIT else "timeout_seconds"
-    fire_at = deadline(params, key, now)
+    fire_at = wait_fires_at(params, now) if spec.type == WAIT else deadline(
+        params, "timeout_seconds", now
+    )
     return Write(
         (TimerStarted(spec.id, index, attempt, fire_at),), command,
         new_status=FlowStatus.WAITING, wake_at=None if fire_at is None else parse_time(fire_at),

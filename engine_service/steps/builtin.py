@@ -6,8 +6,12 @@ CompleteTask moves it on (docs/decisions/0013-durable-waits.md). Their names are
 registry cannot hide them, and a definition may use them at any position (first step
 included), whatever kind it declares.
 
-* ``wait`` {seconds (0 < s <= 3600), reason}: finishes after ``seconds``; its outputs are its
-  inputs (it passes them through unchanged).
+* ``wait`` {one of seconds (0 < s <= a year), until (an RFC 3339 time with its offset, at most a
+  year ahead), duration (``30d``, ``1h30m``, ``2w``, ``90s``: weeks, days, hours, minutes,
+  seconds, at most a year); reason}: finishes then (``until`` already past: at once); its
+  outputs are its inputs (it passes them through unchanged). The time it fires is recorded in
+  its TimerStarted, so replay never asks the clock again; a waiting flow holds no lease and no
+  memory (it is a row with a wake time in the store).
 * ``signal`` {name, timeout_seconds, on_timeout (fail | default), default}: finishes when a
   signal of that name is (or was already) delivered; the payload is its one output. After the
   timeout it fails with ``SignalTimeout`` or outputs ``default``.
@@ -18,6 +22,7 @@ included), whatever kind it declares.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -25,21 +30,28 @@ from typing import Any
 from engine_service.steps.context import StepContext, StepKind, StepResult
 from engine_service.steps.registry import StepType
 from flowledger.canonical import JsonValue
-from flowledger.errors import InternalError
+from flowledger.errors import FieldViolation, InternalError
 
 WAIT = "wait"
 SIGNAL = "signal"
 TASK = "task"
-MAX_WAIT_SECONDS = 3600
+MAX_WAIT_SECONDS = 366 * 24 * 3600  # a year, leap day included
+DURATION = re.compile(
+    r"^(?:(?P<w>\d+)w)?(?:(?P<d>\d+)d)?(?:(?P<h>\d+)h)?(?:(?P<m>\d+)m)?"
+    r"(?:(?P<s>\d+(?:\.\d+)?)s)?$"
+)
+_UNIT_SECONDS = {"w": 7 * 86_400, "d": 86_400, "h": 3_600, "m": 60, "s": 1}
+_WAIT_KEYS = ("seconds", "until", "duration")
 SIGNAL_TIMEOUT_ERROR = "SignalTimeout"
 NAME_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 
 _WAIT_SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
-    "required": ["seconds"],
     "properties": {
         "seconds": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_WAIT_SECONDS},
+        "until": {"type": "string", "minLength": 1, "maxLength": 64},
+        "duration": {"type": "string", "minLength": 1, "maxLength": 64},
         "reason": {"type": "string", "maxLength": 1024},
     },
 }
@@ -65,13 +77,73 @@ _TASK_SCHEMA: dict[str, Any] = {
 }
 
 
+def duration_seconds(text: str) -> float | None:
+    """Seconds of a duration like ``30d``, ``1h30m``, ``2w``, ``90s``, ``0.5s``; None if it is
+    not one (no unit, an unknown unit, units out of order, nothing at all)."""
+    match = DURATION.match(text)
+    if match is None or not any(match.groupdict().values()):
+        return None
+    return sum(float(v) * _UNIT_SECONDS[k] for k, v in match.groupdict().items() if v)
+
+
+def _check_wait(config: Mapping[str, JsonValue], path: str) -> list[FieldViolation]:
+    given = [k for k in _WAIT_KEYS if k in config]
+    if len(given) != 1:
+        return [FieldViolation(path, "give exactly one of seconds, until or duration"
+                               + (f" (got {', '.join(given)})" if given else ""))]
+    key = given[0]
+    value = config[key]
+    if key == "duration":
+        assert isinstance(value, str)  # the schema says so
+        seconds = duration_seconds(value)
+        if seconds is None:
+            return [FieldViolation(f"{path}.duration", f"{value!r} is not a duration like 30d, "
+                                   "1h30m, 2w or 90s (w d h m s, in that order)")]
+        if not 0 < seconds <= MAX_WAIT_SECONDS:
+            return [FieldViolation(f"{path}.duration", "must be more than 0 and at most a year")]
+    if key == "until":
+        assert isinstance(value, str)
+        moment = _rfc3339(value)
+        if moment is None:
+            return [FieldViolation(f"{path}.until", f"{value!r} is not an RFC 3339 time with an "
+                                   "offset, e.g. 2027-01-31T09:00:00Z")]
+        if moment > datetime.now(UTC) + timedelta(seconds=MAX_WAIT_SECONDS):
+            return [FieldViolation(f"{path}.until", "is more than a year ahead")]
+    return []
+
+
+def _rfc3339(text: str) -> datetime | None:
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None and "T" in text.upper() else None
+
+
+def wait_fires_at(params: Mapping[str, JsonValue], now: datetime) -> str:
+    """When a ``wait`` step with ``params`` started at ``now`` fires (never before ``now``)."""
+    if isinstance(until := params.get("until"), str):
+        moment = _rfc3339(until)
+        assert moment is not None  # the definition was checked
+        return format_time(max(moment, now))
+    if isinstance(text := params.get("duration"), str):
+        seconds = duration_seconds(text)
+        assert seconds is not None
+    else:
+        value = params.get("seconds")
+        assert isinstance(value, int | float)
+        seconds = float(value)
+    return format_time(now + timedelta(seconds=seconds))
+
+
 def _not_a_function(ctx: StepContext) -> StepResult:
     raise InternalError(f"step {ctx.step_id!r} is carried out by the engine, not called")
 
 
 BUILTIN_TYPES: dict[str, StepType] = {
     WAIT: StepType(WAIT, StepKind.TRANSFORM, _not_a_function, _WAIT_SCHEMA,
-                   "Wait durably (up to 3600 s); passes its inputs through"),
+                   "Wait durably (seconds, until a time, or a duration; up to a year); "
+                   "passes its inputs through", config_check=_check_wait),
     SIGNAL: StepType(SIGNAL, StepKind.TRANSFORM, _not_a_function, _SIGNAL_SCHEMA,
                      "Wait for a named signal; its payload is the output"),
     TASK: StepType(TASK, StepKind.TRANSFORM, _not_a_function, _TASK_SCHEMA,

@@ -305,3 +305,70 @@ async def test_a_signal_arriving_while_the_wait_is_being_recorded_is_not_missed(
     assert state.completed
     assert await run.last_step_output("approve") == ["raced"]
     assert await run.event_variants() == "ISFSNFSFC"
+
+
+def _long_wait(**when: object) -> FlowDefinition:
+    return (
+        Flow("sleeps")
+        .source("start", "t.start")
+        .wait("sleep", **when)  # type: ignore[arg-type]
+        .transform("use", "t.use")
+        .build()
+    )
+
+
+@pytest.mark.parametrize(
+    ("when", "after"),
+    [
+        ({"seconds": 31_536_000}, timedelta(days=365)),
+        ({"duration": "30d"}, timedelta(days=30)),
+        ({"duration": "1w2d3h4m5.5s"}, timedelta(days=9, hours=3, minutes=4, seconds=5.5)),
+        ({"until": "2027-06-01T09:30:00+02:00"}, datetime(2027, 6, 1, 7, 30, tzinfo=UTC) - T0),
+        ({"until": "2026-01-01T00:00:00Z"}, timedelta(0)),  # already past: fires at once
+    ],
+)
+async def test_a_long_sleep_holds_nothing_and_wakes_at_its_time(
+    store: EventStore, steps: StepRegistry, clock: Clock, ns: str, when: dict[str, object],
+    after: timedelta,
+) -> None:
+    """Issue 19, long durable sleeps: up to a year, as seconds, a duration or until a time; the
+    flow is WAITING in the store with that wake time, and completes once it comes."""
+    engine = engine_of(store, steps, clock)
+    run = await engine.start(_long_wait(**when), 5, namespace=ns)
+    state = await run.run_to_end(wait_timers=False)
+    if after > timedelta(0):
+        assert run.suspension is not None
+        assert run.suspension.until == T0 + after
+        flow = await store.get_flow(ns, run.flow_id)
+        assert flow.status is FlowStatus.WAITING
+        assert flow.wake_at == T0 + after
+        clock.advance(after.total_seconds() - 1)
+        await run.run_to_end(wait_timers=False)
+        assert await run.event_variants() == "ISFST"  # not yet
+        clock.advance(1)
+        state = await run.run_to_end(wait_timers=False)
+    assert state.completed
+    assert await run.last_step_output("use") == [{"got": [{"order": 5}]}]
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({}, "give exactly one of seconds, until or duration"),
+        ({"seconds": 5, "duration": "5s"}, "(got seconds, duration)"),
+        ({"seconds": 31_622_401}, "is greater than the maximum of 31622400"),
+        ({"duration": "367d"}, "at most a year"),
+        ({"duration": "5 days"}, "is not a duration like 30d"),
+        ({"duration": "5s1m"}, "is not a duration like 30d"),
+        ({"until": "2027-06-01"}, "is not an RFC 3339 time with an offset"),
+        ({"until": "2027-06-01T09:30:00"}, "is not an RFC 3339 time with an offset"),
+        ({"until": "2999-01-01T00:00:00Z"}, "is more than a year ahead"),
+    ],
+)
+def test_a_wait_s_time_is_checked_before_anything_runs(
+    steps: StepRegistry, config: dict[str, object], message: str
+) -> None:
+    document = {"name": "bad", "steps": [{"id": "w", "type": "wait", "config": config}]}
+    with pytest.raises(InvalidArgument) as caught:
+        FlowDefinition.from_dict(document, steps)
+    assert message in str(caught.value) + " ".join(v.description for v in caught.value.violations)
