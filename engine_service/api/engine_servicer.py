@@ -287,3 +287,14 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
             request.namespace, request.flow_id, request.reason, request.cancelled_by
         )
         return engine_pb2.CancelFlowResponse(version=result.version, already=result.already)
+
+    @_unary
+    async def TerminateFlow(
+        self, request: engine_pb2.TerminateFlowRequest, context: Context
+    ) -> engine_pb2.TerminateFlowResponse:
+        limits = await self._limits()
+        validation.check_terminate_flow(request, limits)
+        result = await self._flows.terminate(
+            request.namespace, request.flow_id, request.reason, request.terminated_by
+        )
+        return engine_pb2.TerminateFlowResponse(version=result.version, already=result.already)

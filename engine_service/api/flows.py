@@ -161,6 +161,13 @@ class Flows:
             await self._resume(run)
         return result
 
+    async def terminate(
+        self, namespace: str, flow_id: str, reason: str, terminated_by: str
+    ) -> interventions.CancelResult:
+        """End the flow now, recorded (FlowCancelled with who and why): no compensation."""
+        run = await self._engine.attach(flow_id, namespace=namespace)
+        return await interventions.terminate(run, reason=reason, terminated_by=terminated_by)
+
     async def _resume(self, run: FlowRun) -> None:
         """Run the flow on here with the handle that wrote to it (saves reading it again)."""
         if self._worker is not None:

@@ -355,3 +355,23 @@ def check_cancel_flow(req: CancelFlowRequest, limits: Limits) -> None:
     c.text(req.reason, "reason", MAX_TEXT)
     c.text(req.cancelled_by, "cancelled_by", MAX_TEXT)
     c.done("CancelFlow")
+
+
+class TerminateFlowRequest(Protocol):
+    @property
+    def namespace(self) -> str: ...
+    @property
+    def flow_id(self) -> str: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def terminated_by(self) -> str: ...
+
+
+def check_terminate_flow(req: TerminateFlowRequest, limits: Limits) -> None:
+    c = FieldChecks(limits)
+    c.namespace(req.namespace)
+    c.uuid(req.flow_id, "flow_id")
+    c.text(req.reason, "reason", MAX_TEXT)
+    c.text(req.terminated_by, "terminated_by", MAX_TEXT)
+    c.done("TerminateFlow")

@@ -78,6 +78,10 @@ def to_payload(event: EngineEvent) -> dict[str, JsonValue]:
             body = {"params": {k: dict(v) for k, v in event.params.items()}}
         case CompensationFinished():
             body = {**vars(event), "output_hashes": list(event.output_hashes)}
+        case FlowCancelled():
+            body = {"reason": event.reason}  # a cancel's payload is what it always was
+            if event.terminated_by is not None:
+                body["terminated_by"] = event.terminated_by
         case _:
             body = dict(vars(event))
     return {"kind": type(event).__name__, **body}
@@ -214,7 +218,8 @@ def _from_payload(cls: type[Any], p: Mapping[str, Any]) -> EngineEvent:
     if cls is FlowCancelRequested:
         return FlowCancelRequested(_str(p["reason"]), _str(p["requested_by"]))
     if cls is FlowCancelled:
-        return FlowCancelled(_str(p["reason"]))
+        by = p.get("terminated_by")
+        return FlowCancelled(_str(p["reason"]), None if by is None else _str(by))
     raise TypeError(f"no decoder for {cls.__name__}")
 
 

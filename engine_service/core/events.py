@@ -178,6 +178,8 @@ class FlowCancelRequested:
 @dataclass(frozen=True)
 class FlowCancelled:
     reason: str
+    # Set when TerminateFlow ended the flow (who asked): at once, no compensation ran.
+    terminated_by: str | None = None
 
 
 @dataclass(frozen=True)

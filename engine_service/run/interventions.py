@@ -165,6 +165,33 @@ async def cancel(run: FlowRun, *, reason: str = "", requested_by: str = "") -> C
     return CancelResult(state.version, write is None or outcome is Appended.DUPLICATE)
 
 
+async def terminate(run: FlowRun, *, reason: str = "", terminated_by: str = "") -> CancelResult:
+    """End the flow CANCELLED now: FlowCancelled with ``terminated_by``, no compensation, no
+    further step (a step running elsewhere has its result refused: the flow has ended).
+    Idempotent (a cancelled flow answers ``already``); FailedPrecondition FLOW_ENDED for a
+    completed or failed flow. The one append the store takes past a full log, like a cancel's."""
+    if len(reason) > MAX_TEXT or len(terminated_by) > MAX_TEXT:
+        raise InvalidArgument.field(
+            "reason", f"reason and terminated_by: at most {MAX_TEXT} chars"
+        )
+
+    async def build(state: FlowState) -> Write | None:
+        if state.cancelled:
+            return None
+        if state.terminal:
+            raise _ended(run.flow_id, state)
+        return Write(
+            (FlowCancelled(reason, terminated_by),),
+            f"{run.flow_id}:terminate",
+            new_status=FlowStatus.CANCELLED,
+        )
+
+    write, outcome = await run.append_planned(build)
+    state = run.current_state
+    assert state is not None
+    return CancelResult(state.version, write is None or outcome is Appended.DUPLICATE)
+
+
 def _cancelled_for_room(
     run: FlowRun, reason: str, full: ResourceExhausted
 ) -> Callable[[FlowState], Awaitable[Write | None]]:

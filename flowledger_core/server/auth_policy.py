@@ -11,9 +11,9 @@ Per request:
   is answered NOT_FOUND, as if nothing existed there: whether a namespace, a flow or a definition
   exists is not revealed to a token of another namespace.
 * **Recorded actor.** The request's actor fields (``created_by``, ``actor``, ``started_by``,
-  ``sent_by``, ``cancelled_by``) are overwritten with the principal's subject: with
-  authentication on, what the log records as who did something is who was authenticated, not
-  free text from the caller.
+  ``sent_by``, ``cancelled_by``, ``terminated_by``) are overwritten with the principal's
+  subject: with authentication on, what the log records as who did something is who was
+  authenticated, not free text from the caller.
 """
 
 from __future__ import annotations
@@ -58,7 +58,8 @@ PERMISSIONS: Mapping[str, frozenset[Role]] = {
     # Changing: definitions' lifecycle and flows' (executions stay immutable history).
     **_methods(_ENGINE, _MANAGE, (
         "CreateDefinitionVersion", "PublishDefinitionVersion", "ArchiveDefinitionVersion",
-        "RollbackDefinition", "StartFlow", "SignalFlow", "CancelFlow", "BranchFlow",
+        "RollbackDefinition", "StartFlow", "SignalFlow", "CancelFlow", "TerminateFlow",
+        "BranchFlow",
     )),
     # External step workers (worker.proto).
     **_methods(_WORKER, _WORK, ("PollTask", "CompleteTask", "FailTask", "Heartbeat")),
@@ -93,7 +94,7 @@ def check_namespace(principal: Principal, request: Any) -> None:
         raise NotFound(f"namespace {namespace!r} not found", reason="NAMESPACE_NOT_FOUND")
 
 
-ACTOR_FIELDS = ("created_by", "actor", "started_by", "sent_by", "cancelled_by")
+ACTOR_FIELDS = ("created_by", "actor", "started_by", "sent_by", "cancelled_by", "terminated_by")
 """Request fields that record who did something; set to the authenticated subject."""
 
 

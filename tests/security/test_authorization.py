@@ -133,6 +133,7 @@ def _foreign_requests(namespace: str, flow_id: str, hashes: list[str]) -> dict[s
         "SignalFlow": engine_pb2.SignalFlowRequest(
             namespace=namespace, flow_id=flow_id, name="go", payload_json="{}"),
         "CancelFlow": engine_pb2.CancelFlowRequest(namespace=namespace, flow_id=flow_id),
+        "TerminateFlow": engine_pb2.TerminateFlowRequest(namespace=namespace, flow_id=flow_id),
         "BranchFlow": engine_pb2.BranchFlowRequest(
             namespace=namespace, flow_id=flow_id, at_step="shout"),
         "StartFlow": engine_pb2.StartFlowRequest(namespace=namespace, definition_name="hello"),
@@ -142,8 +143,8 @@ def _foreign_requests(namespace: str, flow_id: str, hashes: list[str]) -> dict[s
 
 
 FOREIGN = ["DescribeFlow", "VerifyFlow", "WatchFlow", "ListFlowRuns", "GetDefinitionVersion",
-           "ListDefinitions", "FetchArtifacts", "SignalFlow", "CancelFlow", "BranchFlow",
-           "StartFlow", "CreateDefinitionVersion"]
+           "ListDefinitions", "FetchArtifacts", "SignalFlow", "CancelFlow", "TerminateFlow",
+           "BranchFlow", "StartFlow", "CreateDefinitionVersion"]
 
 
 def _shape(outcome: Outcome, namespace: str) -> tuple[grpc.StatusCode, str, str]:
@@ -179,7 +180,7 @@ async def test_refused_writes_to_another_namespace_write_nothing(
                 len(defs.response.versions))
 
     before = await state()
-    for name in ("SignalFlow", "CancelFlow", "BranchFlow", "StartFlow",
+    for name in ("SignalFlow", "CancelFlow", "TerminateFlow", "BranchFlow", "StartFlow",
                  "CreateDefinitionVersion"):
         request = _foreign_requests("ns-b", tenants.flow_id, [])[name]
         outcome = await call(stack.channel, engine(name), request, tenants.manager)  # type: ignore[arg-type]
@@ -291,6 +292,7 @@ def test_every_actor_field_of_the_contract_is_stamped() -> None:
         engine_pb2.BranchFlowRequest(started_by="x"),
         engine_pb2.SignalFlowRequest(sent_by="x"),
         engine_pb2.CancelFlowRequest(cancelled_by="x"),
+        engine_pb2.TerminateFlowRequest(terminated_by="x"),
     ]
     for request in requests:
         stamp_actor(who, request)

@@ -20,6 +20,7 @@ import { fromServiceError } from "./errors.js";
 import {
   BranchFlowRequest,
   CancelFlowRequest,
+  TerminateFlowRequest,
   CreateDefinitionVersionRequest,
   DefinitionFormat,
   DescribeFlowRequest,
@@ -39,6 +40,7 @@ import {
 
   type BranchFlowResponse,
   type CancelFlowResponse,
+  type TerminateFlowResponse,
   type CreateDefinitionVersionResponse,
   type DefinitionVersion,
   type FlowView,
@@ -257,6 +259,15 @@ export class FlowledgerClient {
   ): Promise<CancelFlowResponse> {
     return this.#call(this.#stub.cancelFlow, CancelFlowRequest.fromPartial({
       namespace, flowId, reason: opts.reason ?? "", cancelledBy: opts.cancelledBy ?? "",
+    }));
+  }
+
+  /** Ends a flow now, CANCELLED, without compensations (recorded with who and why). */
+  terminateFlow(
+    namespace: string, flowId: string, opts: { reason?: string; terminatedBy?: string } = {},
+  ): Promise<TerminateFlowResponse> {
+    return this.#call(this.#stub.terminateFlow, TerminateFlowRequest.fromPartial({
+      namespace, flowId, reason: opts.reason ?? "", terminatedBy: opts.terminatedBy ?? "",
     }));
   }
 }

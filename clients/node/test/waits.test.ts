@@ -66,6 +66,18 @@ describe("waits, signals and workers", { timeout: 180_000 }, () => {
     assert.equal(view.flow!.status, FlowStatus.FLOW_STATUS_CANCELLED);
   });
 
+  it("terminates a waiting flow at once, without compensations", async () => {
+    const { flowId } = await client.startFlow(ns, "approval", { name: "order 9" });
+    await untilWaiting(client, ns, flowId);
+    const ended = await client.terminateFlow(ns, flowId, { reason: "stuck", terminatedBy: "ops" });
+    assert.equal(ended.already, false);
+    const view = await client.describeFlow(ns, flowId);  // ended by that very call
+    assert.equal(view.flow!.status, FlowStatus.FLOW_STATUS_CANCELLED);
+    assert.ok(view.variants.endsWith("K"), view.variants);
+    const again = await client.terminateFlow(ns, flowId, { reason: "stuck" });
+    assert.equal(again.already, true);
+  });
+
   it("runs a task step in a Node worker", async () => {
     const queue = `shout-${randomUUID().slice(0, 8)}`;
     await publish(client, ns, "shout-task", taskFlow(queue));

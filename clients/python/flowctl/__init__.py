@@ -19,7 +19,7 @@ from flowctl._app import DEFAULT_ENGINE, DEFAULT_NAMESPACE, FlowctlGroup, settin
 from flowctl.completion import completion
 from flowctl.defs import defs
 from flowctl.flows import branch, events, flows, verify, watch
-from flowctl.interventions import cancel, signal
+from flowctl.interventions import cancel, signal, terminate
 from flowctl.run import run
 from flowctl.up import up
 
@@ -96,7 +96,9 @@ def cli(
     ctx.obj = settings_from_params(ctx.params)
 
 
-for command in (up, run, flows, events, watch, branch, verify, signal, cancel, defs, completion):
+for command in (
+    up, run, flows, events, watch, branch, verify, signal, cancel, terminate, defs, completion,
+):
     cli.add_command(command)
 
 

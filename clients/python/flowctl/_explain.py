@@ -57,6 +57,9 @@ def event_detail(event: t.Event) -> str:
         by = p.get("requested_by") or "someone"
         return f"by {by}" + (f": {p['reason']}" if p.get("reason") else "")
     if kind is E.FLOW_CANCELLED:
+        if p.get("terminated_by") is not None:
+            by = p["terminated_by"] or "someone"
+            return f"terminated by {by}" + (f": {p['reason']}" if p.get("reason") else "")
         return p.get("reason") or ""
     if kind is E.PROPERTY_PREFERENCE_ASSIGNED:
         return "params " + json.dumps(p.get("params", {}), sort_keys=True)
@@ -148,6 +151,8 @@ def notes(view: t.FlowView, events: Sequence[t.Event]) -> list[str]:
             lines.append(f"failed at step {p.get('step_id', '')}: {failure(p)}")
         elif event.type is E.FLOW_CANCEL_REQUESTED:
             lines.append("cancel requested " + event_detail(event))
+        elif event.type is E.FLOW_CANCELLED and p.get("terminated_by") is not None:
+            lines.append(event_detail(event) + " (no compensation ran)")
         elif event.type is E.COMPENSATION_FAILED:
             lines.append(f"compensation of step {p.get('step_id', '')} failed: {failure(p)}")
     return lines

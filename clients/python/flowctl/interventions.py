@@ -1,4 +1,4 @@
-"""Acting on a running flow: ``signal FLOW NAME [PAYLOAD]`` and ``cancel FLOW``."""
+"""Acting on a running flow: ``signal FLOW NAME [PAYLOAD]``, ``cancel FLOW``, ``terminate FLOW``."""
 
 from __future__ import annotations
 
@@ -116,3 +116,22 @@ def cancel(
     click.echo(f"flow {flow_id}: {what} (version {result.version})")
     if view is not None:
         out.print_flow_view(view, found)
+
+
+@click.command()
+@flow_id_argument
+@click.option("--reason", default="", help="Why (recorded in the flow's log).")
+@json_option
+@click.pass_context
+def terminate(ctx: click.Context, flow_id: str, reason: str, as_json: bool) -> None:
+    """End a flow now: it is cancelled at once, no compensation runs and no further step starts
+    (recorded, with the reason). For what `cancel` cannot stop."""
+    ns = settings(ctx).namespace
+    result = call(
+        ctx, lambda c: c.terminate_flow(ns, flow_id, reason=reason, terminated_by="flowctl")
+    )
+    if as_json:
+        out.print_json({"version": result.version, "already": result.already})
+        return
+    what = "was already cancelled" if result.already else "terminated"
+    click.echo(f"flow {flow_id}: {what} (version {result.version})")

@@ -338,3 +338,15 @@ class FlowledgerClient:
         )
         resp = await self._call(self._stub.CancelFlow(request, timeout=self.timeout))
         return t.CancelResult(resp.version, resp.already)
+
+    async def terminate_flow(
+        self, namespace: str, flow_id: str, *, reason: str = "", terminated_by: str = ""
+    ) -> t.CancelResult:
+        """End a flow now, CANCELLED, without compensations (recorded with who and why).
+        Idempotent (``already`` for a cancelled flow); FailedPrecondition (reason FLOW_ENDED)
+        for a completed or failed flow."""
+        request = engine_pb2.TerminateFlowRequest(
+            namespace=namespace, flow_id=flow_id, reason=reason, terminated_by=terminated_by
+        )
+        resp = await self._call(self._stub.TerminateFlow(request, timeout=self.timeout))
+        return t.CancelResult(resp.version, resp.already)

@@ -1469,3 +1469,63 @@ class CancelFlowResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CancelFlowResponse: _TypeAlias = CancelFlowResponse  # noqa: Y015
+
+@_typing.final
+class TerminateFlowRequest(_message.Message):
+    """Request of EngineService.TerminateFlow."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    FLOW_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    TERMINATED_BY_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    """Namespace (tenant) the call acts in; names are unique only within it."""
+    flow_id: _builtins.str
+    """The flow to terminate."""
+    reason: _builtins.str
+    """Why (free text, recorded in the log)."""
+    terminated_by: _builtins.str
+    """Who terminated it (free text, recorded)."""
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        flow_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        terminated_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["flow_id", b"flow_id", "namespace", b"namespace", "reason", b"reason", "terminated_by", b"terminated_by"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TerminateFlowRequest: _TypeAlias = TerminateFlowRequest  # noqa: Y015
+
+@_typing.final
+class TerminateFlowResponse(_message.Message):
+    """Response of EngineService.TerminateFlow."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    ALREADY_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    """The flow's version after its end was recorded."""
+    already: _builtins.bool
+    """True when the flow was already cancelled; nothing was written."""
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        already: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["already", b"already", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TerminateFlowResponse: _TypeAlias = TerminateFlowResponse  # noqa: Y015

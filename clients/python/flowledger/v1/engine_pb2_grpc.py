@@ -110,6 +110,11 @@ class EngineServiceStub:
                 request_serializer=flowledger_dot_v1_dot_engine__pb2.CancelFlowRequest.SerializeToString,
                 response_deserializer=flowledger_dot_v1_dot_engine__pb2.CancelFlowResponse.FromString,
                 _registered_method=True)
+        self.TerminateFlow = channel.unary_unary(
+                '/flowledger.v1.EngineService/TerminateFlow',
+                request_serializer=flowledger_dot_v1_dot_engine__pb2.TerminateFlowRequest.SerializeToString,
+                response_deserializer=flowledger_dot_v1_dot_engine__pb2.TerminateFlowResponse.FromString,
+                _registered_method=True)
 
 
 class EngineServiceServicer:
@@ -247,6 +252,17 @@ class EngineServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TerminateFlow(self, request, context):
+        """Terminates a flow: it ends CANCELLED now, recorded as FlowCancelled with `terminated_by` and
+        the reason; no compensation runs and no further step starts (a step running meanwhile has
+        its result refused). For what a cancel cannot stop: a compensation that keeps failing, a
+        flow that must end at once. Idempotent: terminating a cancelled flow answers OK with
+        `already`. FAILED_PRECONDITION (reason FLOW_ENDED) for a completed or failed flow.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EngineServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -324,6 +340,11 @@ def add_EngineServiceServicer_to_server(servicer, server):
                     servicer.CancelFlow,
                     request_deserializer=flowledger_dot_v1_dot_engine__pb2.CancelFlowRequest.FromString,
                     response_serializer=flowledger_dot_v1_dot_engine__pb2.CancelFlowResponse.SerializeToString,
+            ),
+            'TerminateFlow': grpc.unary_unary_rpc_method_handler(
+                    servicer.TerminateFlow,
+                    request_deserializer=flowledger_dot_v1_dot_engine__pb2.TerminateFlowRequest.FromString,
+                    response_serializer=flowledger_dot_v1_dot_engine__pb2.TerminateFlowResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -732,6 +753,33 @@ class EngineService:
             '/flowledger.v1.EngineService/CancelFlow',
             flowledger_dot_v1_dot_engine__pb2.CancelFlowRequest.SerializeToString,
             flowledger_dot_v1_dot_engine__pb2.CancelFlowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TerminateFlow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowledger.v1.EngineService/TerminateFlow',
+            flowledger_dot_v1_dot_engine__pb2.TerminateFlowRequest.SerializeToString,
+            flowledger_dot_v1_dot_engine__pb2.TerminateFlowResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -111,6 +111,13 @@ class EngineServiceStub:
     (reason FLOW_ENDED) for a completed or failed flow. A flow whose log is full (the store's
     events-per-flow limit) ends CANCELLED at once, without compensations.
     """
+    TerminateFlow: _grpc.UnaryUnaryMultiCallable[_engine_pb2.TerminateFlowRequest, _engine_pb2.TerminateFlowResponse]
+    """Terminates a flow: it ends CANCELLED now, recorded as FlowCancelled with `terminated_by` and
+    the reason; no compensation runs and no further step starts (a step running meanwhile has
+    its result refused). For what a cancel cannot stop: a compensation that keeps failing, a
+    flow that must end at once. Idempotent: terminating a cancelled flow answers OK with
+    `already`. FAILED_PRECONDITION (reason FLOW_ENDED) for a completed or failed flow.
+    """
 
 @_typing.type_check_only
 class EngineServiceAsyncStub(EngineServiceStub):
@@ -181,6 +188,13 @@ class EngineServiceAsyncStub(EngineServiceStub):
     Idempotent: cancelling a cancelled (or cancelling) flow answers OK. FAILED_PRECONDITION
     (reason FLOW_ENDED) for a completed or failed flow. A flow whose log is full (the store's
     events-per-flow limit) ends CANCELLED at once, without compensations.
+    """
+    TerminateFlow: _aio.UnaryUnaryMultiCallable[_engine_pb2.TerminateFlowRequest, _engine_pb2.TerminateFlowResponse]  # type: ignore[assignment]
+    """Terminates a flow: it ends CANCELLED now, recorded as FlowCancelled with `terminated_by` and
+    the reason; no compensation runs and no further step starts (a step running meanwhile has
+    its result refused). For what a cancel cannot stop: a compensation that keeps failing, a
+    flow that must end at once. Idempotent: terminating a cancelled flow answers OK with
+    `already`. FAILED_PRECONDITION (reason FLOW_ENDED) for a completed or failed flow.
     """
 
 class EngineServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -339,6 +353,19 @@ class EngineServiceServicer(metaclass=_abc_1.ABCMeta):
         Idempotent: cancelling a cancelled (or cancelling) flow answers OK. FAILED_PRECONDITION
         (reason FLOW_ENDED) for a completed or failed flow. A flow whose log is full (the store's
         events-per-flow limit) ends CANCELLED at once, without compensations.
+        """
+
+    @_abc_1.abstractmethod
+    def TerminateFlow(
+        self,
+        request: _engine_pb2.TerminateFlowRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_engine_pb2.TerminateFlowResponse, _abc.Awaitable[_engine_pb2.TerminateFlowResponse]]:
+        """Terminates a flow: it ends CANCELLED now, recorded as FlowCancelled with `terminated_by` and
+        the reason; no compensation runs and no further step starts (a step running meanwhile has
+        its result refused). For what a cancel cannot stop: a compensation that keeps failing, a
+        flow that must end at once. Idempotent: terminating a cancelled flow answers OK with
+        `already`. FAILED_PRECONDITION (reason FLOW_ENDED) for a completed or failed flow.
         """
 
 def add_EngineServiceServicer_to_server(servicer: EngineServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

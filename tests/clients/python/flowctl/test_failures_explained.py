@@ -147,3 +147,41 @@ def test_times_durations_outputs_and_a_branch_s_params(live_engine: Live, ns: st
         r'params \{"seed": \{"text": "Adios"\}\}$',
         branched.out, re.M,
     ), branched.out
+
+
+def test_terminate_ends_a_flow_at_once_without_compensations(
+    live_engine: Live, ns: str, tmp_path: Path
+) -> None:
+    """Issue 19's terminate: a waiting flow whose first step has a compensation ends CANCELLED
+    by one call, recorded with who and why, and no compensation runs (a cancel would run it)."""
+    path = tmp_path / "saga.json"
+    path.write_text(json.dumps({"name": "saga", "steps": [
+        {"id": "greet", "type": "hello.greet", "config": {"name": "x"},
+         "compensate": {"type": "hello.shout"}},
+        {"id": "approve", "type": "signal", "config": {"name": "approved"}},
+    ]}))  # fmt: skip
+    run, flow_id = background_run(live_engine, ns, str(path))
+    try:
+        until_waiting(live_engine, ns, flow_id)
+        done = live_engine.run("terminate", flow_id[:13], "--reason", "stuck", namespace=ns)
+        assert done.code == 0, done.err
+        assert done.out.startswith(f"flow {flow_id}: terminated (version ")
+    finally:
+        run.finish()
+    shown = live_engine.run("flows", "show", flow_id, namespace=ns).out
+    assert re.search(r"^status:\s+cancelled$", shown, re.M), shown
+    assert "terminated by flowctl: stuck (no compensation ran)" in shown
+    events = ok_json(live_engine.run("events", flow_id, "--json", namespace=ns))
+    kinds = [e["type"] for e in events]
+    assert "compensation_started" not in kinds
+    assert kinds[-1] == "flow_cancelled"
+    assert events[-1]["payload"] == {"kind": "FlowCancelled", "reason": "stuck",
+                                     "terminated_by": "flowctl"}  # fmt: skip
+    again = live_engine.run("terminate", flow_id, namespace=ns)
+    assert again.out.startswith(f"flow {flow_id}: was already cancelled")
+    assert live_engine.run("verify", flow_id, namespace=ns).code == 0
+    finished = ok_json(live_engine.run("run", CHEM, "--json", namespace=ns))["flow_id"]
+    refused = live_engine.run("terminate", finished, namespace=ns)
+    assert refused.code == 1
+    assert "FAILED_PRECONDITION" in refused.err
+    assert "has ended (completed)" in refused.err

@@ -22,7 +22,7 @@ def command_paths(group: click.Group, prefix: tuple[str, ...] = ()) -> Iterator[
 ALL = [(), *command_paths(cli)]
 EXPECTED = {
     "up", "run", "flows", "flows ls", "flows show", "events", "watch", "branch", "verify",
-    "signal", "cancel", "completion",
+    "signal", "cancel", "terminate", "completion",
     "defs", "defs create", "defs publish", "defs archive", "defs rollback", "defs ls",
     "defs show",
 }
