@@ -349,12 +349,7 @@ class CancelFlowRequest(Protocol):
 
 
 def check_cancel_flow(req: CancelFlowRequest, limits: Limits) -> None:
-    c = FieldChecks(limits)
-    c.namespace(req.namespace)
-    c.uuid(req.flow_id, "flow_id")
-    c.text(req.reason, "reason", MAX_TEXT)
-    c.text(req.cancelled_by, "cancelled_by", MAX_TEXT)
-    c.done("CancelFlow")
+    _check_ending(req, limits, "cancelled_by", req.cancelled_by, "CancelFlow")
 
 
 class TerminateFlowRequest(Protocol):
@@ -369,9 +364,16 @@ class TerminateFlowRequest(Protocol):
 
 
 def check_terminate_flow(req: TerminateFlowRequest, limits: Limits) -> None:
+    _check_ending(req, limits, "terminated_by", req.terminated_by, "TerminateFlow")
+
+
+def _check_ending(
+    req: CancelFlowRequest | TerminateFlowRequest, limits: Limits, actor_field: str,
+    actor: str, rpc: str,
+) -> None:
     c = FieldChecks(limits)
     c.namespace(req.namespace)
     c.uuid(req.flow_id, "flow_id")
     c.text(req.reason, "reason", MAX_TEXT)
-    c.text(req.terminated_by, "terminated_by", MAX_TEXT)
-    c.done("TerminateFlow")
+    c.text(actor, actor_field, MAX_TEXT)
+    c.done(rpc)
