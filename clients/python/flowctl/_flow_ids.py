@@ -19,12 +19,21 @@ _FULL = 36
 _SHOWN = 5
 
 
-async def resolve(client: FlowledgerClient, namespace: str, text: str) -> str:
-    """The id of the one flow whose id begins with ``text`` (a whole id is taken as it is; what
-    cannot begin an id is passed on, for the engine to refuse)."""
+def _as_given(text: str) -> str | None:
+    """``text`` as the id to use without asking the engine (a whole id, in canonical form; or
+    what cannot begin an id, passed on for the engine to refuse), else None: a prefix."""
     prefix = canonical_prefix(text)
-    if not is_id_prefix(prefix) or len(prefix) == _FULL:
-        return prefix if is_id_prefix(prefix) else text
+    if not is_id_prefix(prefix):
+        return text
+    return prefix if len(prefix) == _FULL else None
+
+
+async def resolve(client: FlowledgerClient, namespace: str, text: str) -> str:
+    """The id of the one flow whose id begins with ``text`` (see :func:`_as_given`)."""
+    given = _as_given(text)
+    if given is not None:
+        return given
+    prefix = canonical_prefix(text)
     page = await client.list_flows(namespace, flow_id_prefix=prefix, page_size=_SHOWN + 1)
     ids = [f.flow_id for f in page.flows]
     if len(ids) == 1:
@@ -45,9 +54,9 @@ def resolved(ctx: click.Context, param: click.Parameter, value: str | None) -> s
     engine for a whole id; none while the shell completes a command line)."""
     if ctx.resilient_parsing or not value:
         return value
-    prefix = canonical_prefix(value)
-    if not is_id_prefix(prefix) or len(prefix) == _FULL:
-        return prefix if is_id_prefix(prefix) else value
+    given = _as_given(value)
+    if given is not None:
+        return given
     namespace = settings(ctx).namespace
     return call(ctx, lambda client: resolve(client, namespace, value))
 

@@ -4,6 +4,7 @@ and definition names complete from the engine the command line names (click's co
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable, Callable
 
 import click
@@ -14,7 +15,9 @@ from flowledger.client import FlowledgerClient
 
 SHELLS = ("bash", "zsh", "fish")
 _COMPLETE_VAR = "_FLOWCTL_COMPLETE"
-_ASK_S = 2.0  # a completion must answer at once, or not at all
+# A completion must answer at once, or not at all; FLOWCTL_COMPLETE_TIMEOUT (seconds) changes it.
+_ASK_ENV = "FLOWCTL_COMPLETE_TIMEOUT"
+_ASK_DEFAULT_S = 2.0
 _SHOWN = 200
 
 
@@ -40,16 +43,18 @@ Ask = Callable[[FlowledgerClient, Settings], Awaitable[list[str]]]
 
 
 def _ask(ctx: click.Context, work: Ask) -> list[str]:
-    """What the engine answers within _ASK_S, or nothing (a completion never shows an error)."""
+    """What the engine answers within the budget, or nothing (a completion never shows an
+    error)."""
     opts = settings_from_params(ctx.find_root().params)
     try:
+        ask_s = float(os.environ.get(_ASK_ENV) or _ASK_DEFAULT_S)
         credentials, options = opts.transport.channel(opts.engine)
 
         async def go() -> list[str]:
             async with FlowledgerClient(
-                opts.engine, timeout=_ASK_S, credentials=credentials, options=options
+                opts.engine, timeout=ask_s, credentials=credentials, options=options
             ) as client:
-                return await asyncio.wait_for(work(client, opts), _ASK_S)
+                return await asyncio.wait_for(work(client, opts), ask_s)
 
         return asyncio.run(go())
     except Exception:

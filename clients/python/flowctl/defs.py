@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
@@ -15,6 +16,8 @@ from flowctl.completion import complete_definition
 from flowledger import types as t
 from flowledger.client import FlowledgerClient
 from flowledger.errors import NotFound
+
+_NEVER = datetime.min.replace(tzinfo=UTC)
 
 
 @click.group()
@@ -94,6 +97,12 @@ def defs_ls(ctx: click.Context, name: str, limit: int, as_json: bool) -> None:
 
     async def go(client: FlowledgerClient) -> tuple[t.DefinitionPage, dict[str, int]]:
         page = await client.list_definitions(ns, name, page_size=limit)
+        if name and not page.next_page_token:
+            # Every version of NAME is here: the one that runs is the latest published one.
+            published = [v for v in page.versions if v.state is t.DefinitionState.PUBLISHED]
+            latest = max(published, key=lambda v: (v.published_at or _NEVER, v.version),
+                         default=None)  # fmt: skip
+            return page, ({} if latest is None else {name: latest.version})
         running: dict[str, int] = {}
         for each in dict.fromkeys(v.name for v in page.versions):
             with contextlib.suppress(NotFound):  # nothing published: no flow can start

@@ -92,7 +92,7 @@ def flows_show(ctx: click.Context, flow_id: str, outputs: bool, as_json: bool) -
 
     async def go(client: FlowledgerClient) -> tuple[t.FlowView, list[t.Event], t.Artifacts]:
         view = await client.describe_flow(ns, flow_id)
-        found = [] if as_json else await read_events(client, ns, view.flow.flow_id)
+        found = [] if as_json else await read_events(client, ns, view.flow.flow_id, view)
         hashes = [h for s in view.steps for h in s.output_hashes] if outputs else []
         artifacts = await client.fetch_artifacts(ns, hashes) if hashes else t.Artifacts((), ())
         return view, found, artifacts
@@ -113,9 +113,13 @@ def flows_show(ctx: click.Context, flow_id: str, outputs: bool, as_json: bool) -
         out.print_outputs(view, artifacts)
 
 
-async def read_events(client: FlowledgerClient, namespace: str, flow_id: str) -> list[t.Event]:
-    """Every event the flow has now (a live flow is read up to its current version)."""
-    view = await client.describe_flow(namespace, flow_id)
+async def read_events(
+    client: FlowledgerClient, namespace: str, flow_id: str, view: t.FlowView | None = None
+) -> list[t.Event]:
+    """Every event the flow has now (a live flow is read up to its current version: that of
+    ``view`` when the caller has just described it, else described here)."""
+    if view is None:
+        view = await client.describe_flow(namespace, flow_id)
     events: list[t.Event] = []
     if view.flow.version == 0:
         return events
@@ -210,7 +214,7 @@ def branch(
         if not wait:
             return started, None, [], ""
         view = await client.wait_for_flow(ns, started.flow_id, within=within)
-        found = await read_events(client, ns, started.flow_id)
+        found = await read_events(client, ns, started.flow_id, view)
         why = ""
         if view.status is not t.FlowStatus.COMPLETED:
             why = _why_ended(found, view.status)

@@ -106,7 +106,7 @@ def cancel(
         if not wait:
             return result, None, []
         view = await client.wait_for_flow(ns, flow_id, within=within)
-        return result, view, await read_events(client, ns, flow_id)
+        return result, view, await read_events(client, ns, flow_id, view)
 
     result, view, found = call(ctx, go)
     if as_json:

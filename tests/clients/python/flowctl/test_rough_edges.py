@@ -139,7 +139,9 @@ def test_completion_scripts_and_live_candidates(live_engine: Live, ns: str) -> N
     def candidates(*words: str) -> list[str]:
         line = ["flowctl", "--engine", live_engine.engine, "-n", ns, *words]
         env = {**service_env(), "_FLOWCTL_COMPLETE": "bash_complete",
-               "COMP_WORDS": " ".join(line), "COMP_CWORD": str(len(line) - 1)}  # fmt: skip
+               "COMP_WORDS": " ".join(line), "COMP_CWORD": str(len(line) - 1),
+               # A busy machine must not turn an answer into no candidates.
+               "FLOWCTL_COMPLETE_TIMEOUT": "60"}  # fmt: skip
         done = subprocess.run([FLOWCTL], cwd=REPO, env=env, capture_output=True, text=True,
                               timeout=60, check=False)  # fmt: skip
         assert done.returncode == 0, done.stderr
